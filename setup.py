@@ -1,0 +1,33 @@
+"""Install `modular`: the library plus `experiments` and `configs` importable from the repo root."""
+from setuptools import find_packages, setup
+
+setup(
+    name="modular",
+    version="0.1.0",
+    description="Reusable network components in JAX/Flax: compatible components, template mixtures, "
+                "model patches and Head2Toe on one parameter-tree algebra.",
+    python_requires=">=3.10",
+    packages=find_packages(include=["modular", "modular.*", "experiments", "experiments.*",
+                                    "configs", "configs.*"]),
+    install_requires=[
+        "jax>=0.4.35,<0.11",
+        "flax>=0.10,<0.13",
+        "optax>=0.2.4,<0.3",
+        "orbax-checkpoint>=0.11,<0.13",
+        "chex>=0.1.87",
+        "clu>=0.0.12",
+        "ml-collections>=0.1.1",
+        "tensorflow-cpu>=2.16,<2.22",
+        "tensorboard>=2.16",
+        "tensorflow-datasets>=4.9.6,<4.10",
+        "absl-py",
+        "numpy",
+        "scikit-learn>=1.3",
+        "mlxtend>=0.23",
+        "matplotlib>=3.7",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "pytest-xdist>=3", "chex>=0.1.87"],
+        "bench": ["torch==2.13.0"],
+    },
+)

@@ -1,0 +1,5 @@
+"""Test defaults: quiet TensorFlow, CPU only, one host device unless a test asks for more."""
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
