@@ -1,0 +1,59 @@
+"""Pieces every config shares: data, model, optimizer and loop defaults at the three scales.
+
+`arg`: 'smoke' (seconds, for tests), '' (CPU-scale reproduction, minutes) or 'full' (paper scale,
+tfds datasets, accelerators).
+"""
+import ml_collections
+
+SCALES = ("", "smoke", "full")
+
+
+def check_arg(arg: str) -> str:
+    arg = (arg or "").strip()
+    if arg not in SCALES:
+        raise ValueError(f"Unknown config argument {arg!r}; known: '' (CPU default), 'smoke', 'full'.")
+    return arg
+
+
+def model_config(name: str = "resnet", **overrides) -> ml_collections.ConfigDict:
+    cfg = dict(name=name, depth=8, width=16, widen=1, split="stage3", bn_momentum=0.9)
+    cfg.update(overrides)
+    return ml_collections.ConfigDict(cfg)
+
+
+def optim_config(**overrides) -> ml_collections.ConfigDict:
+    cfg = dict(name="adam", lr=3e-3, schedule="cosine", warmup_steps=0, weight_decay=0.0, momentum=0.9,
+               grad_clip_norm=0.0, lr_mults=[], default_mult=1.0)
+    cfg.update(overrides)
+    return ml_collections.ConfigDict(cfg)
+
+
+def base_config(arg: str, *, experiment: str) -> ml_collections.ConfigDict:
+    arg = check_arg(arg)
+    c = ml_collections.ConfigDict()
+    c.experiment = experiment
+    c.scale = arg or "cpu"
+    c.seed = 0
+    c.data = ml_collections.ConfigDict(dict(name="mnist5k", image_size=16, channels=1, max_train=None))
+    c.model = model_config()
+    c.optim = optim_config()
+    c.batch_size = 128
+    c.num_steps = 600
+    c.log_every = 100
+    c.checkpoint_every = 200
+    if arg == "smoke":
+        c.data.max_train = 512
+        c.model.width = 4
+        c.batch_size = 32
+        c.num_steps = 20
+        c.log_every = 10
+        c.checkpoint_every = 10
+    elif arg == "full":
+        c.data = ml_collections.ConfigDict(dict(name="tfds:cifar10", image_size=32, channels=3, max_train=None))
+        c.model = model_config(depth=20, width=16)
+        c.optim = optim_config(name="momentum", lr=0.1, schedule="warmup_cosine", warmup_steps=500,
+                               weight_decay=5e-4)
+        c.num_steps = 64_000
+        c.log_every = 500
+        c.checkpoint_every = 2_000
+    return c

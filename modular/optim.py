@@ -1,0 +1,98 @@
+"""Optimizers built from parameter rules: freeze, unfreeze and scale learning rates per subtree.
+
+One ordered rule list `[(regex, lr_multiplier), ...]` says everything: a multiplier of 0 freezes the
+matching subtree (no update and no optimizer state, via `optax.partition` with `optax.set_to_zero`),
+any other value scales the base learning rate. Unmatched paths get `default_mult` (1.0 = train).
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from modular import params as P
+
+FROZEN = "frozen"
+
+
+def default_config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(
+        name="adam",            # adam | adamw | sgd | momentum
+        lr=1e-3,
+        schedule="cosine",      # constant | cosine | warmup_cosine
+        warmup_steps=0,
+        weight_decay=0.0,       # adamw/sgd: decoupled decay on kernels (ndim > 1) only
+        momentum=0.9,
+        grad_clip_norm=0.0,     # 0 disables
+        lr_mults=[],            # ordered [(regex, multiplier)], 0 freezes; unmatched -> default_mult
+        default_mult=1.0,
+    ))
+
+
+def schedule(cfg: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
+    """Learning-rate schedule over `num_steps` (the base rate; multipliers scale it per subtree)."""
+    lr, warm = float(cfg.lr), int(cfg.get("warmup_steps", 0))
+    kind = cfg.get("schedule", "constant")
+    if kind == "constant":
+        return optax.constant_schedule(lr) if not warm else optax.join_schedules(
+            [optax.linear_schedule(0.0, lr, warm), optax.constant_schedule(lr)], [warm])
+    if kind in ("cosine", "warmup_cosine"):
+        return optax.warmup_cosine_decay_schedule(0.0 if warm else lr, lr, warm, max(num_steps, warm + 1), lr * 0.0)
+    raise ValueError(f"Unknown learning-rate schedule '{kind}'; known: constant, cosine, warmup_cosine.")
+
+
+def _base(cfg: ml_collections.ConfigDict, lr: optax.Schedule) -> optax.GradientTransformation:
+    name, wd = cfg.get("name", "adam"), float(cfg.get("weight_decay", 0.0))
+    def decay_mask(tree):  # callable: inside optax.partition the tree holds only this label's leaves
+        return jax.tree.map(lambda x: jnp.ndim(x) > 1, tree)
+    if name == "adam":
+        return optax.adam(lr)
+    if name == "adamw":
+        return optax.adamw(lr, weight_decay=wd, mask=decay_mask)
+    if name in ("sgd", "momentum"):
+        momentum = float(cfg.get("momentum", 0.9)) if name == "momentum" else None
+        tx = optax.sgd(lr, momentum=momentum)
+        return optax.chain(optax.add_decayed_weights(wd, mask=decay_mask), tx) if wd else tx
+    raise ValueError(f"Unknown optimizer '{name}'; known: adam, adamw, sgd, momentum.")
+
+
+def lr_labels(params: Mapping, cfg: ml_collections.ConfigDict) -> dict:
+    """A tree of labels: FROZEN for multiplier 0, else the multiplier as a string key."""
+    mults = P.label_tree(params, [tuple(r) for r in cfg.get("lr_mults", [])], float(cfg.get("default_mult", 1.0)))
+    return jax.tree.map(lambda m: FROZEN if float(m) == 0.0 else f"x{float(m):g}", mults)
+
+
+def trainable_mask(params: Mapping, cfg: ml_collections.ConfigDict) -> dict:
+    """True for leaves that train; the train step wraps the rest in stop_gradient."""
+    return jax.tree.map(lambda lab: lab != FROZEN, lr_labels(params, cfg))
+
+
+def build(cfg: ml_collections.ConfigDict, params: Mapping, num_steps: int) -> optax.GradientTransformation:
+    """The optimizer for `params`: one base optimizer per distinct multiplier, frozen subtrees stateless."""
+    labels = lr_labels(params, cfg)
+    base_schedule = schedule(cfg, num_steps)
+    transforms: dict[str, optax.GradientTransformation] = {}
+    for label in set(jax.tree.leaves(labels)):
+        if label == FROZEN:
+            transforms[label] = optax.set_to_zero()
+        else:
+            mult = float(label[1:])
+            lr = (lambda s, m=mult: base_schedule(s) * m) if mult != 1.0 else base_schedule
+            transforms[label] = _base(cfg, lr)
+    tx = optax.partition(transforms, labels)
+    clip = float(cfg.get("grad_clip_norm", 0.0))
+    return optax.chain(optax.clip_by_global_norm(clip), tx) if clip else tx
+
+
+def state_size(opt_state: Any) -> int:
+    """Number of array elements an optimizer keeps (frozen subtrees must contribute none)."""
+    return int(sum(jnp.size(x) for x in jax.tree.leaves(opt_state) if jnp.ndim(x) > 0))
+
+
+def trainable_table(params: Mapping, cfg: ml_collections.ConfigDict, title: str = "") -> str:
+    """The printed trainable/frozen table (with learning-rate multipliers) for a run's log."""
+    labels = jax.tree.map(lambda lab: "frozen" if lab == FROZEN else f"train lr{lab}", lr_labels(params, cfg))
+    return P.table(params, labels, title=title)

@@ -1,0 +1,192 @@
+"""Parameter-tree algebra: name, label, split, merge and swap subtrees of a parameter pytree.
+
+Every method in this library is "train some subtrees, freeze the rest, swap subtrees between models".
+Paths are `/`-joined key strings (`extractor/stage1/block0/conv1/kernel`); rules are ordered
+`(regex, value)` pairs matched with `re.fullmatch`, first match wins, with a catch-all default
+(big_vision's convention for freezing and learning-rate multipliers).
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any, Iterable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+from flax.core import frozen_dict
+
+PyTree = Any
+Rules = Sequence[tuple[str, Any]]
+
+SHAREABLE = "shareable"
+PRIVATE = "private"
+
+
+class SubtreeMismatchError(ValueError):
+    """Raised when a subtree does not fit where it is being put (structure, shape or dtype)."""
+
+
+def _unfreeze(tree: PyTree) -> PyTree:
+    return frozen_dict.unfreeze(tree) if isinstance(tree, frozen_dict.FrozenDict) else tree
+
+
+def flatten(tree: Mapping) -> dict[str, Any]:
+    """Nested dict -> {'a/b/c': leaf}, in the tree's own key order."""
+    return traverse_util.flatten_dict(_unfreeze(tree), sep="/")
+
+
+def unflatten(flat: Mapping[str, Any]) -> dict:
+    """{'a/b/c': leaf} -> nested dict."""
+    return traverse_util.unflatten_dict(dict(flat), sep="/")
+
+
+def paths(tree: Mapping) -> list[str]:
+    return list(flatten(tree))
+
+
+def match_rules(path: str, rules: Rules, default: Any = None) -> Any:
+    """Value of the first rule whose regex fully matches `path`, else `default`."""
+    for pattern, value in rules:
+        if re.fullmatch(pattern, path):
+            return value
+    return default
+
+
+def check_rules(rules: Rules) -> None:
+    """Fail early with one sentence on a rule that is not a valid regex."""
+    for pattern, _ in rules:
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise ValueError(f"Parameter rule {pattern!r} is not a valid regular expression ({e}).") from None
+
+
+def label_tree(tree: Mapping, rules: Rules, default: Any = None) -> dict:
+    """A tree of the same structure whose leaves are the rule value matched by each leaf's path."""
+    check_rules(rules)
+    return unflatten({p: match_rules(p, rules, default) for p in flatten(tree)})
+
+
+def mask(tree: Mapping, patterns: Iterable[str] | str) -> dict:
+    """Boolean tree: True where the path fully matches any of `patterns`."""
+    patterns = [patterns] if isinstance(patterns, str) else list(patterns)
+    return label_tree(tree, [(p, True) for p in patterns], default=False)
+
+
+def unused_rules(tree: Mapping, rules: Rules) -> list[str]:
+    """Patterns that match no path: usually a typo in a config, worth a warning."""
+    all_paths = paths(tree)
+    return [p for p, _ in rules if not any(re.fullmatch(p, q) for q in all_paths)]
+
+
+def split(tree: Mapping, rules: Rules, default: Any) -> dict[Any, dict]:
+    """Partition a tree into {label: subtree}; each subtree keeps the full paths of its leaves."""
+    check_rules(rules)
+    out: dict[Any, dict] = {}
+    for p, leaf in flatten(tree).items():
+        out.setdefault(match_rules(p, rules, default), {})[p] = leaf
+    return {label: unflatten(flat) for label, flat in out.items()}
+
+
+def merge(*trees: Mapping, allow_overlap: bool = False) -> dict:
+    """Inverse of `split`: the union of disjoint subtrees (later ones win if `allow_overlap`)."""
+    flat: dict[str, Any] = {}
+    for t in trees:
+        for p, leaf in flatten(t).items():
+            if p in flat and not allow_overlap:
+                raise ValueError(f"Cannot merge: path '{p}' appears in more than one subtree.")
+            flat[p] = leaf
+    return unflatten(flat)
+
+
+def get_subtree(tree: Mapping, prefix: str) -> Any:
+    """The subtree under a `/`-joined prefix, e.g. get_subtree(params, 'head')."""
+    node: Any = _unfreeze(tree)
+    for key in filter(None, prefix.split("/")):
+        if not isinstance(node, Mapping) or key not in node:
+            raise KeyError(f"No subtree at '{prefix}' (missing key '{key}').")
+        node = node[key]
+    return node
+
+
+def _describe(leaf: Any) -> str:
+    return f"{getattr(leaf, 'dtype', type(leaf).__name__)}{list(getattr(leaf, 'shape', ()))}"
+
+
+def check_compatible(expected: Mapping, given: Mapping, where: str = "") -> None:
+    """Raise SubtreeMismatchError naming the first path whose structure, shape or dtype differs."""
+    exp, got = flatten(expected), flatten(given)
+    prefix = f"{where}/" if where else ""
+    missing = [p for p in exp if p not in got]
+    extra = [p for p in got if p not in exp]
+    if missing or extra:
+        detail = f"missing '{prefix}{missing[0]}'" if missing else f"unexpected '{prefix}{extra[0]}'"
+        raise SubtreeMismatchError(
+            f"Subtree structure differs at {detail} ({len(missing)} missing, {len(extra)} unexpected paths).")
+    for p, e in exp.items():
+        g = got[p]
+        if np.shape(e) != np.shape(g) or jnp.result_type(e) != jnp.result_type(g):
+            raise SubtreeMismatchError(
+                f"Subtree does not fit at '{prefix}{p}': expected {_describe(e)}, got {_describe(g)}.")
+
+
+def replace_subtree(tree: Mapping, prefix: str, subtree: Mapping, *, check: bool = True) -> dict:
+    """A copy of `tree` with the subtree at `prefix` replaced (checked for structure/shape/dtype)."""
+    if check:
+        check_compatible(get_subtree(tree, prefix), subtree, where=prefix)
+    keys = [k for k in prefix.split("/") if k]
+    new = dict(_unfreeze(tree))
+    node = new
+    for k in keys[:-1]:
+        node[k] = dict(node[k])
+        node = node[k]
+    node[keys[-1]] = subtree
+    return new
+
+
+def swap(receiver: Mapping, donor: Mapping, prefix: str) -> dict:
+    """`receiver` with its `prefix` subtree taken from `donor` (e.g. head of B onto extractor of A)."""
+    return replace_subtree(receiver, prefix, get_subtree(donor, prefix))
+
+
+def count(tree: Mapping) -> int:
+    return int(sum(np.size(x) for x in jax.tree.leaves(tree)))
+
+
+def nbytes(tree: Mapping) -> int:
+    return int(sum(np.size(x) * jnp.dtype(jnp.result_type(x)).itemsize for x in jax.tree.leaves(tree)))
+
+
+def count_by_label(tree: Mapping, rules: Rules, default: Any) -> dict[Any, dict[str, int]]:
+    """{label: {'params': n, 'bytes': b}} for each role or trainability label."""
+    return {label: {"params": count(sub), "bytes": nbytes(sub)}
+            for label, sub in split(tree, rules, default).items()}
+
+
+def structure_hash(tree: Mapping) -> str:
+    """Identity of a tree's structure (paths, shapes, dtypes), not its values: tags exported patches."""
+    h = hashlib.sha256()
+    for p, leaf in sorted(flatten(tree).items()):
+        h.update(f"{p}:{_describe(leaf)};".encode())
+    return h.hexdigest()[:16]
+
+
+def table(tree: Mapping, labels: Mapping, *, title: str = "", max_rows: int = 60) -> str:
+    """A printable path | shape | params | label table (e.g. trainable/frozen), with totals per label."""
+    flat, flat_labels = flatten(tree), flatten(labels)
+    rows = [(p, "x".join(map(str, np.shape(v))) or "scalar", int(np.size(v)), str(flat_labels[p]))
+            for p, v in flat.items()]
+    width = max([len(r[0]) for r in rows] + [4])
+    lines = [title] if title else []
+    lines.append(f"{'path':<{width}}  {'shape':>14}  {'params':>9}  label")
+    shown = rows if len(rows) <= max_rows else rows[: max_rows // 2] + [("...", "", 0, "")] + rows[-max_rows // 2:]
+    for p, shape, n, lab in shown:
+        lines.append(f"{p:<{width}}  {shape:>14}  {n:>9,}  {lab}" if p != "..." else f"... ({len(rows) - max_rows} more rows)")
+    totals: dict[str, int] = {}
+    for _, _, n, lab in rows:
+        totals[lab] = totals.get(lab, 0) + n
+    total = sum(totals.values())
+    lines.append("totals: " + ", ".join(f"{lab} {n:,} ({100 * n / max(total, 1):.1f}%)" for lab, n in totals.items()))
+    return "\n".join(lines)
