@@ -1,0 +1,93 @@
+"""The shared training loop: convergence, resume equals uninterrupted, NaN stops safely, bad checkpoints."""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs import common
+from modular import checkpoint, optim, train
+
+W_TRUE = np.array([[1.0], [-2.0], [0.5]], np.float32)
+
+
+def batch_fn(step, crash_at=None, nan_at=None):
+    if crash_at is not None and step == crash_at:
+        raise KeyboardInterrupt("simulated kill")
+    rng = np.random.default_rng(step)
+    x = rng.normal(size=(8, 3)).astype(np.float32)
+    y = x @ W_TRUE
+    if nan_at is not None and step >= nan_at:
+        y = y * np.nan
+    return {"x": x, "y": y.astype(np.float32)}
+
+
+def loss_fn(params, model_state, batch, rng):
+    pred = batch["x"] @ params["w"] + params["b"]
+    loss = jnp.mean((pred - batch["y"]) ** 2)
+    return loss, (model_state, {"mse": loss})
+
+
+def new_state(lr=0.05):
+    params = {"w": jnp.zeros((3, 1)), "b": jnp.zeros((1,))}
+    tx = optim.build(common.optim_config(name="adam", lr=lr, schedule="constant"), params, 100)
+    return train.TrainState.create(params, {}, tx), tx
+
+
+def run(workdir=None, num_steps=60, **kw):
+    state, tx = new_state()
+    bf = lambda s: batch_fn(s, **kw)
+    return train.fit(state=state, loss_fn=loss_fn, tx=tx, batch_fn=bf, num_steps=num_steps, workdir=workdir,
+                     checkpoint_every=10, log_every=10, verbose=False)
+
+
+def test_fit_converges_and_logs(tmp_path):
+    result = run(str(tmp_path))
+    assert result.history[-1]["loss"] < 0.1 * result.history[0]["loss"]
+    assert [h["step"] for h in result.history] == [10, 20, 30, 40, 50, 60]
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path))
+    assert int(result.state.step) == 60
+
+
+def test_crash_and_resume_equals_uninterrupted(tmp_path):
+    reference = run(None)
+    with pytest.raises(KeyboardInterrupt):
+        run(str(tmp_path), crash_at=25)
+    resumed = run(str(tmp_path))
+    assert resumed.resumed_from == 20
+    np.testing.assert_array_equal(np.asarray(resumed.state.params["w"]), np.asarray(reference.state.params["w"]))
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    with pytest.raises(train.NonFiniteLossError, match=r"loss became nan \(grad norm nan\) by step 40; stopping. Last good checkpoint: step 30"):
+        run(str(tmp_path), nan_at=33)
+    mngr = checkpoint.manager(str(tmp_path / "checkpoints"), save_every=10)
+    assert mngr.latest_step() == 30
+    state, _ = new_state()
+    restored, step = checkpoint.restore_latest(mngr, state.as_dict())
+    assert step == 30 and np.all(np.isfinite(np.asarray(restored["params"]["w"])))
+
+
+def test_checkpoint_that_does_not_fit_is_one_sentence_and_untouched(tmp_path):
+    run(str(tmp_path), num_steps=10)
+    before = sorted(os.listdir(tmp_path / "checkpoints"))
+    params = {"w": jnp.zeros((4, 1)), "b": jnp.zeros((1,))}  # a different model in the same workdir
+    tx = optax.adam(1e-3)
+    state = train.TrainState.create(params, {}, tx)
+    with pytest.raises(checkpoint.CheckpointError, match="could not be restored.*left untouched"):
+        train.fit(state=state, loss_fn=loss_fn, tx=tx, batch_fn=batch_fn, num_steps=20, workdir=str(tmp_path),
+                  verbose=False)
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == before
+
+
+def test_frozen_leaves_get_no_gradient_and_no_update():
+    params = {"w": jnp.ones((3, 1)), "b": jnp.zeros((1,))}
+    cfg = common.optim_config(name="sgd", lr=0.1, schedule="constant", lr_mults=[("w", 0.0)])
+    tx = optim.build(cfg, params, 10)
+    step = train.make_train_step(loss_fn, tx, optim.trainable_mask(params, cfg))
+    state = train.TrainState.create(params, {}, tx)
+    new, metrics = jax.jit(step)(state, batch_fn(0), jax.random.key(0))
+    np.testing.assert_array_equal(new.params["w"], params["w"])
+    assert not np.allclose(new.params["b"], params["b"])
