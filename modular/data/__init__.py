@@ -1,0 +1,82 @@
+"""Datasets for `modular`: names -> in-memory `Dataset`s, step-pure batching, auxiliary views.
+
+Names (DESIGN.md): `mnist5k`, `digits`, either with a corruption suffix (`mnist5k/blur`, ...),
+and `tfds:NAME[:SPLIT]` for any tensorflow-datasets dataset.
+"""
+from __future__ import annotations
+
+import functools
+
+from modular.data import corruptions, images, offline, splits, tfds_source
+from modular.data.dataset import Dataset
+from modular.data.pipeline import batch_at, batch_indices, eval_batches
+from modular.data.tasks import rotation_views
+
+__all__ = ["Dataset", "load", "known_names", "batch_at", "batch_indices", "eval_batches", "rotation_views"]
+
+OFFLINE = tuple(offline.NUM_CLASSES)
+CORRUPTIONS = tuple(corruptions.CORRUPTIONS)
+
+
+def known_names() -> list[str]:
+    """Every offline name, clean and corrupted; `tfds:NAME[:SPLIT]` is accepted on top of these."""
+    return [b + s for b in OFFLINE for s in ("",) + tuple("/" + c for c in CORRUPTIONS)]
+
+
+def _unknown(name: str) -> ValueError:
+    return ValueError(f"Unknown dataset {name!r}; known: {', '.join(OFFLINE)} (optionally with a corruption "
+                      f"suffix {', '.join('/' + c for c in CORRUPTIONS)}), or tfds:NAME[:SPLIT].")
+
+
+def _readonly(ds: Dataset) -> Dataset:
+    for a in (ds.train_images, ds.train_labels, ds.test_images, ds.test_labels):
+        a.setflags(write=False)
+    return ds
+
+
+@functools.lru_cache(maxsize=16)
+def _load_offline(name: str, image_size: int, channels: int, seed: int, test_fraction: float) -> Dataset:
+    """Resize -> corrupt -> split; cached and read-only because experiments reload the same set often.
+
+    The split depends only on labels and seed, so a clean set and its corruptions share the same
+    train/test examples.
+    """
+    base, _, corruption = name.partition("/")
+    x, y = offline.raw(base)
+    x = images.resize(x, image_size)
+    if corruption:
+        x = corruptions.apply(corruption, x, seed)
+    x = images.to_channels(x, channels)
+    tr, te = splits.train_test_indices(y, test_fraction, seed)
+    return _readonly(Dataset(name=name, train_images=x[tr], train_labels=y[tr], test_images=x[te],
+                             test_labels=y[te], num_classes=offline.NUM_CLASSES[base]))
+
+
+def load(name: str, *, image_size: int = 16, channels: int = 1, seed: int = 0, test_fraction: float = 0.2,
+         max_train: int | None = None) -> Dataset:
+    """Loads a dataset by name as float32 [N,image_size,image_size,channels] images in [0,1].
+
+    `seed` fixes the train/test split, random corruptions and the `max_train` draw (class-balanced).
+    Offline results are shared read-only arrays: copy before writing into them.
+    """
+    if not isinstance(name, str):
+        raise _unknown(name)
+    if int(image_size) != image_size or image_size < 1:
+        raise ValueError(f"image_size must be a positive integer, got {image_size}.")
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}.")
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}.")
+    if max_train is not None and (int(max_train) != max_train or max_train < 1):
+        raise ValueError(f"max_train must be a positive integer or None, got {max_train}.")
+    if name.startswith("tfds:"):
+        tr_x, tr_y, te_x, te_y, k = tfds_source.load(name, image_size=int(image_size), channels=channels,
+                                                     seed=seed, test_fraction=test_fraction)
+        ds = Dataset(name=name, train_images=tr_x, train_labels=tr_y, test_images=te_x, test_labels=te_y,
+                     num_classes=k)
+    else:
+        base, slash, corruption = name.partition("/")
+        if base not in OFFLINE or (slash and corruption not in CORRUPTIONS):
+            raise _unknown(name)
+        ds = _load_offline(name, int(image_size), channels, int(seed), float(test_fraction))
+    return ds if max_train is None else ds.subset(max_train=int(max_train), seed=seed)

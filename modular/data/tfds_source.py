@@ -1,0 +1,82 @@
+"""`tfds:NAME[:SPLIT]` datasets from tensorflow-datasets, converted to the in-memory format.
+
+tensorflow_datasets (and TensorFlow) are imported only here, inside the function, because
+they take seconds to import and the offline sets never need them.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from modular.data import images as images_lib
+from modular.data import splits
+
+
+def parse(spec: str) -> tuple[str, str | None]:
+    """'tfds:svhn_cropped:train[:10%]' -> ('svhn_cropped', 'train[:10%]')."""
+    body = spec[len("tfds:"):]
+    name, _, split = body.partition(":")
+    if not name:
+        raise ValueError(f"Dataset {spec!r} names no tensorflow-datasets dataset; write tfds:NAME[:SPLIT].")
+    return name, split or None
+
+
+def _to_numpy(ds, image_size: int, batch: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """Resizes in the tf.data pipeline (images may differ in size) and stacks to numpy."""
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    def prep(ex):
+        img = tf.image.convert_image_dtype(ex["image"], tf.float32)  # scales by the dtype's max
+        img = tf.image.resize(img, (image_size, image_size), method="bilinear", antialias=True)
+        return tf.clip_by_value(img, 0.0, 1.0), tf.cast(ex["label"], tf.int32)
+
+    xs, ys = [], []
+    for x, y in tfds.as_numpy(ds.map(prep, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+                              .batch(batch)):
+        xs.append(x)
+        ys.append(y)
+    if not xs:
+        raise ValueError("the requested tensorflow-datasets split is empty.")
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def load(spec: str, *, image_size: int, channels: int, seed: int, test_fraction: float):
+    """Returns (train_x, train_y, test_x, test_y, num_classes) for a `tfds:` spec.
+
+    With a SPLIT, it is the whole pool and is split into train/test by `test_fraction`;
+    without one, the dataset's own 'train' and 'test' are used ('train' is split when the
+    dataset has no 'test').
+    """
+    import tensorflow_datasets as tfds
+
+    name, split = parse(spec)
+    try:
+        builder = tfds.builder(name)
+    except tfds.core.registered.DatasetNotFoundError as e:
+        raise ValueError(f"Unknown tensorflow-datasets dataset {name!r} in {spec!r}; "
+                         f"tfds.list_builders() lists the known names.") from e
+    features = builder.info.features
+    if "image" not in features or "label" not in features:
+        raise ValueError(f"Dataset {spec!r} needs 'image' and 'label' features but has "
+                         f"{sorted(features.keys())}.")
+    num_classes = int(features["label"].num_classes)
+
+    def read(split_name):
+        ds, info = tfds.load(name, split=split_name, with_info=True, shuffle_files=False)
+        return _to_numpy(ds, image_size), info
+
+    if split is None:
+        (train_x, train_y), info = read("train")
+        # Mocked builders know no splits in advance and serve any name, so an empty dict means "try".
+        if "test" in info.splits or not info.splits:
+            (test_x, test_y), _ = read("test")
+        else:
+            split = "train"
+            pool_x, pool_y = train_x, train_y
+    else:
+        (pool_x, pool_y), _ = read(split)
+    if split is not None:
+        tr, te = splits.train_test_indices(pool_y, test_fraction, seed)
+        train_x, train_y, test_x, test_y = pool_x[tr], pool_y[tr], pool_x[te], pool_y[te]
+    return (images_lib.to_channels(train_x, channels), train_y,
+            images_lib.to_channels(test_x, channels), test_y, num_classes)

@@ -1,0 +1,176 @@
+"""Tests for modular.data: offline sets, corruptions, tfds (mocked, offline), batching, rotation views."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from modular import data
+from modular.data import corruptions
+
+
+def _check_arrays(ds, size, channels):
+    for x, y in ((ds.train_images, ds.train_labels), (ds.test_images, ds.test_labels)):
+        assert x.shape[1:] == (size, size, channels) and x.dtype == np.float32
+        assert y.shape == (len(x),) and y.dtype == np.int32
+        assert 0.0 <= x.min() and x.max() <= 1.0
+        assert 0 <= y.min() and y.max() < ds.num_classes
+    assert ds.image_shape == (size, size, channels)
+
+
+@pytest.mark.parametrize("name,total,n_test", [("mnist5k", 5000, 1000), ("digits", 1797, 360)])
+def test_offline_shapes_ranges_and_stratified_split(name, total, n_test):
+    ds = data.load(name)
+    _check_arrays(ds, 16, 1)
+    assert ds.num_classes == 10 and ds.name == name
+    assert len(ds.test_labels) == n_test and len(ds.train_labels) == total - n_test
+    assert ds.train_images.std() > 0.1  # real digits, not blanks
+    all_counts = np.bincount(np.concatenate([ds.train_labels, ds.test_labels]), minlength=10)
+    test_counts = np.bincount(ds.test_labels, minlength=10)
+    np.testing.assert_allclose(test_counts, all_counts * 0.2, atol=1.0)  # stratified
+
+
+def test_load_is_deterministic_and_seeded():
+    a, b = data.load("digits", seed=3), data.load("digits", seed=3)
+    np.testing.assert_array_equal(a.train_images, b.train_images)
+    np.testing.assert_array_equal(a.test_labels, b.test_labels)
+    c = data.load("digits", seed=4)
+    assert not np.array_equal(a.test_images, c.test_images)
+
+
+def test_cached_arrays_are_read_only():
+    ds = data.load("digits")
+    with pytest.raises(ValueError):
+        ds.train_images[0] = 0.0
+    assert data.load("digits").train_images.max() > 0.0
+
+
+def test_image_size_channels_and_test_fraction():
+    ds = data.load("digits", image_size=12, channels=3, test_fraction=0.5)
+    _check_arrays(ds, 12, 3)
+    np.testing.assert_array_equal(ds.train_images[..., 0], ds.train_images[..., 2])
+    assert abs(len(ds.test_labels) - 1797 // 2) <= 1
+
+
+def test_max_train_is_class_balanced_and_subset_relabels():
+    ds = data.load("mnist5k", max_train=50, seed=1)
+    assert len(ds.train_labels) == 50 and len(ds.test_labels) == 1000
+    np.testing.assert_array_equal(np.bincount(ds.train_labels), np.full(10, 5))
+    np.testing.assert_array_equal(ds.train_images, data.load("mnist5k", max_train=50, seed=1).train_images)
+    sub = data.load("digits").subset(classes=[7, 2])
+    assert set(np.unique(sub.train_labels)) == {2, 7} and sub.num_classes == 10
+    rel = data.load("digits").subset(classes=[7, 2], relabel=True)
+    assert rel.num_classes == 2
+    np.testing.assert_array_equal(rel.train_labels, (sub.train_labels == 2).astype(np.int32))
+    np.testing.assert_array_equal(rel.test_images, sub.test_images)
+    with pytest.raises(ValueError, match="distinct labels"):
+        data.load("digits").subset(classes=[11])
+
+
+@pytest.mark.parametrize("corruption", sorted(corruptions.CORRUPTIONS))
+def test_corruption_changes_images_and_keeps_labels(corruption):
+    clean = data.load("digits")
+    bad = data.load(f"digits/{corruption}")
+    _check_arrays(bad, 16, 1)
+    np.testing.assert_array_equal(bad.train_labels, clean.train_labels)
+    np.testing.assert_array_equal(bad.test_labels, clean.test_labels)
+    assert np.abs(bad.train_images - clean.train_images).mean() > 0.01
+    assert np.abs(bad.test_images - clean.test_images).mean() > 0.01
+    once = corruptions.apply(corruption, clean.test_images[:50], seed=1)
+    np.testing.assert_array_equal(once, corruptions.apply(corruption, clean.test_images[:50], seed=1))
+
+
+def test_edges_treat_each_image_alone():
+    x = data.load("digits").test_images[:8]
+    batched = corruptions.apply("edges", x, seed=0)
+    single = np.concatenate([corruptions.apply("edges", x[i:i + 1], seed=0) for i in range(len(x))])
+    np.testing.assert_allclose(batched, single, atol=1e-6)
+
+
+def test_corruption_suffix_on_mnist5k():
+    clean, bad = data.load("mnist5k"), data.load("mnist5k/invert")
+    np.testing.assert_allclose(bad.test_images, 1.0 - clean.test_images, atol=1e-6)
+    assert {"mnist5k/shear", "digits/edges", "mnist5k"} <= set(data.known_names())
+
+
+@pytest.mark.parametrize("name", ["foo", "mnist5k/foo", "mnist5k/", "digits/blur/extra", "tfds:"])
+def test_unknown_name_is_one_clear_error(name):
+    with pytest.raises(ValueError, match=r"(Unknown dataset .*; known: mnist5k, digits)|(names no)"):
+        data.load(name)
+
+
+def test_bad_arguments_raise():
+    with pytest.raises(ValueError, match="channels"):
+        data.load("digits", channels=2)
+    with pytest.raises(ValueError, match="test_fraction"):
+        data.load("digits", test_fraction=1.0)
+
+
+@pytest.fixture(scope="module")
+def tfds_mock():
+    tfds = pytest.importorskip("tensorflow_datasets")
+    return tfds.testing.mock_data
+
+
+def test_tfds_rgb_to_gray_with_own_test_split(tfds_mock):
+    with tfds_mock(num_examples=20):
+        ds = data.load("tfds:cifar10", image_size=8, channels=1)
+    _check_arrays(ds, 8, 1)
+    assert ds.num_classes == 10 and len(ds.train_labels) == 20 and len(ds.test_labels) == 20
+
+
+def test_tfds_gray_to_rgb_with_split_spec(tfds_mock):
+    with tfds_mock(num_examples=20):
+        ds = data.load("tfds:mnist:train[:50%]", image_size=8, channels=3, test_fraction=0.2)
+    _check_arrays(ds, 8, 3)
+    assert len(ds.train_labels) == 16 and len(ds.test_labels) == 4
+    np.testing.assert_array_equal(ds.train_images[..., 0], ds.train_images[..., 1])
+
+
+def test_tfds_unknown_dataset(tfds_mock):
+    with pytest.raises(ValueError, match="Unknown tensorflow-datasets dataset 'no_such_dataset'"):
+        data.load("tfds:no_such_dataset")
+
+
+def test_batch_at_is_pure_and_covers_each_example_once_per_epoch():
+    n, bs = 103, 10
+    images = np.arange(n, dtype=np.float32).reshape(n, 1, 1, 1)
+    labels = np.arange(n, dtype=np.int32)
+    first = data.batch_at(images, labels, 7, bs, seed=5)
+    assert first["image"].shape == (bs, 1, 1, 1) and first["label"].shape == (bs,)
+    np.testing.assert_array_equal(first["image"][:, 0, 0, 0], first["label"])
+    seen = np.concatenate([data.batch_at(images, labels, s, bs, seed=5)["label"] for s in range(n // bs)])
+    assert len(seen) == (n // bs) * bs and len(np.unique(seen)) == len(seen)
+    # Recomputed after other calls (as after a resume): identical.
+    np.testing.assert_array_equal(data.batch_at(images, labels, 7, bs, seed=5)["label"], first["label"])
+    next_epoch = data.batch_at(images, labels, n // bs, bs, seed=5)["label"]
+    assert not np.array_equal(next_epoch, seen[:bs])
+    assert not np.array_equal(data.batch_at(images, labels, 7, bs, seed=6)["label"], first["label"])
+    with pytest.raises(ValueError, match="batch_size"):
+        data.batch_at(images, labels, 0, n + 1, seed=0)
+
+
+def test_eval_batches_pad_with_mask():
+    images = np.random.default_rng(0).random((10, 2, 2, 1), dtype=np.float32)
+    labels = np.arange(1, 11, dtype=np.int32)
+    batches = list(data.eval_batches(images, labels, 4))
+    assert [b["image"].shape for b in batches] == [(4, 2, 2, 1)] * 3
+    np.testing.assert_array_equal(batches[-1]["mask"], [1, 1, 0, 0])
+    np.testing.assert_array_equal(batches[-1]["label"][2:], [0, 0])
+    assert not batches[-1]["image"][2:].any()
+    mask = np.concatenate([b["mask"] for b in batches]).astype(bool)
+    np.testing.assert_array_equal(np.concatenate([b["image"] for b in batches])[mask], images)
+    np.testing.assert_array_equal(np.concatenate([b["label"] for b in batches])[mask], labels)
+
+
+def test_rotation_views():
+    images = jnp.asarray(np.random.default_rng(0).random((3, 5, 5, 2), dtype=np.float32))
+    views, labels = jax.jit(data.rotation_views)(images)
+    assert views.shape == (12, 5, 5, 2) and labels.dtype == jnp.int32
+    np.testing.assert_array_equal(labels, np.repeat(np.arange(4), 3))
+    for k in range(4):
+        np.testing.assert_array_equal(views[3 * k:3 * (k + 1)], np.rot90(np.asarray(images), k, axes=(1, 2)))
+    x = images
+    for _ in range(4):
+        x = jnp.rot90(x, 1, axes=(1, 2))
+    np.testing.assert_array_equal(x, images)
+    np.testing.assert_array_equal(views[:3], images)
