@@ -1,0 +1,76 @@
+"""A small MobileNetV2 (Sandler et al. 2018) for 16x16 to 32x32 images, as unit runs.
+
+Units: `stem` (3x3 conv), `stage1..stage5` of inverted residual blocks, `final` (1x1 conv), then
+pooling and a classifier. Channels are multiples of `width` (stage1's channels), which with width=16
+gives MobileNetV2's first five stages (16, 24, 32, 64, 96); strides suit CIFAR-sized inputs.
+"""
+import functools
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from modular.models import layers
+
+# (expansion (None = the configured one), channels / width, blocks, stride) per stage.
+STAGES = ((1, 1.0, 1, 1), (None, 1.5, 2, 2), (None, 2.0, 2, 2), (None, 4.0, 2, 2), (None, 6.0, 1, 1))
+STEM_MULT, FINAL_MULT = 2.0, 8.0
+UNITS = ("stem",) + tuple(f"stage{i + 1}" for i in range(len(STAGES))) + ("final",)
+
+
+def channels(width: int, mult: float) -> int:
+    return max(1, int(round(width * mult)))
+
+
+class InvertedResidual(nn.Module):
+    """1x1 expand -> 3x3 depthwise -> 1x1 linear projection; residual when stride 1 and same width."""
+    features: int
+    stride: int = 1
+    expansion: int = 6
+    bn_momentum: float = 0.9
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        bn = functools.partial(layers.batch_norm, train, self.bn_momentum, self.dtype)
+        hidden = x.shape[-1] * self.expansion
+        out, y = {}, x
+        if self.expansion != 1:
+            y = layers.conv(hidden, 1, dtype=self.dtype, name="expand_conv")(y)
+            y = nn.relu6(bn("bn_expand")(y))
+            out["expand_conv"] = y
+        y = layers.conv(hidden, 3, self.stride, groups=hidden, dtype=self.dtype, name="dw_conv")(y)
+        y = nn.relu6(bn("bn_dw")(y))
+        out["dw_conv"] = y
+        y = bn("bn_project")(layers.conv(self.features, 1, dtype=self.dtype, name="project_conv")(y))
+        if self.stride == 1 and x.shape[-1] == self.features:
+            y = y + x
+        return y, out
+
+
+class MobileNetV2(nn.Module):
+    """A contiguous run of MobileNetV2 units; with `num_classes` it also pools and classifies (a head)."""
+    units: Sequence[str]
+    width: int = 16
+    expansion: int = 6
+    num_classes: Optional[int] = None
+    bn_momentum: float = 0.9
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        out = {}
+        for unit in self.units:
+            if unit in ("stem", "final"):
+                mult, kernel = (STEM_MULT, 3) if unit == "stem" else (FINAL_MULT, 1)
+                x = layers.ConvBN(channels(self.width, mult), kernel, act="relu6", bn_momentum=self.bn_momentum,
+                                  dtype=self.dtype, name=unit)(x, train=train)
+                out[unit] = x
+                continue
+            t, mult, n, stride = STAGES[UNITS.index(unit) - 1]
+            block = functools.partial(InvertedResidual, features=channels(self.width, mult),
+                                      expansion=self.expansion if t is None else t,
+                                      bn_momentum=self.bn_momentum, dtype=self.dtype)
+            x, inner = layers.Stage(block, n, stride=stride, name=unit)(x, train=train)
+            layers.add_prefixed(out, unit, inner)
+        return layers.finish(x, out, self.num_classes, self.dtype)

@@ -1,0 +1,108 @@
+"""From a config to modules: defaults, validation, and where the extractor/head split falls.
+
+Every architecture is an ordered unit list; `split` names the last unit of the extractor, the head
+holds the remaining units plus pooling and the classifier. Bad configs fail with one sentence.
+"""
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+import ml_collections
+
+from modular.models import mobilenet, resnet
+from modular.models.split import SplitModel
+
+_COMMON = dict(width=16, bn_momentum=0.9, dtype="float32")
+_DEFAULTS = {
+    "resnet": dict(depth=20, widen=1, split=resnet.UNITS[-1]),
+    "wrn": dict(depth=16, widen=4, split=resnet.UNITS[-1]),
+    "mobilenet_v2": dict(expansion=6, split=mobilenet.UNITS[-1]),
+}
+# Keys meaningful to some architecture; the others ignore them, so one model config can switch `name`.
+_KNOWN_KEYS = {"name", "depth", "widen", "expansion", "split", *_COMMON}
+
+
+def known_names() -> list:
+    return sorted(_DEFAULTS)
+
+
+def _check_name(name: Any) -> str:
+    if name not in _DEFAULTS:
+        raise ValueError(f"Unknown model name {name!r}; known names are: {', '.join(known_names())}.")
+    return name
+
+
+def default_config(name: str = "resnet") -> ml_collections.ConfigDict:
+    """The defaults of architecture `name` (ResNet-20, WRN-16-4, MobileNetV2 width 16; linear head)."""
+    return ml_collections.ConfigDict(dict(name=_check_name(name), **_COMMON, **_DEFAULTS[name]))
+
+
+def unit_names(cfg) -> tuple:
+    """The ordered units of cfg's architecture; any of them is a valid `split`."""
+    return mobilenet.UNITS if _check_name(cfg.get("name")) == "mobilenet_v2" else resnet.UNITS
+
+
+def _resolve(cfg) -> dict:
+    """cfg over its architecture's defaults, validated."""
+    given = dict(cfg.items()) if hasattr(cfg, "items") else dict(cfg)
+    spec = dict(default_config(_check_name(given.get("name"))).items())
+    unknown = sorted(set(given) - _KNOWN_KEYS)
+    if unknown:
+        raise ValueError(f"Unknown model config key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_KNOWN_KEYS))}.")
+    spec.update({k: v for k, v in given.items() if v is not None})
+    name, units = spec["name"], unit_names(spec)
+    if spec["split"] not in units:
+        raise ValueError(f"Split {spec['split']!r} is not a unit of {name}; choose one of: {', '.join(units)}.")
+    if name in ("resnet", "wrn"):
+        offset = 2 if name == "resnet" else 4
+        depth = spec["depth"]
+        if not isinstance(depth, int) or depth < 6 + offset or (depth - offset) % 6:
+            raise ValueError(f"{name} depth must be 6n+{offset} with n >= 1 (e.g. "
+                             f"{'8, 20, 56' if name == 'resnet' else '10, 16, 28'}); got {depth!r}.")
+    for key in ("width", "widen", "expansion"):
+        if key in spec and (not isinstance(spec[key], int) or spec[key] < 1):
+            raise ValueError(f"Model config {key} must be a positive integer; got {spec[key]!r}.")
+    try:
+        spec["dtype"] = jnp.dtype(spec["dtype"])
+    except TypeError:
+        raise ValueError(f"Model config dtype {spec['dtype']!r} is not a dtype name (e.g. 'float32', 'bfloat16').")
+    return spec
+
+
+def _part(spec: dict, units: tuple, num_classes) -> nn.Module:
+    common = dict(units=units, width=spec["width"], num_classes=num_classes,
+                  bn_momentum=spec["bn_momentum"], dtype=spec["dtype"])
+    if spec["name"] == "mobilenet_v2":
+        return mobilenet.MobileNetV2(expansion=spec["expansion"], **common)
+    wrn = spec["name"] == "wrn"
+    n = (spec["depth"] - (4 if wrn else 2)) // 6
+    return resnet.ResNet(num_blocks=n, widen=spec["widen"] if wrn else 1, preact=wrn, **common)
+
+
+def _split_units(spec: dict) -> tuple:
+    units = unit_names(spec)
+    i = units.index(spec["split"]) + 1
+    return units[:i], units[i:]
+
+
+def _check_classes(num_classes) -> int:
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer; got {num_classes!r}.")
+    return num_classes
+
+
+def build_extractor(cfg) -> nn.Module:
+    """The units up to and including `cfg.split`; returns `(features, out)`."""
+    spec = _resolve(cfg)
+    return _part(spec, _split_units(spec)[0], None)
+
+
+def build_head(cfg, num_classes: int) -> nn.Module:
+    """Units after `cfg.split` + pool + classifier; fits build_extractor(cfg)'s features (task or aux head)."""
+    spec = _resolve(cfg)
+    return _part(spec, _split_units(spec)[1], _check_classes(num_classes))
+
+
+def build(cfg, num_classes: int) -> SplitModel:
+    """The whole classifier: params subtrees 'extractor' (shareable) and 'head' (task-private)."""
+    return SplitModel(extractor=build_extractor(cfg), head=build_head(cfg, num_classes))
