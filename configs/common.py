@@ -43,11 +43,12 @@ def base_config(arg: str, *, experiment: str) -> ml_collections.ConfigDict:
     c.checkpoint_every = 200
     if arg == "smoke":
         c.data.max_train = 512
-        c.model.width = 4
+        c.model.width = 8
+        c.optim.lr = 1e-2
         c.batch_size = 32
-        c.num_steps = 20
-        c.log_every = 10
-        c.checkpoint_every = 10
+        c.num_steps = 60
+        c.log_every = 20
+        c.checkpoint_every = 20
     elif arg == "full":
         c.data = ml_collections.ConfigDict(dict(name="tfds:cifar10", image_size=32, channels=3, max_train=None))
         c.model = model_config(depth=20, width=16)

@@ -26,8 +26,8 @@ def maybe_initialize_distributed() -> None:
     coordinator = os.environ.get("MODULAR_COORDINATOR")
     if not coordinator or jax.distributed.is_initialized():
         return
-    if jax.default_backend() == "cpu" or os.environ.get("JAX_PLATFORMS", "") == "cpu":
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # Only affects CPU collectives; set before anything initializes a backend.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator, num_processes=int(os.environ["MODULAR_NUM_PROCESSES"]),
                                process_id=int(os.environ["MODULAR_PROCESS_ID"]))
 

@@ -1,0 +1,28 @@
+"""Supervised pretraining of a backbone on config.data.name (the source model the other methods reuse)."""
+from __future__ import annotations
+
+import jax
+import ml_collections
+
+from modular import params as P, supervised
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    clf, ds = supervised.pretrained_backbone(config, workdir)
+    params = clf.variables["params"]
+    fit = clf.fit
+    steps_run = config.num_steps - (fit.resumed_from or 0)
+    results = dict(
+        accuracy=clf.accuracy(ds.test_images, ds.test_labels),
+        train_accuracy=clf.accuracy(ds.train_images[:2000], ds.train_labels[:2000]),
+        dataset=ds.name, num_classes=ds.num_classes, num_train=len(ds.train_labels), num_test=len(ds.test_labels),
+        model=config.model.to_dict(),
+        params={"total": P.count(params), "extractor": P.count(params["extractor"]), "head": P.count(params["head"])},
+        steps=config.num_steps, resumed_from=fit.resumed_from,
+        images_per_sec=steps_run * config.batch_size / max(fit.seconds, 1e-9) if steps_run else None,
+        history=fit.history,
+    )
+    if jax.process_index() == 0:
+        print(f"pretrain {ds.name}: test accuracy {100 * results['accuracy']:.2f}% "
+              f"({results['params']['total']:,} parameters)", flush=True)
+    return results
