@@ -1,0 +1,108 @@
+"""Our train step against the same model in PyTorch eager, measured in one run.
+
+  pip install torch==2.13.0        # optional benchmark dependency (CPU build), or: pip install -e '.[bench]'
+  python -m benchmarks.compare_torch [--models resnet20,mobilenet_v2] [--batch 128] [--size 32] [--steps 10]
+
+For each model: images/s of a full training step (forward, backward, Adam) in modular (jax.jit) and in
+PyTorch, their ratio, and each one's fraction of the machine's measured matmul FLOP/s. The two
+frameworks are timed in alternating rounds so that load from other processes hits both alike.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks.throughput import matmul_flops_per_sec
+from configs import common
+from modular import models, optim, supervised, train
+
+
+def jax_step_fn(name: str, batch: int, size: int):
+    """A zero-argument callable running one jitted train step; returns (fn, flops per step)."""
+    cfg = common.model_config(depth=20, width=16) if name == "resnet20" else models.default_config("mobilenet_v2")
+    model = models.build(cfg, 10)
+    variables = models.init(model, jax.random.key(0), (1, size, size, 3))
+    params, model_state = variables["params"], {"batch_stats": variables["batch_stats"]}
+    tx = optim.build(common.optim_config(name="adam"), params, 100)
+    step = jax.jit(train.make_train_step(supervised.classification_loss(model), tx), donate_argnums=(0,))
+    rng = np.random.default_rng(0)
+    data = {"image": jnp.asarray(rng.random((batch, size, size, 3), np.float32)),
+            "label": jnp.asarray(rng.integers(0, 10, batch), jnp.int32)}
+    key = jax.random.key(0)
+    holder = {"state": train.TrainState.create(params, model_state, tx)}
+    cost = step.lower(holder["state"], data, key).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float(cost.get("flops", 0.0)) if cost else 0.0
+
+    def run() -> None:
+        holder["state"], metrics = step(holder["state"], data, key)
+        jax.block_until_ready(metrics)
+
+    return run, flops
+
+
+def torch_step_fn(name: str, batch: int, size: int):
+    import torch
+    from benchmarks import torch_models
+
+    torch.manual_seed(0)
+    model = torch_models.resnet20() if name == "resnet20" else torch_models.mobilenet_v2()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x = torch.rand(batch, 3, size, size)
+    y = torch.randint(0, 10, (batch,))
+    loss_fn = torch.nn.CrossEntropyLoss()
+    model.train()
+
+    def run() -> None:
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+
+    return run
+
+
+def timed(fn, steps: int) -> float:
+    t = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="resnet20,mobilenet_v2")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=10, help="steps per timed round")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    try:
+        import torch
+    except ImportError:
+        raise SystemExit("PyTorch is not installed: pip install torch==2.13.0 (an optional benchmark dependency).")
+    peak = matmul_flops_per_sec()
+    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}; torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads); matmul peak {peak / 1e9:.1f} GFLOP/s")
+    for name in args.models.split(","):
+        ours, flops = jax_step_fn(name, args.batch, args.size)
+        theirs = torch_step_fn(name, args.batch, args.size)
+        ours(), theirs()  # warm-up (compilation, allocator)
+        t_ours = t_theirs = 0.0
+        for _ in range(args.rounds):
+            t_ours += timed(ours, args.steps)
+            t_theirs += timed(theirs, args.steps)
+        n = args.steps * args.rounds * args.batch
+        ips_ours, ips_theirs = n / t_ours, n / t_theirs
+        frac = lambda ips: 100 * flops * ips / args.batch / peak
+        print(f"{name:>13}: modular {ips_ours:8.1f} img/s ({frac(ips_ours):4.1f}% of peak) | "
+              f"pytorch {ips_theirs:8.1f} img/s ({frac(ips_theirs):4.1f}% of peak, same FLOPs) | "
+              f"ratio modular/pytorch {ips_ours / ips_theirs:.2f}")
+
+
+if __name__ == "__main__":
+    main()
