@@ -1,0 +1,62 @@
+"""Head2Toe (Evci et al. 2022): select features from every layer of a frozen backbone.
+
+  python -m experiments.run --config=configs/head2toe.py --workdir=/tmp/h2t            # CPU suite, ~10 min
+  python -m experiments.run --config=configs/head2toe.py:smoke --workdir=/tmp/h2t_s    # seconds (tests)
+  python -m experiments.run --config=configs/head2toe.py --config.data.target=rotation --workdir=/tmp/h2t_rot
+  python -m experiments.run --config=configs/head2toe.py:full --workdir=...            # tfds VTAB-1k, accelerators
+
+The backbone is pretrained on config.data.name (resumes in workdir/pretrain); targets are
+config.data.target (one task) or, when it is empty, config.data.targets (the suite).
+"""
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg: str = ""):
+    arg = common.check_arg(arg)
+    config = common.base_config(arg, experiment="head2toe")
+    config.data.target = ""
+    config.num_steps = 300                # backbone pretraining on the source (mnist5k)
+    config.data.targets = ["digits", "mnist5k/invert", "rotation", "count"]
+    config.data.max_train_target = 1000   # VTAB-1k: 1000 training examples per task
+    config.data.max_test_target = 1000
+    h = ml_collections.ConfigDict()
+    h.target_size = 512                   # T: features per layer after pooling
+    h.fractions = [0.01, 0.05, 0.2]       # F grid (paper 0.0005 ... 0.2)
+    h.coefs = [1e-4, 1e-3]                # group-lasso coefficient grid
+    h.lrs = [0.01, 0.1]                   # paper {0.1, 0.01}
+    h.steps = 200                         # full-batch Adam steps per head (paper {500, 5000})
+    h.folds = 3                           # paper 5
+    h.baseline_coef = {"l1": 1e-4, "l2": 1e-3, "l21": 1e-3}
+    h.baseline_lr = 0.01
+    h.finetune_steps = 150                # ~10 epochs of the 1000 examples
+    h.finetune_batch_size = 64
+    h.finetune_lr = 1e-3
+    h.finetune = True
+    config.head2toe = h
+    if arg == "smoke":
+        config.num_steps = 20
+        config.data.targets = ["rotation", "count"]   # same class count: the heads compile once
+        config.data.max_train_target = 128
+        config.data.max_test_target = 128
+        h.target_size = 64
+        h.fractions = [0.05, 0.2]
+        h.coefs = [1e-3]
+        h.lrs = [0.05]
+        h.steps = 40
+        h.folds = 2
+        h.finetune_steps = 10
+        h.finetune_batch_size = 32
+    elif arg == "full":
+        config.data.targets = ["tfds:cifar100", "tfds:dtd", "tfds:oxford_flowers102", "tfds:svhn_cropped",
+                               "tfds:eurosat", "tfds:dmlab", "tfds:smallnorb"]
+        h.target_size = 8192
+        h.fractions = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2]
+        h.coefs = [1e-5, 1e-4, 1e-3, 1e-2]
+        h.lrs = [0.1, 0.01]
+        h.steps = 5000
+        h.folds = 5
+        h.finetune_steps = 5000
+        h.finetune_batch_size = 64
+    return config

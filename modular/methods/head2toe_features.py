@@ -1,0 +1,114 @@
+"""Head2Toe features: every named activation of a frozen backbone, pooled to ~T values, L2-normalised, concatenated.
+
+The backbone runs once (`cache_features`); every head is then trained on the cached matrix, so adapting
+to a task never computes a backbone gradient or even a backbone forward pass.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from modular import models, train
+
+# Aliases of another activation (the extractor's output is also the head's input map).
+SKIPPED = ("features",)
+
+
+def pool_size(channels: int, width: int, target: int) -> int:
+    """Side of the disjoint average-pool window for a [H, W, C] map (Evci et al. 2022, Sec. 3).
+
+    C >= T: global pooling (window = W). Otherwise n = int(sqrt(T // C)) patches per side, window W // n.
+    """
+    if channels <= 0 or width <= 0 or target <= 0:
+        raise ValueError(f"pool_size needs positive channels, width and target, got {channels}, {width}, {target}.")
+    if channels >= target:
+        return width
+    n = max(1, int(math.sqrt(target // channels)))
+    return max(1, width // n)
+
+
+def pool_layer(x: jax.Array, target: int) -> jax.Array:
+    """One activation -> [B, ~target] features: conv maps pooled in 2-D, token maps in 1-D, vectors as they are."""
+    if x.ndim == 2:
+        return x
+    if x.ndim == 3:  # [B, N, C] tokens: 1-D pooling over tokens
+        window = pool_size(x.shape[-1], x.shape[1], target)
+        x = nn.avg_pool(x, (window,), strides=(window,), padding="VALID")
+        return x.reshape(x.shape[0], -1)
+    if x.ndim == 4:  # [B, H, W, C]
+        window = pool_size(x.shape[-1], x.shape[2], target)
+        # Disjoint windows (stride = window, no padding): a remainder row/column is dropped.
+        x = nn.avg_pool(x, (window, window), strides=(window, window), padding="VALID")
+        return x.reshape(x.shape[0], -1)
+    raise ValueError(f"Cannot pool an activation of shape {x.shape}; expected [B,C], [B,N,C] or [B,H,W,C].")
+
+
+def l2_normalise(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+    """Per-example unit norm; an all-zero vector stays zero (no division by zero)."""
+    norm = jnp.linalg.norm(x, axis=-1, keepdims=True)
+    return jnp.where(norm > eps, x / jnp.maximum(norm, eps), 0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureCache:
+    """Cached features of one task: `train`/`test` [N, D] and each layer's column slice."""
+    train: np.ndarray
+    test: np.ndarray
+    layers: dict  # name -> (start, stop)
+    aliases: dict = dataclasses.field(default_factory=dict)  # dropped duplicate -> the layer it repeats
+
+    @property
+    def num_features(self) -> int:
+        return self.train.shape[1]
+
+    def layer_of_column(self) -> np.ndarray:
+        names = np.empty(self.num_features, dtype=object)
+        for name, (a, b) in self.layers.items():
+            names[a:b] = name
+        return names
+
+    def columns(self, layer_names) -> np.ndarray:
+        names = [self.aliases.get(n, n) for n in layer_names]
+        unknown = [n for n in names if n not in self.layers]
+        if unknown:
+            raise ValueError(f"Unknown feature layers {unknown}; known: {', '.join(self.layers)}.")
+        return np.concatenate([np.arange(*self.layers[n]) for n in names])
+
+
+def all_layer_features(model, variables, images: np.ndarray, target: int, batch_size: int = 500) -> dict:
+    """name -> [N, d] pooled and normalised features of every activation the model reports."""
+    def fn(v, batch):
+        _, out, _ = models.apply(model, v, batch["image"], mode="eval")
+        return {k: l2_normalise(pool_layer(a.astype(jnp.float32), target)) for k, a in out.items()
+                if k not in SKIPPED}
+    return train.predict(fn, variables, images, batch_size=batch_size)
+
+
+def forward_order(model, variables, example: np.ndarray) -> list:
+    """Activation names input-to-output (jit outputs come back with sorted keys, so ask the model eagerly)."""
+    _, out, _ = models.apply(model, variables, jnp.asarray(example), mode="eval")
+    return [k for k in out if k not in SKIPPED]
+
+
+def cache_features(model, variables, train_images: np.ndarray, test_images: np.ndarray, target: int) -> FeatureCache:
+    """Run the backbone once over both splits; drop layers that exactly repeat an earlier one."""
+    tr = all_layer_features(model, variables, train_images, target)
+    te = all_layer_features(model, variables, test_images, target)
+    kept, layers, aliases, start = [], {}, {}, 0
+    for name in forward_order(model, variables, train_images[:1]):
+        x = tr[name]
+        same = [k for k in kept if x.shape == tr[k].shape and np.array_equal(x, tr[k])]
+        if same:
+            aliases[name] = same[0]
+            continue
+        kept.append(name)
+        layers[name] = (start, start + x.shape[1])
+        start += x.shape[1]
+    return FeatureCache(train=np.concatenate([tr[k] for k in kept], 1).astype(np.float32),
+                        test=np.concatenate([te[k] for k in kept], 1).astype(np.float32), layers=layers,
+                        aliases=aliases)

@@ -1,0 +1,78 @@
+"""Feature selection (Head2Toe, feature-wise and layer-wise) and k-fold cross-validation on the training set."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from modular.methods import head2toe_heads as heads
+
+
+def _check_fraction(fraction: float) -> None:
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"Feature fraction must be in (0, 1], got {fraction}.")
+
+
+def num_kept(num_features: int, fraction: float) -> int:
+    _check_fraction(fraction)
+    return max(1, int(round(fraction * num_features)))
+
+
+def top_fraction_mask(scores: np.ndarray, fraction: float) -> np.ndarray:
+    """1 for the round(F * D) highest-scoring features (ties broken by index), else 0."""
+    k = num_kept(len(scores), fraction)
+    mask = np.zeros(len(scores), np.float32)
+    mask[np.argsort(-scores, kind="stable")[:k]] = 1.0
+    return mask
+
+
+def layerwise_mask(scores: np.ndarray, layers: dict, fraction: float) -> np.ndarray:
+    """Whole layers ranked by mean score, added until at least round(F * D) features are kept."""
+    k = num_kept(len(scores), fraction)
+    order = sorted(layers, key=lambda n: -float(np.mean(scores[slice(*layers[n])])))
+    mask = np.zeros(len(scores), np.float32)
+    for name in order:
+        if mask.sum() >= k:
+            break
+        mask[slice(*layers[name])] = 1.0
+    return mask
+
+
+def head2toe(x: np.ndarray, y: np.ndarray, num_classes: int, *, fraction: float, coef: float, lr: float,
+             steps: int, seed: int = 0) -> tuple[np.ndarray, dict, np.ndarray]:
+    """Group-lasso scores on all features -> keep the top fraction -> fresh unregularised head. (mask, head, scores)."""
+    scorer = heads.train_linear(x, y, num_classes, reg="l21", coef=coef, lr=lr, steps=steps, seed=seed)
+    scores = heads.relevance(scorer)
+    mask = top_fraction_mask(scores, fraction)
+    head = heads.train_linear(x, y, num_classes, reg="none", lr=lr, steps=steps, mask=mask, seed=seed + 1)
+    return mask, head, scores
+
+
+def fold_indices(n: int, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    if folds < 2 or folds > n:
+        raise ValueError(f"Cross-validation needs 2 <= folds <= {n} examples, got {folds}.")
+    perm = np.random.default_rng(seed).permutation(n)
+    parts = np.array_split(perm, folds)
+    return [(np.concatenate(parts[:i] + parts[i + 1:]), parts[i]) for i in range(folds)]
+
+
+def cross_validate(x: np.ndarray, y: np.ndarray, num_classes: int, *, fractions, coefs, lrs, steps: int,
+                   folds: int = 3, seed: int = 0) -> tuple[dict, list[dict]]:
+    """Mean validation accuracy of every (F, coef, lr) over k folds of the training set; the best setting wins.
+
+    The scoring head depends on (coef, lr) only, so it is trained once per fold and reused for every F.
+    """
+    for f in fractions:
+        _check_fraction(f)
+    acc = {}
+    for tr, va in fold_indices(len(y), folds, seed):
+        for coef, lr in itertools.product(coefs, lrs):
+            scores = heads.relevance(heads.train_linear(x[tr], y[tr], num_classes, reg="l21", coef=coef, lr=lr,
+                                                        steps=steps, seed=seed))
+            for f in fractions:
+                mask = top_fraction_mask(scores, f)
+                head = heads.train_linear(x[tr], y[tr], num_classes, lr=lr, steps=steps, mask=mask, seed=seed + 1)
+                acc.setdefault((f, coef, lr), []).append(heads.head_accuracy(head, x[va] * mask, y[va]))
+    rows = [dict(fraction=f, coef=c, lr=l, val_accuracy=float(np.mean(v))) for (f, c, l), v in acc.items()]
+    best = max(rows, key=lambda r: r["val_accuracy"])
+    return best, rows

@@ -1,0 +1,154 @@
+"""Head2Toe: pooling formula, normalisation, cached all-layer features, selection, CV, sklearn check, smoke run."""
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import common
+from modular import data, models
+from modular.methods import head2toe_features as feats
+from modular.methods import head2toe_heads as heads
+from modular.methods import head2toe_select as select
+from modular.methods import head2toe_suite as suite
+
+
+@pytest.mark.parametrize("channels,width,target,expected", [
+    (16, 16, 512, 3),    # n = int(sqrt(32)) = 5 -> pool 16 // 5 = 3
+    (32, 8, 512, 2),     # n = 4 -> pool 2
+    (64, 4, 512, 2),     # n = int(sqrt(8)) = 2 -> pool 2
+    (512, 4, 512, 4),    # C >= T: global average pool
+    (1024, 7, 512, 7),
+    (8, 16, 8192, 1),    # n = 32 > W: finest pooling is one pixel
+])
+def test_pool_size_matches_the_papers_formula(channels, width, target, expected):
+    assert feats.pool_size(channels, width, target) == expected
+    if channels < target:
+        assert expected == max(1, width // max(1, int(math.sqrt(target // channels))))
+
+
+def test_pool_layer_averages_disjoint_patches():
+    x = np.random.default_rng(0).normal(size=(2, 16, 16, 16)).astype(np.float32)
+    out = np.asarray(feats.pool_layer(jnp.asarray(x), 512))
+    ref = x[:, :15, :15].reshape(2, 5, 3, 5, 3, 16).mean(axis=(2, 4)).reshape(2, -1)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
+    assert feats.pool_layer(jnp.ones((2, 4, 4, 600)), 512).shape == (2, 600)   # global pool
+    assert feats.pool_layer(jnp.ones((3, 16, 8)), 32).shape == (3, 8 * 2)      # tokens: n=2 -> pool 8
+    with pytest.raises(ValueError, match="Cannot pool"):
+        feats.pool_layer(jnp.ones((2, 2, 2, 2, 2)), 8)
+
+
+def test_l2_normalise_keeps_zero_vectors_zero():
+    x = jnp.array([[3.0, 4.0], [0.0, 0.0]])
+    out = np.asarray(feats.l2_normalise(x))
+    np.testing.assert_allclose(out, [[0.6, 0.8], [0.0, 0.0]])
+    assert np.all(np.isfinite(out))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model = models.build(common.model_config(width=4), 10)
+    variables = models.init(model, jax.random.key(0), (1, 8, 8, 1))
+    return model, variables
+
+
+def test_cache_holds_every_layer_normalised(tiny):
+    model, variables = tiny
+    x = np.random.default_rng(0).uniform(size=(12, 8, 8, 1)).astype(np.float32)
+    cache = feats.cache_features(model, variables, x[:8], x[8:], target=16)
+    names = feats.forward_order(model, variables, x[:1])
+    assert set(cache.layers) | set(cache.aliases) == set(names)          # every activation is there once
+    assert "logits" in cache.layers and "stem" in cache.layers
+    assert cache.train.shape == (8, cache.num_features) and cache.test.shape == (4, cache.num_features)
+    for a, b in cache.layers.values():
+        norms = np.linalg.norm(cache.train[:, a:b], axis=1)
+        assert np.all((np.abs(norms - 1) < 1e-4) | (norms == 0))
+    assert len(cache.columns(["pre_logits"])) == 16                      # stage3 width 4 * 4
+    with pytest.raises(ValueError, match="Unknown feature layers"):
+        cache.columns(["nope"])
+
+
+def _informative(n=400, d=60, k=3, seed=0):
+    """Only the first 6 features carry the label; the rest are noise."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, n)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    x[:, :6] += 2.0 * np.eye(k)[y].repeat(2, axis=1)
+    return x, y.astype(np.int32)
+
+
+def test_group_lasso_scores_find_the_informative_features():
+    x, y = _informative()
+    mask, head, scores = select.head2toe(x, y, 3, fraction=0.1, coef=1e-2, lr=0.05, steps=300)
+    assert set(np.flatnonzero(mask)) == set(range(6))
+    assert np.all(head["w"][mask == 0] == 0)                              # only kept rows are stored
+    assert heads.head_accuracy(head, x * mask, y) > 0.9
+
+
+def test_layerwise_mask_takes_whole_layers():
+    scores = np.array([0.1, 0.1, 0.9, 0.8, 0.0, 0.0])
+    layers = {"a": (0, 2), "b": (2, 4), "c": (4, 6)}
+    np.testing.assert_array_equal(select.layerwise_mask(scores, layers, 0.3), [0, 0, 1, 1, 0, 0])
+    np.testing.assert_array_equal(select.top_fraction_mask(scores, 0.3), [0, 0, 1, 1, 0, 0])
+    with pytest.raises(ValueError, match="fraction"):
+        select.top_fraction_mask(scores, 0.0)
+
+
+def test_cross_validation_covers_the_grid():
+    x, y = _informative(n=120)
+    best, rows = select.cross_validate(x, y, 3, fractions=[0.1, 0.5], coefs=[1e-3], lrs=[0.05], steps=50, folds=2)
+    assert len(rows) == 2 and best in rows and 0 <= best["val_accuracy"] <= 1
+    with pytest.raises(ValueError, match="folds"):
+        select.fold_indices(5, 1, 0)
+
+
+def test_regulariser_names_are_checked():
+    with pytest.raises(ValueError, match="regulariser"):
+        heads.train_linear(np.zeros((4, 3), np.float32), np.zeros(4, np.int32), 2, reg="l3")
+
+
+def test_linear_head_matches_sklearn_logistic_regression(tiny):
+    """Independent check: our optax softmax regression vs scikit-learn's on the same cached pre-logits."""
+    from sklearn.linear_model import LogisticRegression
+    model, variables = tiny
+    ds = data.load("digits", image_size=8).subset(max_train=600, seed=0)
+    cache = feats.cache_features(model, variables, ds.train_images, ds.test_images, target=16)
+    cols = cache.columns(["pre_logits"])
+    x, xt = cache.train[:, cols], cache.test[:, cols]
+    c, n = 10.0, len(x)
+    # sklearn minimises 0.5||W||^2 + C * sum CE  ==  mean CE + ||W||^2 / (2 C N)
+    ours = heads.train_linear(x, ds.train_labels, 10, reg="l2", coef=1 / (2 * c * n), lr=0.05, steps=1500)
+    sk = LogisticRegression(C=c, max_iter=5000).fit(x, ds.train_labels)
+    acc_ours = heads.head_accuracy(ours, xt, ds.test_labels)
+    acc_sk = float(np.mean(sk.predict(xt) == ds.test_labels))
+    assert acc_sk > 0.3
+    assert abs(acc_ours - acc_sk) <= 0.015, (acc_ours, acc_sk)
+
+
+def test_structured_suite_tasks():
+    for name in ("rotation", "location", "count"):
+        ds = suite.load_task(name, image_size=8, max_train=40, max_test=20)
+        assert ds.num_classes == 4 and ds.train_images.shape == (40, 8, 8, 1) and len(ds.test_labels) == 20
+        assert set(np.unique(ds.train_labels)) <= {0, 1, 2, 3}
+    with pytest.raises(ValueError, match="structured task"):
+        suite._structured("colour", np.zeros((2, 8, 8, 1), np.float32), 0)
+
+
+def test_smoke_run_end_to_end(tmp_path):
+    from configs import head2toe as cfg_module
+    from experiments import run as run_module
+    config = cfg_module.get_config("smoke")
+    res = run_module.run(config, str(tmp_path))
+    assert set(res["accuracy"]) == {"linear", "all_l1", "all_l2", "all_l21", "layerwise", "head2toe", "finetune"}
+    assert all(0 <= v <= 1 for v in res["accuracy"].values())
+    assert res["total_features"] > 0 and all(0 < v <= res["total_features"] for v in res["selected_features"].values())
+    assert set(res["kept_per_layer"]) == set(config.data.targets)
+    assert "affinity_gain_correlation" in res and res["cost_ratios"]["bytes_head2toe_over_finetune"] < 1
+    for plot in ("kept_per_layer.png", "gain_vs_affinity.png"):
+        assert os.path.exists(tmp_path / "plots" / plot)
+    assert os.path.exists(tmp_path / "results.json")
+    with pytest.raises(ValueError, match="config.data.target"):
+        config.data.targets = []
+        run_module.run(config, str(tmp_path))
