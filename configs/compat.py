@@ -1,0 +1,52 @@
+"""Compatible components (Gygli et al. 2020): DCC / RP / IIW, recombination accuracy (Fig. 2).
+
+  python -m experiments.run --config=configs/compat.py --workdir=/tmp/compat          # 8-way sweep, ~10 min CPU
+  python -m experiments.run --config=configs/compat.py:smoke --workdir=/tmp/c_smoke   # seconds (tests)
+  python -m experiments.run --config=configs/compat.py --workdir=/tmp/c1 --config.compat.sweep=False \
+      --config.compat.schedule=incremental                                              # one setting
+
+The default runs the sweep (all 8 DCC/RP/IIW combinations, joint schedule); the top-level metrics of
+results.json are those of the setting named by compat.dcc/rp/iiw (all on by default).
+"""
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg: str = ""):
+    arg = common.check_arg(arg)
+    config = common.base_config(arg, experiment="compat")
+    # Two tasks of one shape; `common_classes` None = every label id both tasks have (all 10 digits here).
+    config.data = ml_collections.ConfigDict(dict(task_a="mnist5k", task_b="digits", image_size=16, channels=1,
+                                                 max_train=None))
+    config.model = common.model_config(depth=8, width=16, split="stage2")  # compat.split wins
+    config.compat = ml_collections.ConfigDict(dict(
+        dcc=True, rp=True, iiw=True,         # the setting whose metrics lead results.json
+        schedule="joint",                    # joint | incremental
+        split="stage2",                      # last extractor unit; the heads hold the rest + pool + classifier
+        common_classes=ml_collections.FieldReference(None, field_type=list),
+        dcc_weight=1.0, rp_weight=1.0,
+        rp_fraction=0.25,                    # rotate this share of each batch (x4 views) for the RP loss
+        sweep=True,                          # all 8 DCC/RP/IIW combinations
+    ))
+    config.batch_size = 64                   # per task
+    config.num_steps = 300
+    config.log_every = 100
+    config.checkpoint_every = 0
+    config.verbose = True
+    if arg == "smoke":
+        config.data.max_train = 256
+        config.model.width = 8
+        config.compat.sweep = False
+        config.batch_size = 32
+        config.num_steps = 30
+        config.log_every = 10
+    elif arg == "full":
+        config.data = ml_collections.ConfigDict(dict(task_a="tfds:cifar10", task_b="tfds:stl10", image_size=32,
+                                                     channels=3, max_train=None))
+        config.model = common.model_config(depth=20, width=16, split="stage3")
+        config.batch_size = 128
+        config.num_steps = 20_000
+        config.log_every = 500
+        config.checkpoint_every = 2_000
+    return config
