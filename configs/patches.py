@@ -1,0 +1,53 @@
+"""Model patches (Mudrakarta et al. 2018): pretrain on a source, transfer to a target in every mode.
+
+  python -m experiments.run --config=configs/patches.py --workdir=/tmp/patches            # CPU, ~10 min
+  python -m experiments.run --config=configs/patches.py:smoke --workdir=/tmp/patches_s    # seconds (tests)
+  python -m experiments.run --config=configs/patches.py:full --workdir=gs://.../patches   # accelerators
+
+The source backbone is pretrained under WORKDIR/pretrain (the same layout as configs/pretrain.py, so a
+pretrain run's workdir is reused).
+"""
+import ml_collections
+
+from configs import common
+
+MODES = ["last_layer", "sb_last", "sb_only", "dw_last", "sb_dw_last", "full", "last_layer_bn_stats"]
+
+
+def get_config(arg: str = ""):
+    arg = common.check_arg(arg)
+    config = common.base_config(arg, experiment="patches")
+    config.model = common.model_config("mobilenet_v2", width=8, expansion=4, split="final")
+    config.data.target = "digits"           # real handwritten digits: another domain than MNIST
+    config.transfer = ml_collections.ConfigDict(dict(
+        modes=list(MODES), num_steps=300, batch_size=64, lr=3e-3))
+    config.multitask = ml_collections.ConfigDict(dict(
+        enabled=True, tasks=["digits", "mnist5k/edges", "mnist5k/invert"], num_steps=300, batch_size=32,
+        max_train=1000, independent=True, sharings=["sb", "head"]))
+    config.num_steps = 500
+    if arg == "smoke":
+        config.model.width = 4
+        config.model.expansion = 2
+        config.data.max_train = 256
+        config.num_steps = 30
+        config.transfer.num_steps = 15
+        config.transfer.batch_size = 32
+        config.transfer.lr = 1e-2
+        config.multitask.tasks = ["digits", "mnist5k/invert"]
+        config.multitask.num_steps = 10
+        config.multitask.batch_size = 16
+        config.multitask.max_train = 128
+        config.multitask.independent = False
+        config.multitask.sharings = ["sb"]
+        config.transfer.modes = MODES[:6]   # the paper's six; fewer compiles keep the smoke under a minute
+    elif arg == "full":
+        config.model = common.model_config("mobilenet_v2", width=16, expansion=6, split="final")
+        config.data.target = "tfds:svhn_cropped"
+        config.transfer.num_steps = 10_000
+        config.transfer.batch_size = 128
+        config.transfer.lr = 1e-2
+        config.multitask.tasks = ["tfds:svhn_cropped", "tfds:cifar10", "tfds:mnist"]
+        config.multitask.num_steps = 20_000
+        config.multitask.batch_size = 64
+        config.multitask.max_train = None
+    return config

@@ -1,0 +1,127 @@
+"""Model patches: patch rules, frozen parts stay put, patch files, multi-task and mixed-task serving."""
+import json
+import os
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from modular import checkpoint, data, models, optim, params as P, supervised
+from modular.methods import patches, patches_multitask as mt
+
+CFG = ml_collections.ConfigDict(dict(name="mobilenet_v2", width=4, expansion=2, split="final"))
+OPTIM = ml_collections.ConfigDict(dict(name="adam", lr=1e-2, schedule="constant", lr_mults=[], default_mult=1.0))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    ds = data.load("digits", image_size=8, max_train=64)
+    model = models.build(CFG, ds.num_classes)
+    variables = jax.tree.map(np.asarray, models.init(model, jax.random.key(0), (1, 8, 8, 1)))
+    return ds, supervised.Classifier(model, variables, None)
+
+
+def test_rules_select_the_paper_patches(tiny):
+    _, source = tiny
+    params = source.variables["params"]
+    for mode, expected in (("last_layer", {"head"}), ("sb_only", {"scale", "bias"})):
+        cfg = patches.optim_config(OPTIM, mode)
+        trained = [p for p, m in P.flatten(optim.trainable_mask(params, cfg)).items() if m]
+        assert trained and all(p.startswith("head/") if "head" in expected else p.split("/")[-1] in expected
+                               for p in trained)
+    dw = [p for p, m in P.flatten(optim.trainable_mask(params, patches.optim_config(OPTIM, "dw_last"))).items() if m]
+    assert {p for p in dw if not p.startswith("head/")} == {p for p in P.paths(params) if p.endswith("dw_conv/kernel")}
+    full = optim.trainable_mask(params, patches.optim_config(OPTIM, "full"))
+    assert all(jax.tree.leaves(full))
+
+
+def test_unknown_mode_and_dw_on_resnet_fail_clearly():
+    with pytest.raises(ValueError, match="Unknown transfer mode"):
+        patches.lr_mults("sb_plus")
+    resnet = models.init(models.build(ml_collections.ConfigDict(dict(name="resnet", depth=8, width=4)), 3),
+                         jax.random.key(0), (1, 8, 8, 1))
+    with pytest.raises(ValueError, match="depthwise"):
+        patches.check_applicable(resnet["params"], "dw_last")
+
+
+@pytest.mark.parametrize("mode", ["sb_last", "last_layer"])  # task BN stats vs source stats; e2e runs all
+def test_transfer_trains_only_the_patch_and_file_roundtrips(tiny, mode, tmp_path):
+    ds, source = tiny
+    clf, n = patches.transfer(source, ds, mode, model_cfg=CFG, optim_cfg=OPTIM, num_steps=3, batch_size=16,
+                              verbose=False)
+    before, after = P.flatten(source.variables["params"]), P.flatten(clf.variables["params"])
+    start_head = P.flatten(patches.target_start(source, CFG, ds.num_classes, ds.image_shape, 0)[1]["params"])
+    rules = [(r, True) for r in patches.get_mode(mode).trains]
+    for path in after:
+        changed = not np.array_equal(after[path], start_head[path] if path.startswith("head/") else before[path])
+        assert changed == P.match_rules(path, rules, False), path
+    stats_changed = not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(source.variables["batch_stats"]),
+                                                                  jax.tree.leaves(clf.variables["batch_stats"])))
+    assert stats_changed == patches.get_mode(mode).task_bn_stats
+    assert n == sum(np.size(v) for p, v in after.items() if P.match_rules(p, rules, False))
+
+    path = str(tmp_path / f"{mode}.patch")
+    size = patches.export_patch(path, clf.variables, mode)
+    assert 0 < size < P.nbytes(clf.variables["params"])
+    rebuilt = patches.import_patch(path, source.variables, mode)
+    for a, b in zip(jax.tree.leaves(rebuilt), jax.tree.leaves(clf.variables)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_patch_on_wrong_backbone_fails_with_one_sentence(tiny, tmp_path):
+    ds, source = tiny
+    path = str(tmp_path / "p.patch")
+    patches.export_patch(path, source.variables, "sb_last")
+    wide = models.init(models.build(ml_collections.ConfigDict(dict(CFG.to_dict(), width=8)), 10),
+                       jax.random.key(0), (1, 8, 8, 1))
+    with pytest.raises(checkpoint.CheckpointError, match="does not fit"):
+        patches.import_patch(path, wide, "sb_last")
+    with pytest.raises(checkpoint.CheckpointError, match="does not fit"):  # right backbone, wrong mode's patch
+        patches.import_patch(path, source.variables, "last_layer_bn_stats")
+
+
+def test_mixed_task_batch_matches_per_task_calls(tiny):
+    ds, source = tiny
+    tasks = [ds, data.load("mnist5k/invert", image_size=8, max_train=64)]
+    params, state = mt.init_multitask(source.variables, 2, "sb")
+    rng = np.random.default_rng(0)  # make the two tasks' patches (and statistics) differ, as training would
+    params["tasks"]["task1"] = jax.tree.map(lambda x: x + rng.normal(0, 0.5, x.shape).astype(x.dtype),
+                                            params["tasks"]["task1"])
+    state["tasks"]["task1"] = jax.tree.map(lambda x: x * 1.5 + 0.1, state["tasks"]["task1"])
+    assert mt.per_task_count(params) < P.count(params["shared"])
+    ids = np.array([0, 1] * 5)
+    images = np.stack([tasks[t].test_images[i] for i, t in enumerate(ids)])
+    serve = mt.make_mixed_server(source.model, mt.shared_variables(params, state))
+    mixed = np.asarray(serve(mt.stack_patches(params, state, 2), ids, images))
+    ref = np.stack([np.asarray(models.apply(source.model, mt.task_variables(params, state, t), images)[0])
+                    for t in (0, 1)])
+    np.testing.assert_allclose(mixed, ref[ids, np.arange(10)], rtol=1e-4, atol=1e-4)
+    assert not np.allclose(mixed, ref[1 - ids, np.arange(10)], atol=1e-3)
+    with pytest.raises(ValueError, match="sharing"):
+        mt.init_multitask(source.variables, 2, "everything")
+
+
+def test_smoke_experiment_end_to_end(tmp_path):
+    from configs import patches as patches_config
+    from experiments import run as runner
+    config = patches_config.get_config("smoke")
+    results = runner.run(config, str(tmp_path))
+    for key in ("accuracy", "params_per_task"):
+        assert set(patches.PAPER_MODES) <= set(results[key])
+    ppt = results["params_per_task"]
+    assert ppt["last_layer"] < ppt["sb_last"] < ppt["sb_dw_last"] < ppt["full"]
+    assert all(results["patch_reload_identical"].values())
+    assert "does not fit" in results["wrong_backbone_error"]
+    assert results["multitask"]["mixed_batch_serving"]["max_abs_diff_vs_per_task_calls"] < 1e-3
+    assert os.path.exists(tmp_path / "plots" / "accuracy_vs_params.png")
+    assert json.load(open(tmp_path / "results.json"))["paper"]["claims"]
+
+
+def test_target_equal_to_source_is_rejected(tmp_path):
+    from configs import patches as patches_config
+    from experiments import patches as exp
+    config = patches_config.get_config("smoke")
+    config.data.target = config.data.name
+    with pytest.raises(ValueError, match="must differ"):
+        exp.run(config, str(tmp_path))
