@@ -24,6 +24,9 @@ def get_config(arg: str = ""):
     config.multitask = ml_collections.ConfigDict(dict(
         enabled=True, tasks=["digits", "mnist5k/edges", "mnist5k/invert"], num_steps=300, batch_size=32,
         max_train=1000, independent=True, sharings=["sb", "head"]))
+    config.multires = ml_collections.ConfigDict(dict(
+        enabled=True, resolutions=[8, 12, 16], num_steps=300, batch_size=32,
+        thresholds=[0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0]))
     config.num_steps = 500
     if arg == "smoke":
         config.model.width = 4
@@ -39,6 +42,10 @@ def get_config(arg: str = ""):
         config.multitask.max_train = 128
         config.multitask.independent = False
         config.multitask.sharings = ["sb"]
+        config.multires.resolutions = [8, 12]
+        config.multires.num_steps = 5
+        config.multires.batch_size = 16
+        config.multires.thresholds = [0.5, 1.0]
         config.transfer.modes = MODES[:6]   # the paper's six; fewer compiles keep the smoke under a minute
     elif arg == "full":
         config.model = common.model_config("mobilenet_v2", width=16, expansion=6, split="final")
@@ -50,4 +57,7 @@ def get_config(arg: str = ""):
         config.multitask.num_steps = 20_000
         config.multitask.batch_size = 64
         config.multitask.max_train = None
+        config.multires.resolutions = [16, 24, 32]
+        config.multires.num_steps = 20_000
+        config.multires.batch_size = 64
     return config

@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 
 from modular import checkpoint, data, models, params as P, reporting, supervised
-from modular.methods import patches, patches_multitask as mt
+from modular.methods import patches, patches_multires, patches_multitask as mt
 
 # Mudrakarta et al. 2018 (ICLR'19). We do not reproduce their exact per-dataset figures from memory, so
 # the numeric cells stay null rather than risk wrong values; the orderings the paper reports are listed.
@@ -22,11 +22,13 @@ PAPER_TABLES = {
     "table2_params_fraction": {m: None for m in patches.PAPER_MODES},
     "table3_multitask": {"independent": None, "sb_patch": None, "shared_head_only": None},
     "table4_bn_stats_appendix_b1": {"last_layer": None, "last_layer_bn_stats": None},
+    "multi_resolution": {"per_resolution_sb_patch": None, "cascade": None},
     "claims": [
         "S/B + last layer clearly beats last layer alone at a small fraction of the parameters.",
         "S/B only with a fixed random last layer is non-trivial.",
         "Multi-task with S/B patches comes close to independent models at a fraction of total parameters.",
         "Re-estimating BN statistics improves last-layer-only transfer (Appendix B.1).",
+        "One model serves several resolutions with a per-resolution S/B patch and a shared last layer.",
     ],
 }
 
@@ -125,6 +127,34 @@ def _serve_mixed(model, params, state, tasks, per_task_acc) -> dict:
                 max_abs_diff_vs_per_task_calls=float(np.max(np.abs(logits - separate))))
 
 
+def _multires(config, workdir, source) -> dict:
+    """The target at several resolutions: a S/B patch each, one last layer, then the confidence cascade."""
+    rcfg = config.multires
+    sets = [data.load(config.data.target, image_size=r, channels=config.data.channels, seed=config.seed,
+                      max_train=config.data.get("max_train")) for r in rcfg.resolutions]
+    model, start = patches.target_start(source, config.model, sets[0].num_classes, sets[0].image_shape, config.seed)
+    optim_cfg = ml_collections.ConfigDict(config.optim.to_dict())
+    optim_cfg.lr = config.transfer.lr
+    params, state = mt.train_multitask(model, start, sets, "sb_shared_head", optim_cfg=optim_cfg,
+                                       num_steps=rcfg.num_steps, batch_size=rcfg.batch_size, seed=config.seed,
+                                       workdir=os.path.join(workdir, "multires"), log_every=config.log_every)
+    out = patches_multires.evaluate(model, params, state, sets, rcfg.thresholds)
+    out.update(per_resolution_patch_params=mt.per_task_count(params), shared_params=P.count(params["shared"]))
+    print(reporting.format_table(out["per_resolution"], title="multi-resolution: one S/B patch per resolution"))
+    print(reporting.format_table(out["cascade"], ["threshold", "accuracy", "relative_cost", "stopped_at"],
+                                 title="cascade: cheapest resolution first, escalate when unsure"), flush=True)
+    fig, ax = reporting.new_figure(figsize=(5, 3.5))
+    ax.plot([c["relative_cost"] for c in out["cascade"]], [100 * c["accuracy"] for c in out["cascade"]], "o-",
+            label="cascade (thresholds)")
+    ax.scatter([r["relative_cost"] for r in out["per_resolution"]],
+               [100 * r["accuracy"] for r in out["per_resolution"]], c="k", marker="s", label="single resolution")
+    ax.set_xlabel("mean FLOPs relative to the largest resolution")
+    ax.set_ylabel("test accuracy (%)")
+    ax.legend(fontsize=7)
+    out["plot"] = reporting.save_figure(fig, reporting.figure_path(workdir, "multires_cascade.png"))
+    return out
+
+
 def _plot(workdir, accuracy, params_per_task) -> str:
     fig, ax = reporting.new_figure(figsize=(5, 3.5))
     for mode, acc in accuracy.items():
@@ -162,4 +192,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     )
     if config.multitask.enabled:
         results["multitask"] = _multitask(config, workdir, source)
+    if config.multires.enabled:
+        results["multires"] = _multires(config, workdir, source)
+        results["plots"].append(results["multires"]["plot"])
     return results

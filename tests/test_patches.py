@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from modular import checkpoint, data, models, optim, params as P, supervised
-from modular.methods import patches, patches_multitask as mt
+from modular.methods import patches, patches_multires, patches_multitask as mt
 
 CFG = ml_collections.ConfigDict(dict(name="mobilenet_v2", width=4, expansion=2, split="final"))
 OPTIM = ml_collections.ConfigDict(dict(name="adam", lr=1e-2, schedule="constant", lr_mults=[], default_mult=1.0))
@@ -102,6 +102,32 @@ def test_mixed_task_batch_matches_per_task_calls(tiny):
         mt.init_multitask(source.variables, 2, "everything")
 
 
+def test_cascade_escalates_only_unsure_examples_and_counts_every_pass():
+    labels = np.array([0, 1, 1])
+    cheap = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8]])    # sure+right, unsure+wrong, sure+right
+    dear = np.array([[0.4, 0.6], [0.1, 0.9], [0.9, 0.1]])
+    out = patches_multires.cascade([cheap, dear], [1.0, 4.0], labels, threshold=0.75)
+    assert out["accuracy"] == 1.0 and out["stopped_at"] == [2, 1]
+    assert out["mean_cost"] == pytest.approx((1 + 5 + 1) / 3)       # the escalated one pays for both passes
+    always = patches_multires.cascade([cheap, dear], [1.0, 4.0], labels, threshold=1.01)
+    assert always["relative_cost"] == pytest.approx(5 / 4) and always["accuracy"] == pytest.approx(1 / 3)
+
+
+def test_multires_shares_the_head_and_costs_grow_with_resolution(tiny):
+    _, source = tiny
+    params, state = mt.init_multitask(source.variables, 2, "sb_shared_head")
+    private = P.paths(params["tasks"]["task0"])
+    assert private and all(p.split("/")[-1] in ("scale", "bias") for p in private)
+    assert any(p.startswith("head/") for p in P.paths(params["shared"]))
+    sets = [data.load("digits", image_size=r, max_train=64) for r in (8, 12)]
+    out = patches_multires.evaluate(source.model, params, state, sets, [0.5, 1.0])
+    small, large = out["per_resolution"]
+    assert (small["resolution"], large["resolution"]) == (8, 12) and small["flops"] < large["flops"]
+    assert out["cascade"][-1]["accuracy"] == pytest.approx(large["accuracy"])   # threshold 1: all escalate
+    with pytest.raises(ValueError, match="same examples"):
+        patches_multires.check_aligned([sets[0], data.load("digits", image_size=8, max_train=64, seed=1)])
+
+
 def test_smoke_experiment_end_to_end(tmp_path):
     from configs import patches as patches_config
     from experiments import run as runner
@@ -115,6 +141,9 @@ def test_smoke_experiment_end_to_end(tmp_path):
     assert "does not fit" in results["wrong_backbone_error"]
     assert results["multitask"]["mixed_batch_serving"]["max_abs_diff_vs_per_task_calls"] < 1e-3
     assert os.path.exists(tmp_path / "plots" / "accuracy_vs_params.png")
+    assert os.path.exists(tmp_path / "plots" / "multires_cascade.png")
+    costs = [r["relative_cost"] for r in results["multires"]["per_resolution"]]
+    assert costs == sorted(costs) and costs[-1] == 1.0
     assert json.load(open(tmp_path / "results.json"))["paper"]["claims"]
 
 

@@ -59,9 +59,12 @@ def optim_config(base: ml_collections.ConfigDict, mode: str) -> ml_collections.C
     return cfg
 
 
-def private_rules(mode: str) -> list:
-    """Rules labelling a mode's task-private parameters 'patch' (what it trains, plus the head it uses)."""
-    return [(rule, "patch") for rule in get_mode(mode).trains + (LAST,)]
+def private_rules(mode: str, include_head: bool = True) -> list:
+    """Rules labelling a mode's task-private parameters 'patch' (what it trains, plus the head it uses).
+
+    include_head=False keeps the head shared (multi-resolution: one last layer, a patch per resolution)."""
+    rules = get_mode(mode).trains + ((LAST,) if include_head else ())
+    return [(rule, "patch") for rule in rules if include_head or rule != LAST]
 
 
 def check_applicable(params: Mapping, mode: str) -> None:
@@ -72,9 +75,9 @@ def check_applicable(params: Mapping, mode: str) -> None:
                              f"has none (depthwise patches need mobilenet_v2).")
 
 
-def split_private(variables: Mapping, mode: str) -> tuple[dict, dict]:
+def split_private(variables: Mapping, mode: str, include_head: bool = True) -> tuple[dict, dict]:
     """(shared params, patch variables {'params': ..., ['batch_stats': ...]}) of a task's model."""
-    parts = P.split(variables["params"], private_rules(mode), "shared")
+    parts = P.split(variables["params"], private_rules(mode, include_head), "shared")
     patch = {"params": parts.get("patch", {})}
     if get_mode(mode).task_bn_stats:
         patch["batch_stats"] = variables["batch_stats"]

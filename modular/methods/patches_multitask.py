@@ -3,7 +3,8 @@ serving a batch whose examples belong to different tasks in one jitted call.
 
 Parameters are {'shared': backbone, 'tasks': {'task0': patch, ...}}; task i's model is the shared tree
 with its patch put in place. `sharing` names what is private: 'sb' (S/B patch + head + BN statistics)
-or 'head' (shared-everything but the last layer). Summing the task losses under Adam gives every task's
+or 'head' (shared-everything but the last layer), or 'sb_shared_head' (S/B patch + BN statistics per task,
+one shared last layer: the multi-resolution setting, where every "task" is one input resolution). Summing the task losses under Adam gives every task's
 private parameters the same effective learning rate, however many tasks share the backbone.
 """
 from __future__ import annotations
@@ -18,10 +19,11 @@ import numpy as np
 from modular import data, losses, models, optim, params as P, train
 from modular.methods import patches
 
-SHARING = {"sb": "sb_last", "head": "last_layer"}   # private part -> the transfer mode with that patch
+# private part -> (the transfer mode with that patch, whether the head is private too)
+SHARING = {"sb": ("sb_last", True), "head": ("last_layer", True), "sb_shared_head": ("sb_only", False)}
 
 
-def _mode(sharing: str) -> str:
+def _mode(sharing: str) -> tuple[str, bool]:
     if sharing not in SHARING:
         raise ValueError(f"Unknown multi-task sharing {sharing!r}; known: {', '.join(SHARING)}.")
     return SHARING[sharing]
@@ -33,8 +35,8 @@ def task_key(i: int) -> str:
 
 def init_multitask(variables: Mapping, num_tasks: int, sharing: str) -> tuple[dict, dict]:
     """(params, model_state) with every task's patch starting from `variables`' own."""
-    mode = _mode(sharing)
-    shared, patch = patches.split_private(variables, mode)
+    mode, private_head = _mode(sharing)
+    shared, patch = patches.split_private(variables, mode, include_head=private_head)
     params = {"shared": shared, "tasks": {task_key(i): patch["params"] for i in range(num_tasks)}}
     if patches.get_mode(mode).task_bn_stats:
         state = {"tasks": {task_key(i): variables["batch_stats"] for i in range(num_tasks)}}
