@@ -5,6 +5,8 @@
   python -m experiments.run --config=configs/templates.py --workdir=/tmp/t_sig --config.mode=signatures
 
 Modes: single | signatures | multitask (default) | transfer | adapt.
+  transfer inits: source | random | bn_logits | accuracy_interp | learned_interp | learned_interp_tuned
+  adapt methods:  moment_matching | adversarial (ADDA or gradient reversal), on xi and on a plain input adapter
 """
 from configs import common
 from modular.models import isometric
@@ -18,8 +20,18 @@ def get_config(arg: str = ""):
     config.tasks = ["mnist5k", "mnist5k/rotate", "mnist5k/invert", "mnist5k/blur"]
     config.transfer_target = "mnist5k/shear"
     config.adapt_target = "mnist5k/shot_noise"
-    config.transfer_inits = ["source", "random", "bn_logits"]
+    config.transfer_inits = ["source", "random", "bn_logits", "accuracy_interp", "learned_interp",
+                             "learned_interp_tuned"]
     config.transfer_steps = 200
+    # interpolation of the source tasks' xi (transfer inits accuracy_interp / learned_interp[_tuned])
+    config.interp_temperature = 0.05     # softmax(acc / T) over sources; 0 = accuracies normalised to sum 1
+    config.interp_score_examples = 1000  # target training examples used to score the source models
+    config.interp_lr_mult = 10.0         # learning-rate multiplier of the interpolation coefficients
+    config.interp_tune_steps = 100       # learned_interp_tuned: extra steps with xi free
+    # domain adaptation (mode adapt): unsupervised methods tuning only the target's xi / a plain input adapter
+    config.adapt_methods = ["moment_matching", "adversarial"]
+    config.adapt_bn_stats_baseline = True
+    config.adversarial = dict(formulation="adda", weight=1.0, hidden=64, discriminator_lr_mult=1.0)
     config.signature_kinds = ["learned", "sequential", "cyclic", "random"]
     config.model = isometric.default_config(width=16, expansion=2, depth=6, num_templates=3, stride=4)
     config.entropy_weight = 0.01
@@ -33,6 +45,12 @@ def get_config(arg: str = ""):
                                                 out_dim=16, bn_momentum=0.8)
         config.signature_kinds = ["learned", "cyclic"]
         config.transfer_steps = 20
+        config.transfer_inits = ["source", "random", "accuracy_interp", "learned_interp"]
+        config.interp_score_examples = 200
+        config.interp_tune_steps = 10
+        config.adapt_methods = ["moment_matching", "adversarial"]
+        config.adapt_bn_stats_baseline = False
+        config.adversarial.hidden = 16
         config.batch_size = 32
         config.num_steps = 40
     elif arg == "full":

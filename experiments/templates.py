@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 
 from modular import data as D, optim, reporting, train
-from modular.methods import templates as T, templates_adapt as A
+from modular.methods import templates as T, templates_adapt as A, templates_transfer as X
 from modular.models import isometric
 
 MODES = ("single", "signatures", "multitask", "transfer", "adapt")
@@ -87,11 +87,15 @@ def _report(results, summaries, names, counts, workdir, title):
 
 
 def _table(results, mode):
+    steps = results.get("steps", {})
     rows = [dict(setting=k, ours=100 * v, one_hotness=results["one_hotness"].get(k),
-                 signature=" ".join(map(str, results["signature"].get(k, []))))
+                 signature=" ".join(map(str, results["signature"].get(k, []))), steps=steps.get(k))
             for k, v in results["accuracy"].items()]
-    text = reporting.format_table(rows, ["setting", "ours", "one_hotness", "signature"],
-                                  title=f"templates/{mode}: test accuracy (%)") + f"\npaper: {PAPER[mode]}"
+    columns = ["setting", "ours", "one_hotness", "signature"] + (["steps"] if steps else [])
+    text = reporting.format_table(rows, columns, title=f"templates/{mode}: test accuracy (%)")
+    if results.get("extra_text"):
+        text += "\n" + results["extra_text"]
+    text += f"\npaper: {PAPER[mode]}"
     results["paper"] = PAPER[mode]
     results["table"] = rows
     return text
@@ -144,38 +148,86 @@ def run_multitask(config, workdir):
     return results, params, stats
 
 
+TRANSFER_INITS = ("source", "random", "bn_logits", "accuracy_interp", "learned_interp", "learned_interp_tuned")
+
+
 def run_transfer(config, workdir):
+    """New task on frozen templates/adapters; its xi starts from one of TRANSFER_INITS.
+
+    source: the best source task's xi; random; bn_logits: source xi frozen, only BN + head train;
+    accuracy_interp: xi = sum_s w_s xi_s with w from each source model's accuracy on the target's
+    training data, then trained like 'source'; learned_interp: only the S interpolation coefficients
+    (plus BN + head) learn; learned_interp_tuned: continues learned_interp for interp_tune_steps with xi free.
+    """
     cfg = config.model
+    unknown = [k for k in config.transfer_inits if k not in TRANSFER_INITS]
+    if unknown:
+        raise ValueError(f"Unknown transfer init {unknown[0]!r}; known: {', '.join(TRANSFER_INITS)}.")
     multi, src_params, src_stats = run_multitask(config, workdir)
     sources = list(config.tasks)
     target = _load(config, config.transfer_target)
     tgt = len(sources)
     num_classes = [_load(config, n).num_classes for n in sources] + [target.num_classes]
     best_src = max(range(len(sources)), key=lambda t: multi["accuracy"][sources[t]])
-    results = dict(accuracy={}, source_accuracy=multi["accuracy"], source_task=sources[best_src])
-    summaries, names = {}, {}
+    results = dict(accuracy={}, source_accuracy=multi["accuracy"], source_task=sources[best_src], steps={},
+                   interpolation={})
+    src_logits = X.source_logits(src_params, range(tgt))
+    if "accuracy_interp" in config.transfer_inits:
+        n = min(len(target.train_images), int(config.interp_score_examples))
+        scored = X.source_scores(cfg, src_params, src_stats, target.train_images[:n], target.train_labels[:n],
+                                 range(tgt), target.num_classes, config.seed)
+        w = X.interpolation_weights(scored["scores"], config.interp_temperature)
+        results["interpolation"]["accuracy_interp"] = dict(
+            scores={sources[t]: float(scored["scores"][t]) for t in range(tgt)}, score_kind=scored["kind"],
+            weights={sources[t]: float(w[t]) for t in range(tgt)}, temperature=config.interp_temperature)
+    summaries, names, learned = {}, {}, None
     for i, kind in enumerate(config.transfer_inits):
         params, stats = isometric.init(cfg, jax.random.key(config.seed + 7), config.data.channels, num_classes)
         params = dict(params, shared=src_params["shared"], **{f"task{t}": src_params[f"task{t}"] for t in range(tgt)})
         stats = dict(stats, **{f"task{t}": src_stats[f"task{t}"] for t in range(tgt)})
         task = dict(params[f"task{tgt}"])
+        rules, loss_fn, steps = T.transfer_rules(tgt, kind, config.mixture_lr_mult), None, config.transfer_steps
         if kind in ("source", "bn_logits"):
             task["mixture"] = src_params[f"task{best_src}"]["mixture"]
-        elif kind != "random":
-            raise ValueError(f"Unknown transfer init {kind!r}; known: source, random, bn_logits.")
+        elif kind == "accuracy_interp":
+            task["mixture"] = X.interpolate_logits(src_logits, w)
+        elif kind == "learned_interp_tuned":
+            if learned is None:
+                raise ValueError("Transfer init 'learned_interp_tuned' must come after 'learned_interp' in "
+                                 "config.transfer_inits.")
+            params, stats = learned
+            task, rules = dict(params[f"task{tgt}"]), T.transfer_rules(tgt, "source", config.mixture_lr_mult)
+            steps = config.interp_tune_steps
         params[f"task{tgt}"] = task
-        rules = T.transfer_rules(tgt, kind, config.mixture_lr_mult)
+        if kind == "learned_interp":
+            params = X.init_interp(params, tgt, tgt)
+            rules = X.learned_interp_rules(tgt, config.interp_lr_mult)
+            loss_fn = X.learned_interpolation_loss(
+                T.multitask_loss(cfg, tasks=[tgt], signatures={tgt: None}, entropy_weight=config.entropy_weight,
+                                 clustering_weight=config.clustering_weight), tgt, src_logits)
         params, stats, _ = _train(config, workdir, f"transfer_{kind}", cfg, {tgt: target}, {tgt: None},
                                   params=params, stats=stats, rules=rules, default_mult=0.0,
-                                  num_steps=config.transfer_steps)
+                                  num_steps=steps, loss_fn=loss_fn)
+        if kind == "learned_interp":
+            params, w_learned = X.materialize(params, tgt, src_logits)
+            learned = (params, stats)
+            results["interpolation"]["learned_interp"] = dict(weights={sources[t]: float(w_learned[t]) for t in range(tgt)})
         for t in range(tgt):  # frozen shared parts: the source tasks must be untouched
             np.testing.assert_array_equal(params[f"task{t}"]["mixture"], src_params[f"task{t}"]["mixture"])
         results["accuracy"][kind] = T.evaluate(cfg, params, stats, target, tgt)
+        results["steps"][kind] = steps + (config.transfer_steps if kind == "learned_interp_tuned" else 0)
         summaries[i], names[i] = T.summary(params, tgt + 1, {t: None for t in range(tgt + 1)})[tgt], kind
     _report(results, summaries, names, T.param_counts(params, tgt + 1), workdir, "transfer")
     acc = results["accuracy"]
     if {"source", "random"} <= set(acc):
         results["paper_ordering_holds"] = bool(acc["source"] >= acc["random"])
+    lines = []
+    for kind, info in results["interpolation"].items():
+        lines.append(f"{kind} weights: " + ", ".join(f"{k} {v:.3f}" for k, v in info["weights"].items()))
+        if "scores" in info:
+            lines.append(f"{kind} source accuracy on target train data: "
+                         + ", ".join(f"{k} {100 * v:.1f}%" for k, v in info["scores"].items()))
+    results["extra_text"] = "\n".join(lines)
     return results
 
 
@@ -191,43 +243,110 @@ def _copy_task(params, stats, src: int, dst: int):
     return dict(params, **{f"task{dst}": params[f"task{src}"]}), dict(stats, **{f"task{dst}": stats[f"task{src}"]})
 
 
+ADAPT_METHODS = ("moment_matching", "adversarial")
+
+
+def _adapt(config, workdir, stage, cfg, tgt, params, stats, *, method, tunable, source_task, target_task, mm):
+    """Unsupervised tuning of the `tunable` regex only (everything else frozen) towards the frozen source."""
+    kw = dict(source_params=params, source_stats=stats, source_task=source_task, target_task=target_task)
+    mult = config.mixture_lr_mult if "mixture" in tunable else 1.0
+    if method == "moment_matching":
+        p, s, fit = _train(config, workdir, stage, cfg, {target_task: tgt}, {target_task: None}, params=params,
+                           stats=stats, rules=[(tunable, mult)], default_mult=0.0, num_steps=config.transfer_steps,
+                           batch_fn=mm, loss_fn=A.moment_matching_loss(cfg, **kw))
+        return p, s, fit
+    if method != "adversarial":
+        raise ValueError(f"Unknown adaptation method {method!r}; known: {', '.join(ADAPT_METHODS)}.")
+    a = config.adversarial
+    start = A.add_discriminator(params, jax.random.key(config.seed + 11), int(cfg.out_dim), int(a.hidden))
+    p, s, fit = _train(config, workdir, stage, cfg, {target_task: tgt}, {target_task: None}, params=start,
+                       stats=stats, rules=A.adaptation_rules(tunable, a.discriminator_lr_mult, mult),
+                       default_mult=0.0, num_steps=config.transfer_steps, batch_fn=mm,
+                       loss_fn=A.adversarial_loss(cfg, formulation=a.formulation, weight=a.weight, **kw))
+    return A.strip_discriminator(p), s, fit
+
+
+def _last(fit, key):
+    return float(fit.history[-1][key]) if fit.history and key in fit.history[-1] else None
+
+
 def run_adapt(config, workdir):
-    """Source task 0 supervised; target = config.adapt_target without labels (labels only for the bound)."""
+    """Source task 0 supervised; target = config.adapt_target without labels (labels only for the bound).
+
+    Every method is reported as target test accuracy before (the source model as is) and after tuning.
+    'target BN statistics only' runs the same loop with nothing trainable: it isolates how much of a
+    gain comes from the target's moving BN statistics (which every unsupervised run also re-estimates).
+    """
     cfg = config.model
     if not cfg.num_templates:
         raise ValueError("Mode 'adapt' needs templates (model.num_templates > 0).")
+    unknown = [m for m in config.adapt_methods if m not in ADAPT_METHODS]
+    if unknown:
+        raise ValueError(f"Unknown adaptation method {unknown[0]!r}; known: {', '.join(ADAPT_METHODS)}.")
     src, tgt = _load(config, config.tasks[0]), _load(config, config.adapt_target)
     steps, mm = config.transfer_steps, _adapt_batches(src, tgt, config.batch_size, config.seed)
-    results = dict(accuracy={}, source=src.name, target=tgt.name)
+    results = dict(accuracy={}, source=src.name, target=tgt.name, adapt_log={})
+    rows = []
     # 1. mixture model on the source; target task 1 starts as its copy
     params, stats, _ = _train(config, workdir, "adapt_source", cfg, {0: src}, {0: None}, num_classes=[src.num_classes] * 2)
     params, stats = _copy_task(params, stats, 0, 1)
-    results["accuracy"]["source_only"] = T.evaluate(cfg, params, stats, tgt, 0)
+    before = results["accuracy"]["source_only"] = T.evaluate(cfg, params, stats, tgt, 0)
     results["source_accuracy_on_source"] = T.evaluate(cfg, params, stats, src, 0)
-    only_xi = [(r"task1/mixture", config.mixture_lr_mult)]
-    p, s, _ = _train(config, workdir, "adapt_mixture_mm", cfg, {1: tgt}, {1: None}, params=params, stats=stats,
-                     rules=only_xi, default_mult=0.0, num_steps=steps, batch_fn=mm,
-                     loss_fn=A.moment_matching_loss(cfg, source_params=params, source_stats=stats,
-                                                    source_task=0, target_task=1))
-    results["accuracy"]["mixture_moment_matching"] = T.evaluate(cfg, p, s, tgt, 1)
-    summaries = {0: T.summary(params, 2, {0: None, 1: None})[0], 1: T.summary(p, 2, {0: None, 1: None})[1]}
+    summaries, names = {0: T.summary(params, 2, {0: None, 1: None})[0]}, {0: "source"}
+    xi = r"task1/mixture"
+    n_xi = int(np.size(params["task1"]["mixture"]))
+    if config.adapt_bn_stats_baseline:
+        _, s, _ = _train(config, workdir, "adapt_bn_stats_only", cfg, {1: tgt}, {1: None}, params=params, stats=stats,
+                         rules=[], default_mult=0.0, num_steps=steps, batch_fn=mm,
+                         loss_fn=A.moment_matching_loss(cfg, source_params=params, source_stats=stats,
+                                                        source_task=0, target_task=1))
+        after = results["accuracy"]["target_bn_stats_only"] = T.evaluate(cfg, params, s, tgt, 1)
+        rows.append(dict(method="target BN statistics only", tuned="-", params=0, before=before, after=after))
+    for method in config.adapt_methods:
+        p, s, fit = _adapt(config, workdir, f"adapt_mixture_{method}", cfg, tgt, params, stats, method=method,
+                           tunable=xi, source_task=0, target_task=1, mm=mm)
+        key = "mixture_moment_matching" if method == "moment_matching" else f"mixture_{method}_{config.adversarial.formulation}"
+        after = results["accuracy"][key] = T.evaluate(cfg, p, s, tgt, 1)
+        results["adapt_log"][key] = {k: _last(fit, k) for k in ("moment_distance", "disc_loss", "domain_accuracy")
+                                     if _last(fit, k) is not None}
+        rows.append(dict(method=key, tuned="target xi", params=n_xi, before=before, after=after))
+        summaries[len(summaries)], names[len(names)] = T.summary(p, 2, {0: None, 1: None})[1], f"target ({method})"
     p, s, _ = _train(config, workdir, "adapt_mixture_supervised", cfg, {1: tgt}, {1: None}, params=params,
-                     stats=stats, rules=only_xi, default_mult=0.0, num_steps=steps)
-    results["accuracy"]["mixture_supervised_upper_bound"] = T.evaluate(cfg, p, s, tgt, 1)
-    summaries[2] = T.summary(p, 2, {0: None, 1: None})[1]
+                     stats=stats, rules=[(xi, config.mixture_lr_mult)], default_mult=0.0, num_steps=steps)
+    after = results["accuracy"]["mixture_supervised_upper_bound"] = T.evaluate(cfg, p, s, tgt, 1)
+    rows.append(dict(method="mixture_supervised_upper_bound (labels)", tuned="target xi", params=n_xi,
+                     before=before, after=after))
+    summaries[len(summaries)], names[len(names)] = T.summary(p, 2, {0: None, 1: None})[1], "target (supervised)"
     # 2. baseline: a plain isometric net of equal depth, only its input adapter adapts
     plain = ml_collections.ConfigDict(dict(cfg.to_dict(), num_templates=0, bn="shared"))
     pp, ps, _ = _train(config, workdir, "adapt_plain_source", plain, {0: src}, {0: None}, rules=[])
-    results["accuracy"]["plain_source_only"] = T.evaluate(plain, pp, ps, tgt, 0)
-    pa, psa, _ = _train(config, workdir, "adapt_plain_input_adapter", plain, {0: tgt}, {0: None}, params=pp,
-                        stats=ps, rules=[(r"shared/adapter_in/.*", 1.0)], default_mult=0.0, num_steps=steps,
-                        batch_fn=mm, loss_fn=A.moment_matching_loss(plain, source_params=pp, source_stats=ps,
-                                                                    source_task=0, target_task=0))
-    results["accuracy"]["plain_input_adapter_moment_matching"] = T.evaluate(plain, pa, psa, tgt, 0)
-    _report(results, summaries, {0: "source", 1: "target (moment matching)", 2: "target (supervised)"},
-            T.param_counts(params, 2), workdir, "adapt")
+    before = results["accuracy"]["plain_source_only"] = T.evaluate(plain, pp, ps, tgt, 0)
+    n_in = int(sum(np.size(v) for v in jax.tree.leaves(pp["shared"]["adapter_in"])))
+    for method in config.adapt_methods:
+        pa, psa, fit = _adapt(config, workdir, f"adapt_plain_input_adapter_{method}",
+                              plain, tgt, pp, ps, method=method, tunable=r"shared/adapter_in/.*", source_task=0,
+                              target_task=0, mm=mm)
+        key = "plain_input_adapter_moment_matching" if method == "moment_matching" else \
+            f"plain_input_adapter_{method}_{config.adversarial.formulation}"
+        after = results["accuracy"][key] = T.evaluate(plain, pa, psa, tgt, 0)
+        results["adapt_log"][key] = {k: _last(fit, k) for k in ("moment_distance", "disc_loss", "domain_accuracy")
+                                     if _last(fit, k) is not None}
+        rows.append(dict(method=key, tuned="plain input adapter", params=n_in, before=before, after=after))
+    _report(results, summaries, names, T.param_counts(params, 2), workdir, "adapt")
+    for r in rows:
+        r["delta"] = 100 * (r["after"] - r["before"])
+        r["before"], r["after"] = 100 * r["before"], 100 * r["after"]
+    results["before_after"] = rows
+    results["extra_text"] = reporting.format_table(
+        rows, ["method", "tuned", "params", "before", "after", "delta"],
+        title=f"templates/adapt: {src.name} -> {tgt.name}, target test accuracy (%) before/after tuning "
+              f"({steps} steps each)")
     acc = results["accuracy"]
-    results["paper_ordering_holds"] = bool(acc["mixture_moment_matching"] > acc["source_only"])
+    results["paper_ordering_holds"] = bool(acc["mixture_moment_matching"] > acc["source_only"]) \
+        if "mixture_moment_matching" in acc else None
+    adv = [k for k in acc if k.startswith("mixture_adversarial")]
+    if adv:
+        results["adversarial_improves_over_source"] = bool(acc[adv[0]] > acc["source_only"])
     return results
 
 
