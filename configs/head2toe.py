@@ -4,6 +4,8 @@
   python -m experiments.run --config=configs/head2toe.py:smoke --workdir=/tmp/h2t_s    # seconds (tests)
   python -m experiments.run --config=configs/head2toe.py --config.data.target=rotation --workdir=/tmp/h2t_rot
   python -m experiments.run --config=configs/head2toe.py:full --workdir=...            # tfds VTAB-1k, accelerators
+  python -m experiments.run --config=configs/head2toe.py --workdir=/tmp/h2t_vit \
+      --config.model.name=vit --config.model.split=final --config.model.width=32   # a ViT's token features
 
 The backbone is pretrained on config.data.name (resumes in workdir/pretrain); targets are
 config.data.target (one task) or, when it is empty, config.data.targets (the suite).

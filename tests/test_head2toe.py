@@ -70,6 +70,19 @@ def test_cache_holds_every_layer_normalised(tiny):
         cache.columns(["nope"])
 
 
+def test_vit_tokens_pool_in_one_dimension():
+    cfg = models.default_config("vit")
+    cfg.update(width=8, depth=2, heads=2)
+    model = models.build(cfg, 10)
+    variables = models.init(model, jax.random.key(0), (1, 16, 16, 1))
+    x = np.random.default_rng(0).uniform(size=(6, 16, 16, 1)).astype(np.float32)
+    cache = feats.cache_features(model, variables, x[:4], x[4:], target=64)
+    assert {"block1/pre_attention", "block1/attention", "block1/mlp", "block2"} <= set(cache.layers)
+    a, b = cache.layers["block1/attention"]
+    assert b - a == 16     # 16 tokens x C=8 < T=64: n = int(sqrt(64 // 8)) = 2, windows of 16 // 2 = 8 tokens
+    assert cache.layers["pre_logits"][1] - cache.layers["pre_logits"][0] == 8
+
+
 def _informative(n=400, d=60, k=3, seed=0):
     """Only the first 6 features carry the label; the rest are noise."""
     rng = np.random.default_rng(seed)

@@ -158,12 +158,15 @@ def test_low_precision_compute_keeps_float32_logits():
 
 
 @pytest.mark.parametrize("bad, message", [
-    (dict(name="vgg"), r"Unknown model name 'vgg'; known names are: mobilenet_v2, resnet, wrn\."),
+    (dict(name="vgg"), r"Unknown model name 'vgg'; known names are: mobilenet_v2, resnet, vit, wrn\."),
     (dict(name="resnet", depth=21), r"resnet depth must be 6n\+2"),
     (dict(name="wrn", depth=20), r"wrn depth must be 6n\+4"),
     (dict(name="resnet", split="stage4"), r"Split 'stage4' is not a unit of resnet; choose one of: stem, "),
     (dict(name="resnet", widht=8), r"Unknown model config key\(s\) widht"),
     (dict(name="resnet", dtype="float33"), r"not a dtype name"),
+    (dict(name="vit", width=10, heads=4), r"ViT width 10 must be divisible by its number of heads 4\."),
+    (dict(name="vit", depth=0), r"Model config depth must be a positive integer"),
+    (dict(name="vit", depth=2, split="block3"), r"Split 'block3' is not a unit of vit; choose one of: embed, block1, block2, final"),
 ])
 def test_bad_configs_fail_with_one_sentence(bad, message):
     with pytest.raises(ValueError, match=message):
@@ -197,3 +200,21 @@ def test_jitted_train_step_gives_gradients_to_both_subtrees(built):
     assert np.isfinite(value) and set(new_state) == {"batch_stats"}
     for part in ("extractor", "head"):
         assert any(np.abs(g).sum() > 0 for g in jax.tree.leaves(grads[part]))
+
+
+def test_vit_reports_every_blocks_branches_and_splits_like_the_others():
+    cfg = models.default_config("vit")
+    cfg.update(width=8, depth=2, heads=2, split="block1")
+    model = models.build(cfg, NUM_CLASSES)
+    variables = models.init(model, jax.random.key(0), SHAPE)
+    assert set(variables) == {"params"}                                  # no BatchNorm state to carry
+    assert set(variables["params"]["head"]) == {"block2", "final", "classifier"}
+    logits, out, state = models.apply(model, variables, jnp.ones(SHAPE), mode="train")
+    assert logits.shape == (SHAPE[0], NUM_CLASSES) and state == {}
+    for block in ("block1", "block2"):
+        for branch in ("pre_attention", "attention", "mlp"):
+            assert out[f"{block}/{branch}"].shape == (SHAPE[0], 16, 8)   # 16 tokens of 4x4 patches
+    np.testing.assert_allclose(out["block2"], out["block1"] + out["block2/attention"] + out["block2/mlp"],
+                               rtol=1e-5, atol=1e-5)                     # residual branches as named
+    with pytest.raises(ValueError, match="patch size 4 must divide"):
+        models.init(model, jax.random.key(0), (1, 10, 10, 1))

@@ -11,7 +11,8 @@ from modular.models.registry import (build, build_extractor, build_head, default
 from modular.models.resnet import BasicBlock, PreActBlock, ResNet
 from modular.models.runtime import MODES, apply, init
 from modular.models.split import SplitModel
+from modular.models.vit import ViT
 
 __all__ = ["build", "build_extractor", "build_head", "default_config", "known_names", "unit_names", "apply",
            "init", "MODES", "SplitModel", "ResNet", "BasicBlock", "PreActBlock", "MobileNetV2",
-           "InvertedResidual", "ConvBN", "Stage"]
+           "InvertedResidual", "ConvBN", "Stage", "ViT"]

@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
-from modular.models import mobilenet, resnet
+from modular.models import mobilenet, resnet, vit
 from modular.models.split import SplitModel
 
 _COMMON = dict(width=16, bn_momentum=0.9, dtype="float32")
@@ -17,9 +17,10 @@ _DEFAULTS = {
     "resnet": dict(depth=20, widen=1, split=resnet.UNITS[-1]),
     "wrn": dict(depth=16, widen=4, split=resnet.UNITS[-1]),
     "mobilenet_v2": dict(expansion=6, split=mobilenet.UNITS[-1]),
+    "vit": dict(depth=4, patch=4, heads=2, mlp_ratio=2, split="final"),
 }
 # Keys meaningful to some architecture; the others ignore them, so one model config can switch `name`.
-_KNOWN_KEYS = {"name", "depth", "widen", "expansion", "split", *_COMMON}
+_KNOWN_KEYS = {"name", "depth", "widen", "expansion", "split", "patch", "heads", "mlp_ratio", *_COMMON}
 
 
 def known_names() -> list:
@@ -33,13 +34,17 @@ def _check_name(name: Any) -> str:
 
 
 def default_config(name: str = "resnet") -> ml_collections.ConfigDict:
-    """The defaults of architecture `name` (ResNet-20, WRN-16-4, MobileNetV2 width 16; linear head)."""
+    """The defaults of architecture `name` (ResNet-20, WRN-16-4, MobileNetV2 width 16, ViT 4 blocks of
+    width 16 on 4x4 patches; linear head)."""
     return ml_collections.ConfigDict(dict(name=_check_name(name), **_COMMON, **_DEFAULTS[name]))
 
 
 def unit_names(cfg) -> tuple:
     """The ordered units of cfg's architecture; any of them is a valid `split`."""
-    return mobilenet.UNITS if _check_name(cfg.get("name")) == "mobilenet_v2" else resnet.UNITS
+    name = _check_name(cfg.get("name"))
+    if name == "vit":
+        return vit.unit_names(cfg.get("depth") or _DEFAULTS["vit"]["depth"])
+    return mobilenet.UNITS if name == "mobilenet_v2" else resnet.UNITS
 
 
 def _resolve(cfg) -> dict:
@@ -50,7 +55,13 @@ def _resolve(cfg) -> dict:
     if unknown:
         raise ValueError(f"Unknown model config key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_KNOWN_KEYS))}.")
     spec.update({k: v for k, v in given.items() if v is not None})
-    name, units = spec["name"], unit_names(spec)
+    name = spec["name"]
+    for key in ("width", "widen", "expansion", "patch", "heads", "mlp_ratio") + (("depth",) if name == "vit" else ()):
+        if key in spec and (not isinstance(spec[key], int) or spec[key] < 1):
+            raise ValueError(f"Model config {key} must be a positive integer; got {spec[key]!r}.")
+    if name == "vit" and spec["width"] % spec["heads"]:
+        raise ValueError(f"ViT width {spec['width']} must be divisible by its number of heads {spec['heads']}.")
+    units = unit_names(spec)
     if spec["split"] not in units:
         raise ValueError(f"Split {spec['split']!r} is not a unit of {name}; choose one of: {', '.join(units)}.")
     if name in ("resnet", "wrn"):
@@ -59,9 +70,6 @@ def _resolve(cfg) -> dict:
         if not isinstance(depth, int) or depth < 6 + offset or (depth - offset) % 6:
             raise ValueError(f"{name} depth must be 6n+{offset} with n >= 1 (e.g. "
                              f"{'8, 20, 56' if name == 'resnet' else '10, 16, 28'}); got {depth!r}.")
-    for key in ("width", "widen", "expansion"):
-        if key in spec and (not isinstance(spec[key], int) or spec[key] < 1):
-            raise ValueError(f"Model config {key} must be a positive integer; got {spec[key]!r}.")
     try:
         spec["dtype"] = jnp.dtype(spec["dtype"])
     except TypeError:
@@ -74,6 +82,9 @@ def _part(spec: dict, units: tuple, num_classes) -> nn.Module:
                   bn_momentum=spec["bn_momentum"], dtype=spec["dtype"])
     if spec["name"] == "mobilenet_v2":
         return mobilenet.MobileNetV2(expansion=spec["expansion"], **common)
+    if spec["name"] == "vit":
+        return vit.ViT(units=units, width=spec["width"], patch=spec["patch"], heads=spec["heads"],
+                       mlp_ratio=spec["mlp_ratio"], num_classes=num_classes, dtype=spec["dtype"])
     wrn = spec["name"] == "wrn"
     n = (spec["depth"] - (4 if wrn else 2)) // 6
     return resnet.ResNet(num_blocks=n, widen=spec["widen"] if wrn else 1, preact=wrn, **common)
