@@ -334,11 +334,12 @@ def run_adapt(config, workdir):
         rows.append(dict(method=key, tuned="plain input adapter", params=n_in, before=before, after=after))
     _report(results, summaries, names, T.param_counts(params, 2), workdir, "adapt")
     for r in rows:
-        r["delta"] = 100 * (r["after"] - r["before"])
         r["before"], r["after"] = 100 * r["before"], 100 * r["after"]
+        r["delta"] = r["after"] - r["before"]
     results["before_after"] = rows
+    shown = [dict(r, before=f"{r['before']:.1f}", after=f"{r['after']:.1f}", delta=f"{r['delta']:+.1f}") for r in rows]
     results["extra_text"] = reporting.format_table(
-        rows, ["method", "tuned", "params", "before", "after", "delta"],
+        shown, ["method", "tuned", "params", "before", "after", "delta"],
         title=f"templates/adapt: {src.name} -> {tgt.name}, target test accuracy (%) before/after tuning "
               f"({steps} steps each)")
     acc = results["accuracy"]
