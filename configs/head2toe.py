@@ -36,6 +36,7 @@ def get_config(arg: str = ""):
     h.finetune_batch_size = 64
     h.finetune_lr = 1e-3
     h.finetune = True
+    h.head2toe_ft = True                  # fine-tune backbone + Head2Toe head on the selected features
     config.head2toe = h
     if arg == "smoke":
         config.num_steps = 20

@@ -21,7 +21,7 @@ from modular.methods import head2toe_heads as heads
 from modular.methods import head2toe_select as select
 from modular.methods import head2toe_suite as suite
 
-METHODS = ("linear", "all_l1", "all_l2", "all_l21", "layerwise", "head2toe", "finetune")
+METHODS = ("linear", "all_l1", "all_l2", "all_l21", "layerwise", "head2toe", "finetune", "head2toe_ft")
 # Table 1 of the paper (ResNet-50, VTAB-1k means) could not be checked offline; the paper's claims are
 # listed instead and checked against ours in `paper_claims`.
 PAPER_TABLE1 = {m: None for m in METHODS}
@@ -87,6 +87,10 @@ def run_task(name: str, clf: supervised.Classifier, config: ml_collections.Confi
         (acc["finetune"], t_ft, n_params) = ft.train_model(ds, init_from=clf.variables, name=f"finetune_{name}",
                                                            **fit_kw)
         scratch, _, _ = ft.train_model(ds, init_from=None, name=f"scratch_{name}", **fit_kw)
+        if h.get("head2toe_ft", True):
+            acc["head2toe_ft"], result["seconds"]["head2toe_ft"] = ft.head2toe_ft(
+                ds, clf, layers=cache.layers, mask=mask, head=head, target=h.target_size, optim_cfg=optim_cfg,
+                num_steps=h.finetune_steps, batch_size=h.finetune_batch_size, seed=config.seed)
         result["scratch_accuracy"] = scratch
         result["domain_affinity"] = acc["linear"] - scratch
         result["seconds"]["finetune"] = t_ft

@@ -70,6 +70,15 @@ def test_cache_holds_every_layer_normalised(tiny):
         cache.columns(["nope"])
 
 
+def test_head2toe_ft_trains_on_the_same_features_the_cache_holds(tiny):
+    from modular.methods import head2toe_finetune as ft
+    model, variables = tiny
+    x = np.random.default_rng(1).uniform(size=(6, 8, 8, 1)).astype(np.float32)
+    cache = feats.cache_features(model, variables, x, x[:2], target=16)
+    live, _ = jax.jit(ft.selected_features_fn(model, cache.layers, 16, "eval"))(variables, x)
+    np.testing.assert_allclose(np.asarray(live), cache.train, rtol=1e-5, atol=1e-5)
+
+
 def test_vit_tokens_pool_in_one_dimension():
     cfg = models.default_config("vit")
     cfg.update(width=8, depth=2, heads=2)
@@ -154,7 +163,8 @@ def test_smoke_run_end_to_end(tmp_path):
     from experiments import run as run_module
     config = cfg_module.get_config("smoke")
     res = run_module.run(config, str(tmp_path))
-    assert set(res["accuracy"]) == {"linear", "all_l1", "all_l2", "all_l21", "layerwise", "head2toe", "finetune"}
+    assert set(res["accuracy"]) == {"linear", "all_l1", "all_l2", "all_l21", "layerwise", "head2toe", "finetune",
+                                    "head2toe_ft"}
     assert all(0 <= v <= 1 for v in res["accuracy"].values())
     assert res["total_features"] > 0 and all(0 < v <= res["total_features"] for v in res["selected_features"].values())
     assert set(res["kept_per_layer"]) == set(config.data.targets)
