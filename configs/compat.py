@@ -6,7 +6,10 @@
       --config.compat.schedule=incremental                                              # one setting
 
 The default runs the sweep (all 8 DCC/RP/IIW combinations, joint schedule); the top-level metrics of
-results.json are those of the setting named by compat.dcc/rp/iiw (all on by default).
+results.json are those of the setting named by compat.dcc/rp/iiw (all on by default). It then trains that
+setting with the other schedule too (`schedules`) and runs the applications (`applications`: unsupervised
+domain adaptation through the frozen RP head, faster transfer with a compatible head). Only those:
+  python -m experiments.run --config=configs/compat.py --workdir=/tmp/compat_apps --config.compat.sweep=False
 """
 import ml_collections
 
@@ -28,6 +31,17 @@ def get_config(arg: str = ""):
         dcc_weight=1.0, rp_weight=1.0,
         rp_fraction=0.25,                    # rotate this share of each batch (x4 views) for the RP loss
         sweep=True,                          # all 8 DCC/RP/IIW combinations
+        compare_schedules=True,              # also train the chosen setting with the other schedule
+        # Applications (paper Sec. 5) on the chosen setting's networks: 'uda' adapts a's extractor to
+        # unlabeled `uda_target` images through the frozen RP head and reuses a's frozen task head;
+        # 'fast_transfer' puts b's head on a's extractor (vs a re-initialised head), 0..transfer_epochs.
+        applications=ml_collections.FieldReference(["uda", "fast_transfer"], field_type=list),
+        uda_target="mnist5k/edges",           # source classifier: ~27% here with stored BN stats
+        uda_steps=150,
+        uda_lr=1e-3,
+        transfer_epochs=1,
+        transfer_train="head",               # head | all
+        transfer_lr=3e-3,
     ))
     config.batch_size = 64                   # per task
     config.num_steps = 300
@@ -38,6 +52,8 @@ def get_config(arg: str = ""):
         config.data.max_train = 256
         config.model.width = 8
         config.compat.sweep = False
+        config.compat.compare_schedules = False
+        config.compat.uda_steps = 3
         config.batch_size = 32
         config.num_steps = 30
         config.log_every = 10
@@ -49,4 +65,7 @@ def get_config(arg: str = ""):
         config.num_steps = 20_000
         config.log_every = 500
         config.checkpoint_every = 2_000
+        # UDA needs a target domain with cifar10's label space; none is wired offline, so only transfer.
+        config.compat.applications = ["fast_transfer"]
+        config.compat.transfer_epochs = 3
     return config

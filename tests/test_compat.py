@@ -10,8 +10,12 @@ import pytest
 
 from configs import compat as compat_config
 from experiments import compat as E
+from configs import common as common_config
 from modular import optim
+from modular import params as P
+from modular.data import Dataset
 from modular.methods import compat as C
+from modular.methods import compat_apps as A
 
 TINY = ml_collections.ConfigDict(dict(name="resnet", depth=8, width=4, split="stage2"))
 
@@ -85,6 +89,76 @@ def test_bad_schedule_is_one_sentence(tmp_path):
         E.run(config, str(tmp_path))
 
 
+def _same(x, y):
+    return all(np.array_equal(np.asarray(u), np.asarray(v)) for u, v in zip(jax.tree.leaves(x), jax.tree.leaves(y)))
+
+
+def test_uda_moves_only_the_extractor_against_the_frozen_rotation_head():
+    mods = _mods()
+    params, stats = C.init_variables(mods, jax.random.key(3), (8, 8, 1), identical_init=False)
+    images = np.random.default_rng(2).random((24, 8, 8, 1), np.float32)
+    # The RP loss does reach the RP head and no task head, so only the optimizer mask keeps the head still.
+    loss = A.make_rp_adaptation_loss(mods, "a")
+    grads, (_, metrics) = jax.jit(jax.grad(loss, has_aux=True))(params, stats, {"image": images[:8]}, None)
+    assert float(optax_norm(grads["rp"])) > 0 and float(optax_norm(grads["a"]["extractor"])) > 0
+    assert float(optax_norm(grads["a"]["head"])) == 0 and "rp_acc_target" in metrics
+    ocfg = common_config.optim_config(lr=1e-2)
+    new_p, new_s, info = A.adapt_extractor_rp(mods, params, stats, "a", images, optim_cfg=ocfg, num_steps=3,
+                                              batch_size=8, workdir=None, verbose=False)
+    for part in ("rp", "dcc", "b"):
+        assert _same(params[part], new_p[part]) and _same(stats[part], new_s[part]), part
+    assert _same(params["a"]["head"], new_p["a"]["head"]) and _same(stats["a"]["head"], new_s["a"]["head"])
+    assert not _same(params["a"]["extractor"], new_p["a"]["extractor"])
+    assert not _same(stats["a"]["extractor"], new_s["a"]["extractor"])  # target BN statistics
+    # Adam keeps two moments for the extractor and nothing for the frozen parts.
+    assert info["optimizer_state_size"] == 2 * P.count(params["a"]["extractor"])
+    # The BN-statistics-only control moves the statistics but no weight.
+    ctrl = A.reestimate_extractor_stats(mods, params, stats, "a", images, batch_size=8, num_batches=2)
+    assert not _same(stats["a"]["extractor"], ctrl["a"]["extractor"]) and _same(stats["rp"], ctrl["rp"])
+    assert 0.0 <= A.rotation_accuracy(mods, new_p, new_s, "a", images) <= 1.0
+
+
+def test_fast_transfer_zero_epoch_is_the_untrained_recombination():
+    mods = _mods()
+    params, stats = C.init_variables(mods, jax.random.key(4), (8, 8, 1), identical_init=False)
+    rng = np.random.default_rng(3)
+    ds = Dataset(name="toy", train_images=rng.random((40, 8, 8, 1), np.float32),
+                 train_labels=rng.integers(0, 10, 40).astype(np.int32),
+                 test_images=rng.random((30, 8, 8, 1), np.float32),
+                 test_labels=rng.integers(0, 10, 30).astype(np.int32), num_classes=10)
+    kw = dict(extractor_of="a", head_of="b", optim_cfg=common_config.optim_config(lr=1e-2), batch_size=8,
+              workdir=None, verbose=False)
+    direct = {m: C.recombination_accuracy(mods, params, stats, "a", "b", ds.test_images, ds.test_labels,
+                                          list(range(10)), mode=m) for m in ("batch_stats", "eval")}
+    zero = A.transfer_head(mods, params, stats, ds, epochs=0, **kw)
+    assert zero["curve"] == [dict(epoch=0, step=0, **direct)] and zero["train_seconds"] == 0.0
+    one = A.transfer_head(mods, params, stats, ds, epochs=1, **kw)
+    assert one["curve"][0] == zero["curve"][0] and one["steps_per_epoch"] == 5
+    assert [(e["epoch"], e["step"]) for e in one["curve"]] == [(0, 0), (1, 5)]
+    head_p, head_s = A.fresh_head(mods, "b", (8, 8, 1), seed=9)
+    assert not _same(head_p, params["b"]["head"])
+    p_new, s_new = A.transplant(params, stats, extractor_of="a", into="b", head_params=head_p, head_stats=head_s)
+    assert p_new["b"]["extractor"] is params["a"]["extractor"] and p_new["b"]["head"] is head_p
+    reinit = A.transfer_head(mods, params, stats, ds, epochs=0, head_params=head_p, head_stats=head_s, **kw)
+    assert reinit["curve"][0]["eval"] == C.recombination_accuracy(mods, p_new, s_new, "b", "b", ds.test_images,
+                                                                  ds.test_labels, list(range(10)), mode="eval")
+    with pytest.raises(ValueError, match="transfer_train"):
+        A.transfer_head(mods, params, stats, ds, epochs=1, train_part="extractor", **kw)
+
+
+def test_applications_config_and_bad_names():
+    cpu = compat_config.get_config("")
+    assert {"uda", "fast_transfer"} <= set(cpu.compat.applications) and cpu.compat.compare_schedules
+    config = compat_config.get_config("smoke")
+    config.compat.applications = ["uda", "telepathy"]
+    with pytest.raises(ValueError, match="applications"):
+        E.run(config, "/nonexistent")
+    config.compat.applications = ["uda"]
+    config.compat.rp = False
+    with pytest.raises(ValueError, match="rp"):
+        E.run(config, "/nonexistent")
+
+
 def test_smoke_end_to_end_incremental_writes_results_and_plots(tmp_path):
     from experiments import run as cli
     config = compat_config.get_config("smoke")
@@ -107,3 +181,12 @@ def test_smoke_end_to_end_incremental_writes_results_and_plots(tmp_path):
     assert os.path.exists(tmp_path / "plots" / "recombination_matrix.png")
     assert os.path.isdir(tmp_path / "IIW+RP+DCC" / "a" / "checkpoints")
     assert os.path.isdir(tmp_path / "IIW+RP+DCC" / "b" / "checkpoints")
+    apps = saved["applications"]
+    uda, ft = apps["uda"], apps["fast_transfer"]
+    assert uda["frozen_parts_unchanged"] is True and uda["extractor_changed"] is True
+    assert uda["target"] == config.compat.uda_target and "paper_claim" in uda and "note" in uda
+    for when in ("before", "bn_stats_only", "after"):
+        assert 0.0 <= uda[when]["target_train_stats"] <= 1.0
+    for tag in ("compatible_head", "reinit_head"):
+        assert [e["epoch"] for e in ft[tag]["curve"]] == [0, 1]
+    assert isinstance(ft["agrees_with_paper"], bool)
