@@ -173,8 +173,9 @@ def run_transfer(config, workdir):
                    interpolation={})
     src_logits = X.source_logits(src_params, range(tgt))
     if "accuracy_interp" in config.transfer_inits:
-        n = min(len(target.train_images), int(config.interp_score_examples))
-        scored = X.source_scores(cfg, src_params, src_stats, target.train_images[:n], target.train_labels[:n],
+        # a class-balanced draw (the stored training split is sorted by index, and mnist5k by class)
+        scoring = target.subset(max_train=int(config.interp_score_examples), seed=config.seed)
+        scored = X.source_scores(cfg, src_params, src_stats, scoring.train_images, scoring.train_labels,
                                  range(tgt), target.num_classes, config.seed)
         w = X.interpolation_weights(scored["scores"], config.interp_temperature)
         results["interpolation"]["accuracy_interp"] = dict(
