@@ -2,8 +2,11 @@
 
 Modes (config.mode): single (one task, learned mixture), signatures (learned vs fixed sequential /
 cyclic / random one-hot signatures, paper Table 5), multitask (several digit domains sharing templates
-and adapters, paper Fig. 2), transfer (new task on frozen templates, paper Table 2), adapt (tune only the
-target's xi by moment matching vs tuning a plain net's input adapter, paper Table 3).
+and adapters, paper Fig. 2), transfer (new task on frozen templates, paper Table 2; xi from random, the best
+source, an accuracy-weighted or a learned interpolation of all sources' xi, vs the BN + logits baseline),
+adapt (tune only the target's xi without labels, by moment matching or adversarially (ADDA / gradient
+reversal), vs tuning a plain net's input adapter the same way, a BN-statistics-only control and supervised
+xi tuning as the upper bound, paper Table 3).
 """
 from __future__ import annotations
 
