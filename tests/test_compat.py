@@ -146,14 +146,42 @@ def test_fast_transfer_zero_epoch_is_the_untrained_recombination():
         A.transfer_head(mods, params, stats, ds, epochs=1, train_part="extractor", **kw)
 
 
+def test_cross_architecture_pair_shares_heads_through_adapters():
+    wrn = ml_collections.ConfigDict(dict(name="wrn", depth=10, widen=1, width=4, split="stage2"))
+    mods = C.build_modules(TINY, 10, 10, 10, model_b_cfg=wrn, adapter_width=6)
+    params, stats = C.init_variables(mods, jax.random.key(5), (8, 8, 1), identical_init=True)
+    assert _same(params["a"]["head"], params["b"]["head"])  # IIW across architectures: identical heads
+    assert jax.tree.structure(params["a"]["extractor"]) != jax.tree.structure(params["b"]["extractor"])
+    assert params["a"]["extractor"]["adapter"]["kernel"].shape[-1] == 6
+    assert params["b"]["extractor"]["adapter"]["kernel"].shape[-1] == 6
+    rng = np.random.default_rng(4)
+    batch = {f"image_{t}": rng.random((8, 8, 8, 1), np.float32) for t in "ab"}
+    batch.update({f"label_{t}": rng.integers(0, 10, 8).astype(np.int32) for t in "ab"})
+    fn = C.make_loss_fn(mods, ml_collections.ConfigDict(dict(dcc=True, rp=True)), C.common_label_map(range(10), 10),
+                        ("a", "b"))
+    grads, _ = jax.jit(jax.grad(fn, has_aux=True))(params, stats, batch, None)
+    for t in "ab":
+        assert float(optax_norm(grads[t]["extractor"]["adapter"])) > 0
+        assert float(optax_norm(grads[t]["extractor"]["extractor"])) > 0
+    x = batch["image_a"]
+    assert C.recombined_logits(mods, params, stats, "b", "a", x, mode="batch_stats").shape == (8, 10)
+    with pytest.raises(ValueError, match="one extractor architecture"):
+        A.transfer_head(mods, params, stats, None, extractor_of="a", head_of="b", optim_cfg=None, epochs=0,
+                        batch_size=8)
+    bad = ml_collections.ConfigDict(dict(name="wrn", depth=10, widen=1, width=4, split="stage3"))
+    with pytest.raises(ValueError, match="shapes"):
+        C.init_variables(C.build_modules(TINY, 10, 10, 10, model_b_cfg=bad, adapter_width=6), jax.random.key(0),
+                         (8, 8, 1), identical_init=False)
+
+
 def test_applications_config_and_bad_names():
     cpu = compat_config.get_config("")
-    assert {"uda", "fast_transfer"} <= set(cpu.compat.applications) and cpu.compat.compare_schedules
+    assert {"uda", "fast_transfer", "cross_arch"} <= set(cpu.compat.applications) and cpu.compat.compare_schedules
     config = compat_config.get_config("smoke")
-    config.compat.applications = ["uda", "telepathy"]
+    config.compat.applications = ("uda", "telepathy")
     with pytest.raises(ValueError, match="applications"):
         E.run(config, "/nonexistent")
-    config.compat.applications = ["uda"]
+    config.compat.applications = ("uda",)
     config.compat.rp = False
     with pytest.raises(ValueError, match="rp"):
         E.run(config, "/nonexistent")

@@ -17,6 +17,7 @@ from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+import flax.linen as nn
 import ml_collections
 import numpy as np
 
@@ -35,9 +36,27 @@ class CompatModules:
     task_head_b: Any
     dcc_head: Any
     rp_head: Any
+    extractor_b: Any = None  # network b's own extractor (another architecture); None: b uses `extractor`
 
     def head(self, task: str):
         return self.task_head_a if task == "a" else self.task_head_b
+
+    def ext(self, task: str):
+        """The extractor module of network `task` ('a' or 'b')."""
+        return self.extractor_b if task == "b" and self.extractor_b is not None else self.extractor
+
+
+class AdaptedExtractor(nn.Module):
+    """An extractor followed by a 1x1-conv adapter to `features` channels, so that extractors of different
+    architectures feed the same heads (params: {'extractor': ..., 'adapter': ...})."""
+    extractor: Any
+    features: int
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        feats, out = self.extractor(x, train=train)
+        y = nn.Conv(self.features, (1, 1), use_bias=True, dtype=feats.dtype, name="adapter")(feats)
+        return y, dict(out, adapter=y)
 
 
 def common_label_map(common: Sequence[int], num_classes: int) -> np.ndarray:
@@ -59,12 +78,23 @@ def resolve_common_classes(common: Sequence[int] | None, num_a: int, num_b: int)
     return common
 
 
-def build_modules(model_cfg: ml_collections.ConfigDict, num_a: int, num_b: int, num_common: int) -> CompatModules:
-    return CompatModules(extractor=models.build_extractor(model_cfg),
+def build_modules(model_cfg: ml_collections.ConfigDict, num_a: int, num_b: int, num_common: int, *,
+                  model_b_cfg: ml_collections.ConfigDict | None = None, adapter_width: int | None = None
+                  ) -> CompatModules:
+    """The modules; with `model_b_cfg` network b gets an extractor of that architecture and both extractors
+    end in a 1x1-conv adapter to `adapter_width` channels, so the heads (built from `model_cfg`) fit both."""
+    ext_a, ext_b = models.build_extractor(model_cfg), None
+    if model_b_cfg is not None:
+        if not adapter_width or int(adapter_width) < 1:
+            raise ValueError(f"Extractors of different architectures need a positive adapter width, got {adapter_width!r}.")
+        ext_a = AdaptedExtractor(ext_a, int(adapter_width))
+        ext_b = AdaptedExtractor(models.build_extractor(model_b_cfg), int(adapter_width))
+    return CompatModules(extractor=ext_a,
                          task_head_a=models.build_head(model_cfg, num_a),
                          task_head_b=models.build_head(model_cfg, num_b),
                          dcc_head=models.build_head(model_cfg, num_common),
-                         rp_head=models.build_head(model_cfg, 4))
+                         rp_head=models.build_head(model_cfg, 4),
+                         extractor_b=ext_b)
 
 
 def _init(module, rng, shape):
@@ -73,23 +103,26 @@ def _init(module, rng, shape):
 
 
 def init_variables(mods: CompatModules, rng: jax.Array, image_shape: tuple, *, identical_init: bool) -> tuple[dict, dict]:
-    """(params, batch_stats), both shaped {'a','b','dcc','rp'}; IIW gives b exactly a's initial weights."""
+    """(params, batch_stats), both shaped {'a','b','dcc','rp'}; IIW gives b exactly a's initial weights
+    (with extractors of different architectures: the same initial heads)."""
     x_shape = (1,) + tuple(image_shape)
     keys = jax.random.split(rng, 6)
     params, stats = {}, {}
     feats_shape = None
     for i, t in enumerate(TASKS):
         k_ext, k_head = (keys[0], keys[1]) if identical_init else (keys[2 * i], keys[2 * i + 1])
-        e_p, e_s = _init(mods.extractor, k_ext, x_shape)
-        if feats_shape is None:
-            feats = jax.eval_shape(lambda p, s: mods.extractor.apply({"params": p, "batch_stats": s},
-                                                                    jnp.zeros(x_shape), train=False)[0], e_p, e_s)
-            feats_shape = feats.shape
+        e_p, e_s = _init(mods.ext(t), k_ext, x_shape)
+        feats = jax.eval_shape(lambda p, s: mods.ext(t).apply({"params": p, "batch_stats": s},
+                                                             jnp.zeros(x_shape), train=False)[0], e_p, e_s)
+        if feats_shape is not None and feats.shape != feats_shape:
+            raise ValueError(f"The extractors of a and b give features of shapes {feats_shape[1:]} and "
+                             f"{feats.shape[1:]}; shared heads need one shape (pick splits at the same stride).")
+        feats_shape = feats.shape
         h_p, h_s = _init(mods.head(t), k_head, feats_shape)
         params[t], stats[t] = {"extractor": e_p, "head": h_p}, {"extractor": e_s, "head": h_s}
     for name, module, k in (("dcc", mods.dcc_head, keys[4]), ("rp", mods.rp_head, keys[5])):
         params[name], stats[name] = _init(module, k, feats_shape)
-    if identical_init and jax.tree.structure(params["a"]) != jax.tree.structure(params["b"]):
+    if identical_init and mods.extractor_b is None and jax.tree.structure(params["a"]) != jax.tree.structure(params["b"]):
         raise ValueError("compat.iiw needs both task heads to have the same shape (same number of classes).")
     return params, stats
 
@@ -123,7 +156,7 @@ def make_loss_fn(mods: CompatModules, cfg: ml_collections.ConfigDict, label_map:
         total, metrics = 0.0, {}
         for t in tasks:
             x, y = batch[f"image_{t}"], batch[f"label_{t}"]
-            feats, ext_stats = run_module(mods.extractor, params[t]["extractor"], stats[t]["extractor"], x, "train")
+            feats, ext_stats = run_module(mods.ext(t), params[t]["extractor"], stats[t]["extractor"], x, "train")
             logits, head_stats = run_module(mods.head(t), params[t]["head"], stats[t]["head"], feats, "train")
             new_stats[t] = {"extractor": ext_stats, "head": head_stats}
             task_loss = losses.cross_entropy(logits, y)
@@ -141,7 +174,7 @@ def make_loss_fn(mods: CompatModules, cfg: ml_collections.ConfigDict, label_map:
             if use_rp:
                 n = max(1, int(round(x.shape[0] * rp_fraction)))
                 views, rot = rotation_views(x[:n])
-                r_feats, _ = run_module(mods.extractor, params[t]["extractor"], stats[t]["extractor"], views,
+                r_feats, _ = run_module(mods.ext(t), params[t]["extractor"], stats[t]["extractor"], views,
                                         "batch_stats")
                 rp_logits, new_stats["rp"] = run_module(mods.rp_head, params["rp"], new_stats["rp"], r_feats, "train")
                 rp_loss = losses.cross_entropy(rp_logits, rot)
@@ -172,7 +205,7 @@ def recombined_logits(mods: CompatModules, params: Mapping, stats: Mapping, extr
     ext_p, ext_s = params[extractor_of]["extractor"], stats[extractor_of]["extractor"]
     head_p, head_s = params[head_of]["head"], stats[head_of]["head"]
     head = mods.head(head_of)
-    return np.concatenate([np.asarray(_recombined_forward(mods.extractor, head, mode, ext_p, ext_s, head_p, head_s,
+    return np.concatenate([np.asarray(_recombined_forward(mods.ext(extractor_of), head, mode, ext_p, ext_s, head_p, head_s,
                                                           images[idx]))
                            for idx in _even_chunks(len(images), batch_size)])
 

@@ -54,9 +54,9 @@ def make_rp_adaptation_loss(mods: C.CompatModules, task: str):
         del rng
         x = batch["image"]
         ext_p, ext_s = params[task]["extractor"], stats[task]["extractor"]
-        _, new_ext_s = C.run_module(mods.extractor, ext_p, ext_s, x, "train")
+        _, new_ext_s = C.run_module(mods.ext(task), ext_p, ext_s, x, "train")
         views, rot = D.rotation_views(x)
-        feats, _ = C.run_module(mods.extractor, ext_p, ext_s, views, "batch_stats")
+        feats, _ = C.run_module(mods.ext(task), ext_p, ext_s, views, "batch_stats")
         logits, _ = C.run_module(mods.rp_head, params["rp"], stats["rp"], feats, "batch_stats")
         loss = losses.cross_entropy(logits, rot)
         new_stats = dict(stats)
@@ -72,7 +72,7 @@ def rotation_accuracy(mods: C.CompatModules, params: Mapping, stats: Mapping, ta
     correct, total = 0, 0
     for idx in C._even_chunks(len(images), batch_size):
         views, rot = D.rotation_views(images[idx])
-        logits = C._recombined_forward(mods.extractor, mods.rp_head, "batch_stats", params[task]["extractor"],
+        logits = C._recombined_forward(mods.ext(task), mods.rp_head, "batch_stats", params[task]["extractor"],
                                        stats[task]["extractor"], params["rp"], stats["rp"], views)
         correct += int(np.sum(np.argmax(np.asarray(logits), -1) == np.asarray(rot)))
         total += len(rot)
@@ -93,7 +93,7 @@ def reestimate_extractor_stats(mods: C.CompatModules, params: Mapping, stats: Ma
     ext_s = stats[task]["extractor"]
     for step in range(int(num_batches)):
         x = D.batch_at(images, no_labels, step, batch_size, seed + 101)["image"]
-        ext_s = _moved_stats(mods.extractor, params[task]["extractor"], ext_s, x)
+        ext_s = _moved_stats(mods.ext(task), params[task]["extractor"], ext_s, x)
     new = dict(stats)
     new[task] = dict(stats[task], extractor=_copy(ext_s))
     return new
@@ -162,6 +162,8 @@ def transfer_head(mods: C.CompatModules, params: Mapping, stats: Mapping, ds, *,
     0-epoch numbers are computed on the untouched transplanted weights, before any optimizer step.
     train_part: 'head' (the extractor stays frozen) or 'all'.
     """
+    if mods.extractor_b is not None:
+        raise ValueError("Head transfer between networks needs one extractor architecture (compat model_b unset).")
     if train_part not in ("head", "all"):
         raise ValueError(f"compat.transfer_train must be 'head' or 'all', got {train_part!r}.")
     if epochs < 0:
