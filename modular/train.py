@@ -101,11 +101,11 @@ def fit(*, state: TrainState, loss_fn: LossFn, tx: optax.GradientTransformation,
             state, resumed_from = TrainState(**restored[0]), restored[1]
             if verbose and is_main:
                 print(f"[{name}] resuming from checkpoint step {resumed_from} in {workdir}", flush=True)
-    from clu import metric_writers, periodic_actions  # imports TensorFlow: only when writing to a workdir
-
-    writer = metric_writers.create_default_writer(workdir, just_logging=not is_main or not workdir, asynchronous=False) \
-        if workdir else None
-    progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer) if writer else None
+    writer = progress = None
+    if workdir:
+        from clu import metric_writers, periodic_actions  # imports TensorFlow: only when writing to a workdir
+        writer = metric_writers.create_default_writer(workdir, just_logging=not is_main, asynchronous=False)
+        progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
 
     history: list[dict] = []
     start = int(parallel.to_host(state.step))
