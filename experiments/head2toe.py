@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 
 from configs import common
-from modular import params as P, reporting, supervised
+from modular import reporting, supervised
 from modular.methods import head2toe_features as feats
 from modular.methods import head2toe_finetune as ft
 from modular.methods import head2toe_heads as heads

@@ -12,7 +12,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from modular import checkpoint, data, models, params as P, reporting, supervised
+from modular import checkpoint, data, models, optim, params as P, reporting, supervised
 from modular.methods import patches, patches_multires, patches_multitask as mt
 
 # Mudrakarta et al. 2018 (ICLR'19). We do not reproduce their exact per-dataset figures from memory, so
@@ -39,8 +39,7 @@ def _load(name: str, config, max_train=None) -> data.Dataset:
 
 
 def _transfer_all(config, workdir, source, target) -> tuple[dict, dict, dict, dict]:
-    optim_cfg = ml_collections.ConfigDict(config.optim.to_dict())
-    optim_cfg.lr = config.transfer.lr
+    optim_cfg = optim.override(config.optim, lr=config.transfer.lr)
     accuracy, params_per_task, patch_bytes, reload_ok = {}, {}, {}, {}
     for mode in config.transfer.modes:
         clf, n = patches.transfer(source, target, mode, model_cfg=config.model, optim_cfg=optim_cfg,
@@ -78,8 +77,7 @@ def _multitask(config, workdir, source) -> dict:
     mcfg = config.multitask
     tasks = [_load(name, config, mcfg.max_train) for name in mcfg.tasks]
     model, start = patches.target_start(source, config.model, tasks[0].num_classes, tasks[0].image_shape, config.seed)
-    optim_cfg = ml_collections.ConfigDict(config.optim.to_dict())
-    optim_cfg.lr = config.transfer.lr
+    optim_cfg = optim.override(config.optim, lr=config.transfer.lr)
     rows, total_backbone = [], P.count(start["params"])
     served = {}
     labels = {"sb": "multitask_sb_patch", "head": "multitask_shared_all_but_head"}
@@ -133,8 +131,7 @@ def _multires(config, workdir, source) -> dict:
     sets = [data.load(config.data.target, image_size=r, channels=config.data.channels, seed=config.seed,
                       max_train=config.data.get("max_train")) for r in rcfg.resolutions]
     model, start = patches.target_start(source, config.model, sets[0].num_classes, sets[0].image_shape, config.seed)
-    optim_cfg = ml_collections.ConfigDict(config.optim.to_dict())
-    optim_cfg.lr = config.transfer.lr
+    optim_cfg = optim.override(config.optim, lr=config.transfer.lr)
     params, state = mt.train_multitask(model, start, sets, "sb_shared_head", optim_cfg=optim_cfg,
                                        num_steps=rcfg.num_steps, batch_size=rcfg.batch_size, seed=config.seed,
                                        workdir=os.path.join(workdir, "multires"), log_every=config.log_every)
@@ -156,15 +153,10 @@ def _multires(config, workdir, source) -> dict:
 
 
 def _plot(workdir, accuracy, params_per_task) -> str:
-    fig, ax = reporting.new_figure(figsize=(5, 3.5))
-    for mode, acc in accuracy.items():
-        ax.scatter(max(params_per_task[mode], 1), 100 * acc)
-        ax.annotate(mode, (max(params_per_task[mode], 1), 100 * acc), fontsize=7)
-    ax.set_xscale("log")
-    ax.set_xlabel("trainable task-private parameters (log)")
-    ax.set_ylabel("target test accuracy (%)")
-    ax.set_title("model patches: accuracy vs per-task parameters")
-    return reporting.save_figure(fig, reporting.figure_path(workdir, "accuracy_vs_params.png"))
+    return reporting.accuracy_vs_params_plot(
+        workdir, "accuracy_vs_params.png", {m: (params_per_task[m], 100 * a) for m, a in accuracy.items()},
+        xlabel="trainable task-private parameters (log)", ylabel="target test accuracy (%)",
+        title="model patches: accuracy vs per-task parameters")
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:

@@ -16,7 +16,7 @@ import numpy as np
 
 from configs import compat as compat_configs
 from experiments import compat as compat_experiment
-from modular import compile_cache, reporting, supervised
+from modular import compile_cache, optim, reporting, supervised
 from modular.methods import head2toe_suite as h2t_suite, tour_adapt, tour_bank
 
 # method -> (library method, patch mode, description)
@@ -101,8 +101,7 @@ def _adapt_method(method, config, workdir, source, src_ds, targets, stages) -> t
         run_dir = os.path.join(workdir, "adapt", method, _slug(ds.name))
         meta_t = dict(meta, target=ds.name)
         if family == "patches":
-            optim_cfg = ml_collections.ConfigDict(config.optim.to_dict())
-            optim_cfg.lr = config.adapt.lr
+            optim_cfg = optim.override(config.optim, lr=config.adapt.lr)
             results[ds.name], classifiers[ds.name] = tour_adapt.adapt_patch(
                 source, ds, mode, model_cfg=config.model, optim_cfg=optim_cfg, num_steps=config.adapt.num_steps,
                 batch_size=config.adapt.batch_size, seed=config.seed, workdir=run_dir, bank_path=bank_path,
@@ -172,16 +171,10 @@ def _compat(config, workdir: str) -> dict:
 
 
 def _plot(workdir: str, rows: list[dict]) -> str:
-    fig, ax = reporting.new_figure(figsize=(6, 4))
-    for r in rows:
-        x = max(r["stored_params_per_task"], 1)
-        ax.scatter(x, r["mean_acc"], s=40)
-        ax.annotate(r["method"], (x, r["mean_acc"]), fontsize=8, xytext=(4, 4), textcoords="offset points")
-    ax.set_xscale("log")
-    ax.set_xlabel("stored task-private parameters per task (log)")
-    ax.set_ylabel("mean target test accuracy (%)")
-    ax.set_title("the tour: accuracy vs what each task stores")
-    return reporting.save_figure(fig, reporting.figure_path(workdir, "tour_accuracy_vs_params.png"))
+    return reporting.accuracy_vs_params_plot(
+        workdir, "tour_accuracy_vs_params.png", {r["method"]: (r["stored_params_per_task"], r["mean_acc"]) for r in rows},
+        xlabel="stored task-private parameters per task (log)", ylabel="mean target test accuracy (%)",
+        title="the tour: accuracy vs what each task stores")
 
 
 def _run(config: ml_collections.ConfigDict, workdir: str) -> dict:

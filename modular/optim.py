@@ -11,6 +11,7 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from modular import params as P
@@ -65,9 +66,23 @@ def lr_labels(params: Mapping, cfg: ml_collections.ConfigDict) -> dict:
     return jax.tree.map(lambda m: FROZEN if float(m) == 0.0 else f"x{float(m):g}", mults)
 
 
+def override(base: ml_collections.ConfigDict, **fields) -> ml_collections.ConfigDict:
+    """A copy of optimizer config `base` with `fields` (lr_mults, default_mult, lr, ...) replaced.
+
+    Methods derive their optimizers from a run's (locked) config this way and leave that config untouched."""
+    cfg = ml_collections.ConfigDict(base.to_dict())
+    cfg.update(fields)
+    return cfg
+
+
 def trainable_mask(params: Mapping, cfg: ml_collections.ConfigDict) -> dict:
     """True for leaves that train; the train step wraps the rest in stop_gradient."""
     return jax.tree.map(lambda lab: lab != FROZEN, lr_labels(params, cfg))
+
+
+def trainable_count(params: Mapping, mask: Mapping) -> int:
+    """Number of parameters whose mask leaf is True (what a method actually trains)."""
+    return int(sum(np.size(x) for x, m in zip(jax.tree.leaves(params), jax.tree.leaves(mask)) if m))
 
 
 def build(cfg: ml_collections.ConfigDict, params: Mapping, num_steps: int) -> optax.GradientTransformation:

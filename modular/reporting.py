@@ -90,3 +90,20 @@ def save_figure(fig, path: str) -> str:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def accuracy_vs_params_plot(workdir: str, name: str, points: Mapping[str, tuple[float, float]], *, xlabel: str,
+                            ylabel: str, title: str) -> str:
+    """Labelled scatter of accuracy (%) against parameter count on a log axis; returns the saved PNG's path.
+
+    points: label -> (parameters, accuracy in %). A count of 0 is drawn at 1 so the log axis can show it."""
+    fig, ax = new_figure(figsize=(6, 4))
+    for label, (count, accuracy) in points.items():
+        x = max(count, 1)
+        ax.scatter(x, accuracy, s=40)
+        ax.annotate(label, (x, accuracy), fontsize=8, xytext=(4, 4), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    return save_figure(fig, figure_path(workdir, name))

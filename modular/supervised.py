@@ -9,7 +9,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from modular import data, losses, models, optim, params as P, train
+from modular import data, losses, models, optim, train
 
 
 @dataclasses.dataclass

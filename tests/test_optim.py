@@ -56,6 +56,15 @@ def test_trainable_mask_and_table():
     assert mask["head/classifier/kernel"] and not mask["extractor/conv/kernel"]
     text = optim.trainable_table(t, cfg)
     assert "frozen" in text and "train lrx1" in text
+    assert optim.trainable_count(t, optim.trainable_mask(t, cfg)) == P.count(t["head"])
+
+
+def test_override_copies_and_leaves_the_locked_base_alone():
+    base = common.optim_config(lr=0.1)
+    base.lock()
+    cfg = optim.override(base, lr=0.5, lr_mults=[("head/.*", 1.0)], default_mult=0.0)
+    assert (cfg.lr, cfg.default_mult, list(cfg.lr_mults)) == (0.5, 0.0, [("head/.*", 1.0)])
+    assert (base.lr, base.default_mult, list(base.lr_mults)) == (0.1, 1.0, [])
 
 
 def test_schedules():

@@ -29,10 +29,7 @@ from modular.methods import compat as C
 
 def train_only(optim_cfg: ml_collections.ConfigDict, prefixes: Sequence[str]) -> ml_collections.ConfigDict:
     """`optim_cfg` with every parameter frozen (multiplier 0) except the subtrees under `prefixes`."""
-    cfg = ml_collections.ConfigDict(optim_cfg.to_dict())
-    cfg.lr_mults = [(f"{re.escape(p)}/.*", 1.0) for p in prefixes]
-    cfg.default_mult = 0.0
-    return cfg
+    return optim.override(optim_cfg, lr_mults=[(f"{re.escape(p)}/.*", 1.0) for p in prefixes], default_mult=0.0)
 
 
 def _copy(tree):

@@ -54,9 +54,7 @@ def lr_mults(mode: str) -> list:
 
 
 def optim_config(base: ml_collections.ConfigDict, mode: str) -> ml_collections.ConfigDict:
-    cfg = ml_collections.ConfigDict(base.to_dict())
-    cfg.lr_mults, cfg.default_mult = lr_mults(mode), 0.0
-    return cfg
+    return optim.override(base, lr_mults=lr_mults(mode), default_mult=0.0)
 
 
 def private_rules(mode: str, include_head: bool = True) -> list:
@@ -164,5 +162,5 @@ def transfer(source: supervised.Classifier, ds: data.Dataset, mode: str, *, mode
         num_steps=num_steps, seed=seed, trainable=mask, workdir=workdir, checkpoint_every=num_steps,
         log_every=log_every, name=f"patch:{mode}", verbose=verbose)
     final = jax.tree.map(np.asarray, jax.device_get({"params": result.state.params, **result.state.model_state}))
-    trainable = int(sum(np.size(x) for x, m in zip(jax.tree.leaves(params), jax.tree.leaves(mask)) if m))
+    trainable = optim.trainable_count(params, mask)
     return supervised.Classifier(model=model, variables=final, fit=result), trainable

@@ -75,8 +75,7 @@ def train_multitask(model, variables: Mapping, tasks: Sequence[data.Dataset], sh
     if len(classes) != 1:
         raise ValueError(f"Multi-task patches need tasks with one class count (to stack heads); got {sorted(classes)}.")
     params, state = init_multitask(variables, len(tasks), sharing)
-    cfg = ml_collections.ConfigDict(optim_cfg.to_dict())
-    cfg.lr_mults, cfg.default_mult = [], 1.0
+    cfg = optim.override(optim_cfg, lr_mults=[], default_mult=1.0)
     tx = optim.build(cfg, params, num_steps)
 
     def batch_fn(step):

@@ -12,7 +12,6 @@ import time
 from typing import Mapping
 
 import jax
-import ml_collections
 import numpy as np
 
 from modular import checkpoint, data, optim, params as P, supervised, train
@@ -39,14 +38,6 @@ class Adapted:
     info: dict = dataclasses.field(default_factory=dict)
 
 
-def _optim(base: ml_collections.ConfigDict, rules: list, default_mult: float, lr: float | None = None):
-    cfg = ml_collections.ConfigDict(base.to_dict())
-    cfg.lr_mults, cfg.default_mult = list(rules), default_mult
-    if lr is not None:
-        cfg.lr = lr
-    return cfg
-
-
 def adapt_patch(source: supervised.Classifier, ds: data.Dataset, mode: str, *, model_cfg, optim_cfg,
                 num_steps: int, batch_size: int, seed: int, workdir: str | None, bank_path: str,
                 log_every: int, meta: Mapping) -> tuple[Adapted, supervised.Classifier]:
@@ -68,7 +59,8 @@ def train_template_source(cfg, ds: data.Dataset, *, optim_cfg, num_steps: int, b
                           checkpoint_every: int, log_every: int) -> tuple[dict, dict, train.FitResult]:
     """Templates, adapters and the source task's mixture trained on the source (resumes in workdir)."""
     params, stats = isometric.init(cfg, jax.random.key(seed), ds.image_shape[-1], [ds.num_classes])
-    ocfg = _optim(optim_cfg, T.multitask_rules(mixture_lr_mult, fixed_signature=False), 1.0)
+    ocfg = optim.override(optim_cfg, lr_mults=T.multitask_rules(mixture_lr_mult, fixed_signature=False),
+                          default_mult=1.0)
     tx = optim.build(ocfg, params, num_steps)
     fit = train.fit(state=train.TrainState.create(params, stats, tx), tx=tx,
                     loss_fn=T.multitask_loss(cfg, tasks=[0], signatures={0: None}, entropy_weight=entropy_weight),
@@ -90,7 +82,7 @@ def adapt_mixture(cfg, source_params: Mapping, source_stats: Mapping, source_cla
     params = dict(params, shared=source_params["shared"], task0=source_params["task0"])
     params[f"task{t}"] = dict(params[f"task{t}"], mixture=source_params["task0"]["mixture"])
     stats = dict(stats, task0=source_stats["task0"])
-    ocfg = _optim(optim_cfg, T.transfer_rules(t, "source", mixture_lr_mult), 0.0)
+    ocfg = optim.override(optim_cfg, lr_mults=T.transfer_rules(t, "source", mixture_lr_mult), default_mult=0.0)
     tx = optim.build(ocfg, params, num_steps)
     mask = optim.trainable_mask(params, ocfg)
     fit = train.fit(state=train.TrainState.create(params, stats, tx), tx=tx,
@@ -102,7 +94,7 @@ def adapt_mixture(cfg, source_params: Mapping, source_stats: Mapping, source_cla
     accuracy = T.evaluate(cfg, params, stats, ds, t)
     private = {"params": params[f"task{t}"], "batch_stats": stats[f"task{t}"]}
     file_bytes = checkpoint.export_subtree(bank_path, private, backbone=params["shared"], meta=meta)
-    trainable = int(sum(np.size(x) for x, m in zip(jax.tree.leaves(params), jax.tree.leaves(mask)) if m))
+    trainable = optim.trainable_count(params, mask)
     full_model = P.nbytes(params["shared"]) + P.nbytes(private)
     return Adapted(accuracy, trainable, P.count(private), file_bytes, seconds, full_model,
                    resumed=fit.resumed_from is not None, info={"one_hotness": isometric.one_hotness(
