@@ -80,9 +80,8 @@ def _model_cfg(config) -> ml_collections.ConfigDict:
 
 
 def _optim_cfg(config, frozen: list[str]) -> ml_collections.ConfigDict:
-    cfg = ml_collections.ConfigDict(config.optim.to_dict())
-    cfg.lr_mults = [(f"{name}/.*", 0.0) for name in frozen] + [tuple(r) for r in cfg.lr_mults]
-    return cfg
+    return optim.override(config.optim, lr_mults=[(f"{name}/.*", 0.0) for name in frozen]
+                          + [tuple(r) for r in config.optim.lr_mults])
 
 
 def train_pair(config, ds_a, ds_b, *, dcc: bool, rp: bool, iiw: bool, workdir: str | None, name: str,
@@ -267,10 +266,7 @@ def _schedules_table(sched: dict, name: str) -> str:
 
 
 def _app_optim(config, lr) -> ml_collections.ConfigDict:
-    cfg = ml_collections.ConfigDict(config.optim.to_dict())
-    if lr:
-        cfg.lr = float(lr)
-    return cfg
+    return optim.override(config.optim, **({"lr": float(lr)} if lr else {}))
 
 
 def _leaves_equal(x, y) -> bool:

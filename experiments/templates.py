@@ -49,11 +49,8 @@ def _train(config, workdir, stage, model_cfg, datasets: dict, signatures: dict, 
         params, stats = isometric.init(model_cfg, jax.random.key(config.seed), config.data.channels,
                                        num_classes or [ds.num_classes for ds in datasets.values()])
     num_steps = num_steps or config.num_steps
-    ocfg = ml_collections.ConfigDict(config.optim.to_dict())
-    with ocfg.unlocked():
-        ocfg.lr_mults = rules if rules is not None else T.multitask_rules(
-            config.mixture_lr_mult, any(s is not None for s in signatures.values()))
-        ocfg.default_mult = default_mult
+    ocfg = optim.override(config.optim, default_mult=default_mult, lr_mults=rules if rules is not None else
+                          T.multitask_rules(config.mixture_lr_mult, any(s is not None for s in signatures.values())))
     tx = optim.build(ocfg, params, num_steps)
     loss_fn = loss_fn or T.multitask_loss(model_cfg, tasks=list(datasets), signatures=signatures,
                                entropy_weight=config.entropy_weight, clustering_weight=config.clustering_weight)
