@@ -1,7 +1,7 @@
 """Our train step against the same model in PyTorch eager, measured in one run.
 
   pip install torch==2.13.0        # optional benchmark dependency (CPU build), or: pip install -e '.[bench]'
-  python -m benchmarks.compare_torch [--models resnet20,mobilenet_v2] [--batch 128] [--size 32] [--steps 10]
+  python -m benchmarks.compare_torch [--models resnet20,mobilenet_v2,isometric] [--batch 128] [--size 32] [--steps 10]
 
 For each model: images/s of a full training step (forward, backward, Adam) in modular (jax.jit) and in
 PyTorch, their ratio, and each one's fraction of the machine's measured matmul FLOP/s. The two
@@ -13,36 +13,9 @@ import argparse
 import time
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
+from benchmarks import steps
 from benchmarks.throughput import matmul_flops_per_sec
-from configs import common
-from modular import models, optim, supervised, train
-
-
-def jax_step_fn(name: str, batch: int, size: int):
-    """A zero-argument callable running one jitted train step; returns (fn, flops per step)."""
-    cfg = common.model_config(depth=20, width=16) if name == "resnet20" else models.default_config("mobilenet_v2")
-    model = models.build(cfg, 10)
-    variables = models.init(model, jax.random.key(0), (1, size, size, 3))
-    params, model_state = variables["params"], {"batch_stats": variables["batch_stats"]}
-    tx = optim.build(common.optim_config(name="adam"), params, 100)
-    step = jax.jit(train.make_train_step(supervised.classification_loss(model), tx), donate_argnums=(0,))
-    rng = np.random.default_rng(0)
-    data = {"image": jnp.asarray(rng.random((batch, size, size, 3), np.float32)),
-            "label": jnp.asarray(rng.integers(0, 10, batch), jnp.int32)}
-    key = jax.random.key(0)
-    holder = {"state": train.TrainState.create(params, model_state, tx)}
-    cost = step.lower(holder["state"], data, key).compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops = float(cost.get("flops", 0.0)) if cost else 0.0
-
-    def run() -> None:
-        holder["state"], metrics = step(holder["state"], data, key)
-        jax.block_until_ready(metrics)
-
-    return run, flops
 
 
 def torch_step_fn(name: str, batch: int, size: int):
@@ -50,7 +23,10 @@ def torch_step_fn(name: str, batch: int, size: int):
     from benchmarks import torch_models
 
     torch.manual_seed(0)
-    model = torch_models.resnet20() if name == "resnet20" else torch_models.mobilenet_v2()
+    if name == "isometric":
+        model = torch_models.isometric(**{k: steps.ISOMETRIC[k] for k in ("width", "expansion", "depth", "stride")})
+    else:
+        model = torch_models.resnet20() if name == "resnet20" else torch_models.mobilenet_v2()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     x = torch.rand(batch, 3, size, size)
     y = torch.randint(0, 10, (batch,))
@@ -75,7 +51,7 @@ def timed(fn, steps: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="resnet20,mobilenet_v2")
+    parser.add_argument("--models", default="resnet20,mobilenet_v2,isometric")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=10, help="steps per timed round")
@@ -89,9 +65,9 @@ def main() -> None:
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}; torch {torch.__version__} "
           f"({torch.get_num_threads()} threads); matmul peak {peak / 1e9:.1f} GFLOP/s")
     for name in args.models.split(","):
-        ours, flops = jax_step_fn(name, args.batch, args.size)
+        ours, flops = steps.train_step(name, args.batch, args.size)
         theirs = torch_step_fn(name, args.batch, args.size)
-        ours(), theirs()  # warm-up (compilation, allocator)
+        theirs()  # warm-up (allocator); ours ran once when built
         t_ours = t_theirs = 0.0
         for _ in range(args.rounds):
             t_ours += timed(ours, args.steps)

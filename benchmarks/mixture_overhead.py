@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from configs import common
-from modular import optim, train
+from modular import optim, train, xla_cpu
 from modular.methods import templates as T
 from modular.models import isometric
 
@@ -27,7 +27,7 @@ def step_seconds(num_templates: int, args) -> callable:
                                    num_templates=num_templates, stride=args.stride, bn="per_task")
     params, stats = isometric.init(cfg, jax.random.key(0), 3, [10])
     tx = optim.build(common.optim_config(name="adam"), params, 1000)
-    step = jax.jit(train.make_train_step(T.multitask_loss(cfg, tasks=[0], signatures={0: None}), tx),
+    step = xla_cpu.jit(train.make_train_step(T.multitask_loss(cfg, tasks=[0], signatures={0: None}), tx),
                    donate_argnums=(0,))
     rng = np.random.default_rng(0)
     batch = dict(image0=rng.random((args.batch, args.size, args.size, 3), np.float32),

@@ -1,4 +1,4 @@
-"""PyTorch twins of our ResNet-20 and MobileNetV2 (same layers and widths), for the speed comparison only."""
+"""PyTorch twins of our ResNet-20, MobileNetV2 and plain isometric net (same layers and widths), for speed comparisons only."""
 from __future__ import annotations
 
 import torch
@@ -57,3 +57,31 @@ def mobilenet_v2(width: int = 16, expansion: int = 6, num_classes: int = 10) -> 
     layers += [*conv_bn(cin, 8 * width, 1), nn.ReLU6(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                nn.Linear(8 * width, num_classes)]
     return nn.Sequential(*layers)
+
+
+class IsometricBlock(nn.Module):
+    """modular.models.isometric's block: 1x1 expand-BN-hswish, depthwise-BN-hswish, SE, 1x1 project-BN, residual."""
+
+    def __init__(self, c: int, e: int, s: int):
+        super().__init__()
+        self.expand, self.bn1 = nn.Conv2d(c, e, 1), nn.BatchNorm2d(e, momentum=0.1)
+        self.dw, self.bn2 = nn.Conv2d(e, e, 3, 1, 1, groups=e), nn.BatchNorm2d(e, momentum=0.1)
+        self.se_down, self.se_up = nn.Linear(e, s), nn.Linear(s, e)
+        self.proj, self.bn3 = nn.Conv2d(e, c, 1), nn.BatchNorm2d(c, momentum=0.1)
+
+    def forward(self, x):
+        h = nn.functional.hardswish(self.bn1(self.expand(x)))
+        h = nn.functional.hardswish(self.bn2(self.dw(h)))
+        z = torch.relu(self.se_down(h.mean((2, 3))))
+        h = h * nn.functional.hardsigmoid(self.se_up(z))[:, :, None, None]
+        return x + self.bn3(self.proj(h))
+
+
+def isometric(width: int = 32, expansion: int = 4, depth: int = 8, stride: int = 2, se_ratio: int = 4,
+              out_dim: int = 32, num_classes: int = 10) -> nn.Module:
+    """Matches the plain (no templates) modular.models.isometric net the benchmarks time."""
+    e = width * expansion
+    return nn.Sequential(nn.Conv2d(3, width, stride, stride),
+                         *[IsometricBlock(width, e, e // se_ratio) for _ in range(depth)],
+                         nn.Conv2d(width, out_dim, 1), nn.Hardswish(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(out_dim, out_dim), nn.Hardswish(), nn.Linear(out_dim, num_classes))

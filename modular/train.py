@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from modular import checkpoint, parallel
+from modular import checkpoint, parallel, xla_cpu
 
 # loss_fn(params, model_state, batch, rng) -> (loss, (new_model_state, metrics))
 LossFn = Callable[[Any, Any, Mapping[str, jax.Array], jax.Array], tuple[jax.Array, tuple[Any, dict]]]
@@ -90,7 +90,7 @@ def fit(*, state: TrainState, loss_fn: LossFn, tx: optax.GradientTransformation,
     mesh = mesh or parallel.make_mesh()
     is_main = jax.process_index() == 0
     state = parallel.replicate(state, mesh)
-    step_fn = jax.jit(make_train_step(loss_fn, tx, trainable), donate_argnums=(0,))
+    step_fn = xla_cpu.jit(make_train_step(loss_fn, tx, trainable), donate_argnums=(0,))
     base_rng = jax.random.key(seed)
 
     mngr, resumed_from = None, None
@@ -178,7 +178,7 @@ def predict(apply_fn: Callable[[Any, Mapping[str, jax.Array]], jax.Array], varia
     n = len(images)
     batch_size = max(jax.device_count(), min(batch_size, -(-n // jax.device_count()) * jax.device_count()))
     batch_size -= batch_size % jax.device_count()
-    fn = jax.jit(apply_fn)
+    fn = xla_cpu.jit(apply_fn)
     outs = []
     for i in range(0, n, batch_size):
         chunk = images[i:i + batch_size]

@@ -19,6 +19,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from modular.models import layers
+from modular.models.fusion import fusion_boundary
+
 BN_MODES = ("shared", "mixed", "per_task")
 BN_EPS = 1e-5
 
@@ -159,12 +162,6 @@ def _batch_norm(x, affine, stats, l, train: bool, momentum: float):
     return y, (mean, var)
 
 
-def _depthwise(x, kernel):
-    return jax.lax.conv_general_dilated(x, kernel[:, :, None, :], (1, 1), "SAME",
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                        feature_group_count=x.shape[-1])
-
-
 def apply(cfg, params: Mapping, batch_stats: Mapping, images: jax.Array, *, task: int = 0, train: bool = False,
           signature: Sequence[int] | None = None, weights: Mapping | None = None) -> tuple[jax.Array, dict, dict]:
     """(logits, out, new_batch_stats) of `task` on NHWC images.
@@ -186,7 +183,7 @@ def apply(cfg, params: Mapping, batch_stats: Mapping, images: jax.Array, *, task
         h, m = _batch_norm(h, affine["bn1"], stats["bn1"], l, train, cfg.bn_momentum)
         moments["bn1"][0].append(m[0]); moments["bn1"][1].append(m[1])
         h = act(h)
-        h = _depthwise(h, w["dw"][l]) + w["dw_b"][l]
+        h = layers.depthwise_conv(h, w["dw"][l]) + w["dw_b"][l]
         h, m = _batch_norm(h, affine["bn2"], stats["bn2"], l, train, cfg.bn_momentum)
         moments["bn2"][0].append(m[0]); moments["bn2"][1].append(m[1])
         h = act(h)
@@ -196,7 +193,7 @@ def apply(cfg, params: Mapping, batch_stats: Mapping, images: jax.Array, *, task
         h = jnp.einsum("bhwe,ec->bhwc", h, w["proj"][l]) + w["proj_b"][l]
         h, m = _batch_norm(h, affine["bn3"], stats["bn3"], l, train, cfg.bn_momentum)
         moments["bn3"][0].append(m[0]); moments["bn3"][1].append(m[1])
-        x = x + h
+        x = fusion_boundary(x + h)
     w_out = params["shared"]["adapter_out"]
     f = act(jnp.einsum("bhwc,cd->bhwd", x, w_out["kernel1"]) + w_out["bias1"])
     f = jnp.mean(f, axis=(1, 2))

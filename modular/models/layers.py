@@ -10,20 +10,34 @@ from typing import Any, Callable, Optional
 import flax.linen as nn
 import jax.numpy as jnp
 
+from modular.models.fusion import fusion_boundary
+
 # He et al. (2015) init on fan-out: the usual choice for ReLU conv nets.
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 ACTIVATIONS = {"relu": nn.relu, "relu6": nn.relu6, None: lambda x: x}
 
 
-class DepthwiseConv(nn.Module):
-    """Depthwise k x k conv as k*k shifted multiply-adds, with nn.Conv's parameter name and shape.
+def depthwise_conv(x, kernel, stride: int = 1):
+    """Depthwise conv of NHWC `x` with a (k, k, C) kernel, padding k//2, as k*k shifted multiply-adds.
 
     XLA:CPU lowers a grouped convolution (feature_group_count = channels) to a slow generic loop; the
-    same arithmetic written as shifted elementwise products fuses into a few vectorised loops and made
-    MobileNetV2's train step ~4x faster on CPU (benchmarks/compare_torch.py). `kernel` keeps the
-    (k, k, 1, C) layout of nn.Conv, so checkpoints and parameter rules are unchanged.
+    same arithmetic written as shifted elementwise products fuses into a few vectorised loops (MobileNetV2
+    train step ~4x faster, the isometric net's ~N x faster: benchmarks/compare_torch.py).
     """
+    k, s = kernel.shape[0], stride
+    p = k // 2
+    x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+    oh, ow = (x.shape[1] - k) // s + 1, (x.shape[2] - k) // s + 1
+    taps = [x[:, i:i + s * (oh - 1) + 1:s, j:j + s * (ow - 1) + 1:s, :] * kernel[i, j]
+            for i in range(k) for j in range(k)]
+    # Nine reads per output element: far too costly for XLA:CPU to recompute inside each consumer.
+    return fusion_boundary(functools.reduce(operator.add, taps))
+
+
+class DepthwiseConv(nn.Module):
+    """`depthwise_conv` with nn.Conv's parameter name and (k, k, 1, C) kernel shape, so checkpoints and
+    parameter rules are those of a grouped nn.Conv."""
     features: int
     kernel_size: int = 3
     stride: int = 1
@@ -34,13 +48,8 @@ class DepthwiseConv(nn.Module):
         k, s, c = self.kernel_size, self.stride, x.shape[-1]
         if c != self.features:
             raise ValueError(f"A depthwise conv keeps its channels: got {c} inputs for {self.features} outputs.")
-        w = self.param("kernel", conv_init, (k, k, 1, c), jnp.float32).astype(self.dtype).reshape(k * k, c)
-        p = k // 2
-        x = jnp.pad(x.astype(self.dtype), ((0, 0), (p, p), (p, p), (0, 0)))
-        oh, ow = (x.shape[1] - k) // s + 1, (x.shape[2] - k) // s + 1
-        taps = [x[:, i:i + s * (oh - 1) + 1:s, j:j + s * (ow - 1) + 1:s, :] * w[i * k + j]
-                for i in range(k) for j in range(k)]
-        return functools.reduce(operator.add, taps)
+        w = self.param("kernel", conv_init, (k, k, 1, c), jnp.float32).astype(self.dtype)
+        return depthwise_conv(x.astype(self.dtype), w[:, :, 0, :], s)
 
 
 def conv(features: int, kernel: int, stride: int = 1, *, groups: int = 1, dtype: Any = jnp.float32,

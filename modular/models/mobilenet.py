@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from modular.models import layers
+from modular.models.fusion import fusion_boundary
 
 # (expansion (None = the configured one), channels / width, blocks, stride) per stage.
 STAGES = ((1, 1.0, 1, 1), (None, 1.5, 2, 2), (None, 2.0, 2, 2), (None, 4.0, 2, 2), (None, 6.0, 1, 1))
@@ -45,7 +46,7 @@ class InvertedResidual(nn.Module):
         y = bn("bn_project")(layers.conv(self.features, 1, dtype=self.dtype, name="project_conv")(y))
         if self.stride == 1 and x.shape[-1] == self.features:
             y = y + x
-        return y, out
+        return fusion_boundary(y), out
 
 
 class MobileNetV2(nn.Module):

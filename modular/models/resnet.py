@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from modular.models import layers
+from modular.models.fusion import fusion_boundary
 
 UNITS = ("stem", "stage1", "stage2", "stage3")
 
@@ -33,7 +34,7 @@ class BasicBlock(nn.Module):
         if self.stride != 1 or x.shape[-1] != self.features:
             shortcut = layers.conv(self.features, 1, self.stride, dtype=self.dtype, name="shortcut_conv")(x)
             shortcut = bn("bn_shortcut")(shortcut)
-        return nn.relu(y + shortcut), out
+        return fusion_boundary(nn.relu(y + shortcut)), out
 
 
 class PreActBlock(nn.Module):
@@ -55,7 +56,7 @@ class PreActBlock(nn.Module):
         if self.stride != 1 or x.shape[-1] != self.features:
             # As in the WRN paper, the projection sees the pre-activated input.
             shortcut = layers.conv(self.features, 1, self.stride, dtype=self.dtype, name="shortcut_conv")(pre)
-        return y + shortcut, out
+        return fusion_boundary(y + shortcut), out
 
 
 class ResNet(nn.Module):

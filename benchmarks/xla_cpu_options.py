@@ -1,0 +1,50 @@
+"""What issue 8's two XLA:CPU measures buy, per model, measured in one run.
+
+  python -m benchmarks.xla_cpu_options [--models resnet20,mobilenet_v2,isometric,vit] [--rounds 3]
+
+Four builds of each train step: XLA's defaults with the fusion boundaries traced out (how the library
+ran before), boundaries only, compiler options only (modular.xla_cpu), and both (what the library does
+now). Builds are timed in alternating rounds; ratios are images/s against the first build.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+from benchmarks import steps
+from modular import xla_cpu
+from modular.models import fusion
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(steps.MODELS))
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=4, help="steps per timed round")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    options = xla_cpu.compiler_options()
+    print(f"library compiler options: {options or 'none (not CPU, or this jaxlib lacks them)'}")
+    for name in args.models.split(","):
+        builds = {}
+        with fusion.disabled():
+            builds["XLA defaults"] = steps.train_step(name, args.batch, args.size, compiler_options={})[0]
+            builds["options only"] = steps.train_step(name, args.batch, args.size, compiler_options=options)[0]
+        builds["boundaries only"] = steps.train_step(name, args.batch, args.size, compiler_options={})[0]
+        builds["both (library)"] = steps.train_step(name, args.batch, args.size)[0]
+        seconds = dict.fromkeys(builds, 0.0)
+        for _ in range(args.rounds):
+            for label, run in builds.items():
+                t = time.perf_counter()
+                for _ in range(args.steps):
+                    run()
+                seconds[label] += time.perf_counter() - t
+        n = args.batch * args.steps * args.rounds
+        base = n / seconds["XLA defaults"]
+        print(f"{name}: " + " | ".join(f"{label} {n / s:7.1f} img/s ({n / s / base:.2f}x)"
+                                        for label, s in seconds.items()), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""A boundary XLA:CPU's fusion pass cannot cross, placed on residual streams.
+
+XLA:CPU duplicates cheap elementwise producers into every consumer fusion. On a residual stream each
+block output is an elementwise function of the previous one (BN, add, ReLU), so every consumer that is
+itself a loop fusion recomputes the stream back to the last convolution. The worst consumers are the
+transposes XLA inserts in front of weight-gradient convolutions: in ResNet-20 one of them read four
+feature maps with a cache-hostile stride and took 129 ms of an 800 ms step (issue 8). `fusion_boundary`
+is the identity, computed on CPU through a `lax.cond` on a runtime predicate, which fusion treats as
+opaque: the block output is computed once and consumers read it from memory. Other backends, whose
+fusion heuristics differ, get the plain identity. Its gradient is the identity on every backend.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import jax
+
+_ENABLED = [True]
+
+
+@contextlib.contextmanager
+def disabled():
+    """Trace models without boundaries inside the block (for A/B benchmarks; jit afresh inside it)."""
+    _ENABLED.append(False)
+    try:
+        yield
+    finally:
+        _ENABLED.pop()
+
+
+def _opaque_identity(x: jax.Array) -> jax.Array:
+    first = x.reshape(-1)[0]
+    # Both branches return x (the second only when x's first element is NaN). They must differ in form,
+    # or the cond is folded away; the predicate only has to be unknown to the compiler.
+    return jax.lax.cond(first == first, lambda v: v, lambda v: v * 1.0, x)
+
+
+def _identity_on_cpu_only(x: jax.Array) -> jax.Array:
+    if x.size == 0 or not _ENABLED[-1]:
+        return x
+    return jax.lax.platform_dependent(x, cpu=_opaque_identity, default=lambda v: v)
+
+
+@jax.custom_vjp
+def fusion_boundary(x: jax.Array) -> jax.Array:
+    """x, materialised once on CPU instead of being recomputed inside each consumer fusion."""
+    return _identity_on_cpu_only(x)
+
+
+def _forward(x):
+    return _identity_on_cpu_only(x), None
+
+
+def _backward(_, g):
+    return (g,)
+
+
+fusion_boundary.defvjp(_forward, _backward)
+

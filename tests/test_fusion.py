@@ -1,0 +1,28 @@
+"""The fusion boundary is an exact identity (value and gradient) that survives XLA:CPU's compiler."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from modular.models import fusion
+
+
+def test_boundary_is_identity_in_value_and_gradient():
+    x = jax.random.normal(jax.random.key(0), (3, 4, 4, 5))
+    f = jax.jit(lambda v: fusion.fusion_boundary(v * 2.0) + 1.0)
+    np.testing.assert_array_equal(f(x), x * 2.0 + 1.0)
+    g = jax.grad(lambda v: jnp.sum(jnp.sin(fusion.fusion_boundary(v)) ** 2))(x)
+    np.testing.assert_allclose(g, jax.grad(lambda v: jnp.sum(jnp.sin(v) ** 2))(x), rtol=1e-6)
+    nan_first = x.at[0, 0, 0, 0].set(jnp.nan)  # takes the other branch of the cond
+    np.testing.assert_array_equal(jax.jit(fusion.fusion_boundary)(nan_first), nan_first)
+    assert fusion.fusion_boundary(jnp.zeros((0, 3))).shape == (0, 3)
+    np.testing.assert_array_equal(jax.vmap(fusion.fusion_boundary)(x), x)
+
+
+def test_boundary_survives_cpu_compilation_unless_disabled():
+    def compiled_text():
+        fn = jax.jit(jax.grad(lambda v: jnp.sum(jax.nn.relu(fusion.fusion_boundary(v * 3.0) + v) ** 2)))
+        return fn.lower(jnp.ones((2, 8))).compile().as_text()
+
+    assert "conditional" in compiled_text()  # folded away, it would stop XLA:CPU from nothing
+    with fusion.disabled():
+        assert "conditional" not in compiled_text()
