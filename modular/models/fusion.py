@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 
 import jax
+import jax.numpy as jnp
 
 _ENABLED = [True]
 
@@ -29,8 +30,10 @@ def disabled():
 
 
 def _opaque_identity(x: jax.Array) -> jax.Array:
-    first = x.reshape(-1)[0]
-    # Both branches return x (the second only when x's first element is NaN). They must differ in form,
+    # A scalar the compiler cannot know: the max over the leading (batch) axis of one entry per row,
+    # which stays valid when that axis is sharded across devices (one small all-reduce).
+    first = jnp.max(x[(slice(None),) + (0,) * (x.ndim - 1)]) if x.ndim else x
+    # Both branches return x (the second when that scalar is NaN). They must differ in form,
     # or the cond is folded away; the predicate only has to be unknown to the compiler.
     return jax.lax.cond(first == first, lambda v: v, lambda v: v * 1.0, x)
 

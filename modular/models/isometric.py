@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from modular.models import layers
+from modular.models.depthwise import depthwise_conv
 from modular.models.fusion import fusion_boundary
 
 BN_MODES = ("shared", "mixed", "per_task")
@@ -178,15 +178,15 @@ def apply(cfg, params: Mapping, batch_stats: Mapping, images: jax.Array, *, task
     stats = batch_stats[f"task{task}"]
     moments = {name: ([], []) for name in stats}
     act = jax.nn.hard_swish
-    for l in range(int(cfg.depth)):
+    for l in range(int(cfg.depth)):  # fusion boundaries: computed once, not again inside backward fusions
         h = jnp.einsum("bhwc,ce->bhwe", x, w["expand"][l]) + w["expand_b"][l]
         h, m = _batch_norm(h, affine["bn1"], stats["bn1"], l, train, cfg.bn_momentum)
         moments["bn1"][0].append(m[0]); moments["bn1"][1].append(m[1])
-        h = act(h)
-        h = layers.depthwise_conv(h, w["dw"][l]) + w["dw_b"][l]
+        h = fusion_boundary(act(h))
+        h = depthwise_conv(h, w["dw"][l]) + w["dw_b"][l]
         h, m = _batch_norm(h, affine["bn2"], stats["bn2"], l, train, cfg.bn_momentum)
         moments["bn2"][0].append(m[0]); moments["bn2"][1].append(m[1])
-        h = act(h)
+        h = fusion_boundary(act(h))
         if cfg.se:
             z = jax.nn.relu(jnp.mean(h, axis=(1, 2)) @ w["se_down"][l] + w["se_down_b"][l])
             h = h * jax.nn.hard_sigmoid(z @ w["se_up"][l] + w["se_up_b"][l])[:, None, None, :]

@@ -3,36 +3,17 @@
 Naming is part of the contract: convolutions are `conv*` / `*_conv`, batch norms `bn*`, so regex rules
 such as `.*/bn[^/]*/(scale|bias)` select the same kind of parameter in every architecture.
 """
-import functools
-import operator
 from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from modular.models.fusion import fusion_boundary
+from modular.models.depthwise import depthwise_conv
 
 # He et al. (2015) init on fan-out: the usual choice for ReLU conv nets.
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 ACTIVATIONS = {"relu": nn.relu, "relu6": nn.relu6, None: lambda x: x}
-
-
-def depthwise_conv(x, kernel, stride: int = 1):
-    """Depthwise conv of NHWC `x` with a (k, k, C) kernel, padding k//2, as k*k shifted multiply-adds.
-
-    XLA:CPU lowers a grouped convolution (feature_group_count = channels) to a slow generic loop; the
-    same arithmetic written as shifted elementwise products fuses into a few vectorised loops (MobileNetV2
-    train step ~4x faster, the isometric net's ~N x faster: benchmarks/compare_torch.py).
-    """
-    k, s = kernel.shape[0], stride
-    p = k // 2
-    x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
-    oh, ow = (x.shape[1] - k) // s + 1, (x.shape[2] - k) // s + 1
-    taps = [x[:, i:i + s * (oh - 1) + 1:s, j:j + s * (ow - 1) + 1:s, :] * kernel[i, j]
-            for i in range(k) for j in range(k)]
-    # Nine reads per output element: far too costly for XLA:CPU to recompute inside each consumer.
-    return fusion_boundary(functools.reduce(operator.add, taps))
 
 
 class DepthwiseConv(nn.Module):
