@@ -6,8 +6,9 @@ itself a loop fusion recomputes the stream back to the last convolution. The wor
 transposes XLA inserts in front of weight-gradient convolutions: in ResNet-20 one of them read four
 feature maps with a cache-hostile stride and took 129 ms of an 800 ms step (issue 8). `fusion_boundary`
 is the identity, computed on CPU through a `lax.cond` on a runtime predicate, which fusion treats as
-opaque: the block output is computed once and consumers read it from memory. Other backends, whose
-fusion heuristics differ, get the plain identity. Its gradient is the identity on every backend.
+opaque: the block output is computed once and consumers read it from memory. The gradient flowing back
+through the boundary is materialised the same way (backward fusions duplicate just as much). Other
+backends, whose fusion heuristics differ, get the plain identity in both directions.
 """
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def _identity_on_cpu_only(x: jax.Array) -> jax.Array:
 
 @jax.custom_vjp
 def fusion_boundary(x: jax.Array) -> jax.Array:
-    """x, materialised once on CPU instead of being recomputed inside each consumer fusion."""
+    """x (and, backwards, its gradient), materialised once on CPU instead of recomputed in each consumer fusion."""
     return _identity_on_cpu_only(x)
 
 
@@ -55,7 +56,7 @@ def _forward(x):
 
 
 def _backward(_, g):
-    return (g,)
+    return (_identity_on_cpu_only(g),)
 
 
 fusion_boundary.defvjp(_forward, _backward)

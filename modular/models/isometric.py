@@ -178,8 +178,8 @@ def apply(cfg, params: Mapping, batch_stats: Mapping, images: jax.Array, *, task
     stats = batch_stats[f"task{task}"]
     moments = {name: ([], []) for name in stats}
     act = jax.nn.hard_swish
-    for l in range(int(cfg.depth)):  # fusion boundaries: computed once, not again inside backward fusions
-        h = jnp.einsum("bhwc,ce->bhwe", x, w["expand"][l]) + w["expand_b"][l]
+    for l in range(int(cfg.depth)):  # fusion boundaries: values and gradients computed once (modular.models.fusion)
+        h = fusion_boundary(jnp.einsum("bhwc,ce->bhwe", x, w["expand"][l]) + w["expand_b"][l])
         h, m = _batch_norm(h, affine["bn1"], stats["bn1"], l, train, cfg.bn_momentum)
         moments["bn1"][0].append(m[0]); moments["bn1"][1].append(m[1])
         h = fusion_boundary(act(h))
@@ -190,7 +190,7 @@ def apply(cfg, params: Mapping, batch_stats: Mapping, images: jax.Array, *, task
         if cfg.se:
             z = jax.nn.relu(jnp.mean(h, axis=(1, 2)) @ w["se_down"][l] + w["se_down_b"][l])
             h = h * jax.nn.hard_sigmoid(z @ w["se_up"][l] + w["se_up_b"][l])[:, None, None, :]
-        h = jnp.einsum("bhwe,ec->bhwc", h, w["proj"][l]) + w["proj_b"][l]
+        h = fusion_boundary(jnp.einsum("bhwe,ec->bhwc", h, w["proj"][l]) + w["proj_b"][l])
         h, m = _batch_norm(h, affine["bn3"], stats["bn3"], l, train, cfg.bn_momentum)
         moments["bn3"][0].append(m[0]); moments["bn3"][1].append(m[1])
         x = fusion_boundary(x + h)
