@@ -13,34 +13,20 @@ import argparse
 import time
 
 import jax
-import numpy as np
 
-from configs import common
-from modular import optim, train, xla_cpu
-from modular.methods import templates as T
-from modular.models import isometric
+from benchmarks import steps
 
 
 def step_seconds(num_templates: int, args) -> callable:
     """A function running `args.steps` jitted train steps of one model, returning seconds per step."""
-    cfg = isometric.default_config(width=args.width, expansion=args.expansion, depth=args.depth,
-                                   num_templates=num_templates, stride=args.stride, bn="per_task")
-    params, stats = isometric.init(cfg, jax.random.key(0), 3, [10])
-    tx = optim.build(common.optim_config(name="adam"), params, 1000)
-    step = xla_cpu.jit(train.make_train_step(T.multitask_loss(cfg, tasks=[0], signatures={0: None}), tx),
-                   donate_argnums=(0,))
-    rng = np.random.default_rng(0)
-    batch = dict(image0=rng.random((args.batch, args.size, args.size, 3), np.float32),
-                 label0=rng.integers(0, 10, args.batch))
-    box = [train.TrainState.create(params, stats, tx)]
-    box[0], m = step(box[0], batch, jax.random.key(0))  # compile
-    jax.block_until_ready(m)
+    run, _ = steps.train_step("isometric", args.batch, args.size, isometric_overrides=dict(
+        width=args.width, expansion=args.expansion, depth=args.depth, stride=args.stride,
+        num_templates=num_templates))
 
     def timed():
         t = time.perf_counter()
         for _ in range(args.steps):
-            box[0], m = step(box[0], batch, jax.random.key(0))
-        jax.block_until_ready(m)
+            run()
         return (time.perf_counter() - t) / args.steps
     return timed
 

@@ -22,10 +22,10 @@ MODELS = ("resnet20", "mobilenet_v2", "isometric", "vit")
 ISOMETRIC = dict(width=32, expansion=4, depth=8, stride=2, num_templates=0, bn="per_task")
 
 
-def _model_and_loss(name: str, size: int):
+def _model_and_loss(name: str, size: int, isometric_overrides: dict):
     """(params, model_state, loss_fn, batch_keys) of a benchmark model with 10 classes."""
     if name == "isometric":
-        cfg = isometric.default_config(**ISOMETRIC)
+        cfg = isometric.default_config(**{**ISOMETRIC, **isometric_overrides})
         params, stats = isometric.init(cfg, jax.random.key(0), 3, [10])
         return params, stats, templates.multitask_loss(cfg, tasks=[0], signatures={0: None}), ("image0", "label0")
     if name not in MODELS:
@@ -37,11 +37,11 @@ def _model_and_loss(name: str, size: int):
     return variables["params"], state, supervised.classification_loss(model), ("image", "label")
 
 
-def train_step(name: str, batch: int, size: int, *, compiler_options: dict | None = None
-               ) -> tuple[Callable[[], None], float]:
+def train_step(name: str, batch: int, size: int, *, compiler_options: dict | None = None,
+               isometric_overrides: dict | None = None) -> tuple[Callable[[], None], float]:
     """(run, flops): `run()` performs one step and waits for it (already run once); flops per step by XLA's
-    cost analysis."""
-    params, model_state, loss_fn, (image_key, label_key) = _model_and_loss(name, size)
+    cost analysis. `isometric_overrides` change ISOMETRIC's settings (e.g. num_templates) for 'isometric'."""
+    params, model_state, loss_fn, (image_key, label_key) = _model_and_loss(name, size, isometric_overrides or {})
     tx = optim.build(common.optim_config(name="adam"), params, 100)
     fn = train.make_train_step(loss_fn, tx)
     if compiler_options is None:

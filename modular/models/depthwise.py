@@ -58,8 +58,7 @@ def _kernel_grad(x, g, k: int, stride: int):
     n = x.shape[0]
     block = _images_per_block(n, (math.prod(xp.shape[1:]) + math.prod(g.shape[1:])) * x.dtype.itemsize)
     steps = n // block
-    # Image b*steps + t is row b of step t: each step reads `block` images spread over the batch, so a
-    # batch-sharded array stays sharded and the partial sums meet in one reduction at the end.
+    # Image b*steps + t is row b of step t; per-image partial sums meet in one reduction at the end.
     xs, gs = xp.reshape(block, steps, *xp.shape[1:]), g.reshape(block, steps, *g.shape[1:])
 
     def accumulate(t, acc):

@@ -60,4 +60,3 @@ def _backward(_, g):
 
 
 fusion_boundary.defvjp(_forward, _backward)
-

@@ -178,7 +178,7 @@ def apply(cfg, params: Mapping, batch_stats: Mapping, images: jax.Array, *, task
     stats = batch_stats[f"task{task}"]
     moments = {name: ([], []) for name in stats}
     act = jax.nn.hard_swish
-    for l in range(int(cfg.depth)):  # fusion boundaries: values and gradients computed once (modular.models.fusion)
+    for l in range(int(cfg.depth)):  # fusion_boundary: each value and gradient computed once on CPU
         h = fusion_boundary(jnp.einsum("bhwc,ce->bhwe", x, w["expand"][l]) + w["expand_b"][l])
         h, m = _batch_norm(h, affine["bn1"], stats["bn1"], l, train, cfg.bn_momentum)
         moments["bn1"][0].append(m[0]); moments["bn1"][1].append(m[1])
