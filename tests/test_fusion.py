@@ -2,8 +2,9 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from modular.models import fusion
+from modular.models import fusion, layers, resnet
 
 
 def test_boundary_is_identity_in_value_and_gradient():
@@ -26,3 +27,18 @@ def test_boundary_survives_cpu_compilation_unless_disabled():
     assert "conditional" in compiled_text()  # folded away, it would stop XLA:CPU from nothing
     with fusion.disabled():
         assert "conditional" not in compiled_text()
+
+
+@pytest.mark.parametrize("block, expected", [
+    (lambda: resnet.BasicBlock(8), 2),     # bn1-ReLU (feeds conv2) and the block output
+    (lambda: resnet.PreActBlock(8), 3),    # both pre-activations and the block output
+    (lambda: layers.ConvBN(8), 1),         # a normalised stem output feeds the first block's convs
+    (lambda: layers.ConvBN(8, norm=False, act=None), 0),  # nothing to recompute: no boundary
+])
+def test_every_normalised_conv_input_is_materialised(block, expected):
+    # Each activation that feeds a convolution and is an elementwise function of a BN goes through a
+    # boundary, so weight-gradient transposes read it instead of recomputing the BN (issue 8).
+    module, x = block(), jnp.ones((2, 8, 8, 8))
+    variables = module.init(jax.random.key(0), x)
+    jaxpr = jax.make_jaxpr(lambda v: module.apply(v, x, train=True, mutable=["batch_stats"]))(variables)
+    assert str(jaxpr).count("custom_vjp_call") == expected

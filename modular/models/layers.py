@@ -9,6 +9,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from modular.models.depthwise import depthwise_conv
+from modular.models.fusion import fusion_boundary
 
 # He et al. (2015) init on fan-out: the usual choice for ReLU conv nets.
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -52,7 +53,11 @@ def batch_norm(train: bool, momentum: float, dtype: Any, name: str) -> nn.BatchN
 
 
 class ConvBN(nn.Module):
-    """conv -> optional BN -> activation: the stem and final 1x1 unit of every architecture."""
+    """conv -> optional BN -> activation: the stem and final 1x1 unit of every architecture.
+
+    A normalised output passes a fusion boundary: it feeds convolutions, whose weight-gradient transposes
+    would otherwise recompute the BN from the conv output (modular.models.fusion).
+    """
     features: int
     kernel: int = 3
     stride: int = 1
@@ -65,7 +70,7 @@ class ConvBN(nn.Module):
     def __call__(self, x, train: bool = False):
         x = conv(self.features, self.kernel, self.stride, dtype=self.dtype, name="conv")(x)
         if self.norm:
-            x = batch_norm(train, self.bn_momentum, self.dtype, "bn")(x)
+            return fusion_boundary(ACTIVATIONS[self.act](batch_norm(train, self.bn_momentum, self.dtype, "bn")(x)))
         return ACTIVATIONS[self.act](x)
 
 

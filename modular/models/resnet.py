@@ -27,7 +27,7 @@ class BasicBlock(nn.Module):
     def __call__(self, x, train: bool = False):
         bn = functools.partial(layers.batch_norm, train, self.bn_momentum, self.dtype)
         y = layers.conv(self.features, 3, self.stride, dtype=self.dtype, name="conv1")(x)
-        y = nn.relu(bn("bn1")(y))
+        y = fusion_boundary(nn.relu(bn("bn1")(y)))  # conv2's weight gradient reads it transposed
         out = {"conv1": y}
         y = bn("bn2")(layers.conv(self.features, 3, dtype=self.dtype, name="conv2")(y))
         shortcut = x
@@ -47,9 +47,10 @@ class PreActBlock(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False):
         bn = functools.partial(layers.batch_norm, train, self.bn_momentum, self.dtype)
-        pre = nn.relu(bn("bn1")(x))
+        # Both activations feed convolutions whose weight gradients read them transposed: materialise them.
+        pre = fusion_boundary(nn.relu(bn("bn1")(x)))
         y = layers.conv(self.features, 3, self.stride, dtype=self.dtype, name="conv1")(pre)
-        y = nn.relu(bn("bn2")(y))
+        y = fusion_boundary(nn.relu(bn("bn2")(y)))
         out = {"conv1": y}
         y = layers.conv(self.features, 3, dtype=self.dtype, name="conv2")(y)
         shortcut = x
