@@ -5,7 +5,8 @@
 
 For each model: images/s of a full training step (forward, backward, Adam) in modular (jax.jit) and in
 PyTorch, their ratio, and each one's fraction of the machine's measured matmul FLOP/s. The two
-frameworks are timed in alternating rounds so that load from other processes hits both alike.
+frameworks are timed in alternating rounds so that load from other processes hits both alike, in one
+process with the same host-memory settings (modular.host_memory; MODULAR_HOST_MEMORY=default for none).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import jax
 
 from benchmarks import steps
 from benchmarks.throughput import matmul_flops_per_sec
+from modular import host_memory
 
 
 def torch_step_fn(name: str, batch: int, size: int):
@@ -57,13 +59,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="steps per timed round")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    # Before anything starts JAX (see modular.host_memory).
+    host = host_memory.reuse_freed_memory() or ["allocator and dispatch defaults"]
     try:
         import torch
     except ImportError:
         raise SystemExit("PyTorch is not installed: pip install torch==2.13.0 (an optional benchmark dependency).")
     peak = matmul_flops_per_sec()
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}; torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads); matmul peak {peak / 1e9:.1f} GFLOP/s")
+          f"({torch.get_num_threads()} threads); matmul peak {peak / 1e9:.1f} GFLOP/s; host: {'; '.join(host)}")
     for name in args.models.split(","):
         ours, flops = steps.train_step(name, args.batch, args.size)
         theirs = torch_step_fn(name, args.batch, args.size)

@@ -15,6 +15,7 @@ import time
 import jax
 
 from benchmarks import steps
+from modular import host_memory
 
 
 def step_seconds(num_templates: int, args) -> callable:
@@ -43,6 +44,8 @@ def main():
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
+    # Before anything starts JAX (see modular.host_memory).
+    host = host_memory.reuse_freed_memory() or ["allocator and dispatch defaults"]
     if args.templates < 1:
         raise SystemExit("--templates must be at least 1.")
     plain, mixed = step_seconds(0, args), step_seconds(args.templates, args)
@@ -51,6 +54,7 @@ def main():
         times["plain"].append(plain())
         times["mixture"].append(mixed())
     best = {k: min(v) for k, v in times.items()}
+    print(f"host: {'; '.join(host)}")
     print(f"devices: {jax.device_count()} x {jax.devices()[0].platform}; depth {args.depth}, K {args.templates}, "
           f"width {args.width}x{args.expansion}, batch {args.batch}, {args.size}px")
     for k, v in best.items():

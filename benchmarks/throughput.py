@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import steps
+from modular import host_memory
 
 
 def matmul_flops_per_sec(n: int = 2048, repeats: int = 10) -> float:
@@ -36,6 +37,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=20)
     args = parser.parse_args()
+    # Before anything starts JAX (see modular.host_memory).
+    host = host_memory.reuse_freed_memory() or ["allocator and dispatch defaults"]
     peak = matmul_flops_per_sec()
     run, flops = steps.train_step(args.model, args.batch, args.size)
     t = time.perf_counter()
@@ -43,7 +46,7 @@ def main() -> None:
         run()
     seconds = time.perf_counter() - t
     achieved = flops * args.steps / seconds
-    print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}")
+    print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}; host: {'; '.join(host)}")
     print(f"matmul 2048x2048 f32: {peak / 1e9:.1f} GFLOP/s")
     print(f"{args.model} train step, batch {args.batch}, {args.size}x{args.size}x3, Adam: "
           f"{args.batch * args.steps / seconds:.1f} images/s, {achieved / 1e9:.1f} GFLOP/s = "
