@@ -1,4 +1,4 @@
-"""A boundary XLA:CPU's fusion pass cannot cross, placed on residual streams.
+"""A boundary XLA:CPU's fusion pass cannot cross, placed on residual streams and on BN activations.
 
 XLA:CPU duplicates cheap elementwise producers into every consumer fusion. On a residual stream each
 block output is an elementwise function of the previous one (BN, add, ReLU), so every consumer that is
@@ -6,7 +6,8 @@ itself a loop fusion recomputes the stream back to the last convolution. The wor
 transposes XLA inserts in front of weight-gradient convolutions: in ResNet-20 one of them read four
 feature maps with a cache-hostile stride and took 129 ms of an 800 ms step (issue 8). `fusion_boundary`
 is the identity, computed on CPU through a `lax.cond` on a runtime predicate, which fusion treats as
-opaque: the block output is computed once and consumers read it from memory. The gradient flowing back
+opaque: the block output is computed once and consumers read it from memory. BN activations that feed
+convolutions get one for the same reason (their transposes recomputed the BN). The gradient flowing back
 through the boundary is materialised the same way (backward fusions duplicate just as much). Other
 backends, whose fusion heuristics differ, get the plain identity in both directions.
 """
