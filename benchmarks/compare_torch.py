@@ -6,7 +6,7 @@
 For each model: images/s of a full training step (forward, backward, Adam) in modular (jax.jit) and in
 PyTorch, their ratio, and each one's fraction of the machine's measured matmul FLOP/s. The two
 frameworks are timed in alternating rounds so that load from other processes hits both alike, in one
-process with the same host-memory settings (modular.host_memory; MODULAR_HOST_MEMORY=default for none).
+process with the same CPU settings (modular.platform.tune_cpu(); MODULAR_CPU_TUNING=off for none).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import jax
 
 from benchmarks import steps
 from benchmarks.throughput import matmul_flops_per_sec
-from modular import host_memory
+from modular import platform
 
 
 def torch_step_fn(name: str, batch: int, size: int):
@@ -59,8 +59,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="steps per timed round")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    # Before anything starts JAX (see modular.host_memory).
-    host = host_memory.reuse_freed_memory() or ["allocator and dispatch defaults"]
+    # Before anything starts JAX (see modular.platform).
+    host = platform.tune_cpu() or ["library defaults (MODULAR_CPU_TUNING=off)"]
     try:
         import torch
     except ImportError:

@@ -22,7 +22,7 @@ MODES = {"defaults": {"MODULAR_HOST_MEMORY": "default"}, "reuse": {}}
 
 def child(name: str, batch: int, size: int, steps_per_round: int) -> dict:
     """Runs in the child process: host settings from the environment, then timed train steps."""
-    from modular import host_memory
+    from modular.platform import host_memory
     applied = host_memory.reuse_freed_memory()
     from benchmarks import steps
     run, _ = steps.train_step(name, batch, size)

@@ -15,7 +15,7 @@ import time
 import jax
 
 from benchmarks import steps
-from modular import host_memory
+from modular import platform
 
 
 def step_seconds(num_templates: int, args) -> callable:
@@ -44,8 +44,8 @@ def main():
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
-    # Before anything starts JAX (see modular.host_memory).
-    host = host_memory.reuse_freed_memory() or ["allocator and dispatch defaults"]
+    # Before anything starts JAX (see modular.platform).
+    host = platform.tune_cpu() or ["library defaults (MODULAR_CPU_TUNING=off)"]
     if args.templates < 1:
         raise SystemExit("--templates must be at least 1.")
     plain, mixed = step_seconds(0, args), step_seconds(args.templates, args)

@@ -1,7 +1,7 @@
 """The train steps every speed benchmark times, built once here so each benchmark measures the same thing.
 
 A step is forward, backward and Adam on one fixed random batch. `compiler_options=None` compiles it the
-way the library does (modular.xla_cpu.jit); a dict compiles it with exactly those XLA options ({} = XLA's
+way the library does (modular.platform.xla_cpu.jit); a dict compiles it with exactly those XLA options ({} = XLA's
 own defaults), for A/B comparisons.
 """
 from __future__ import annotations
@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import common
-from modular import models, optim, supervised, train, xla_cpu
+from modular import models, optim, supervised, train
+from modular.platform import xla_cpu
 from modular.methods import templates
 from modular.models import isometric
 

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import steps
-from modular import host_memory
+from modular import platform
 
 
 def matmul_flops_per_sec(n: int = 2048, repeats: int = 10) -> float:
@@ -37,8 +37,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=20)
     args = parser.parse_args()
-    # Before anything starts JAX (see modular.host_memory).
-    host = host_memory.reuse_freed_memory() or ["allocator and dispatch defaults"]
+    # Before anything starts JAX (see modular.platform).
+    host = platform.tune_cpu() or ["library defaults (MODULAR_CPU_TUNING=off)"]
     peak = matmul_flops_per_sec()
     run, flops = steps.train_step(args.model, args.batch, args.size)
     t = time.perf_counter()

@@ -13,8 +13,9 @@ import argparse
 import time
 
 from benchmarks import steps
-from modular import host_memory, xla_cpu
-from modular.models import fusion
+from modular import platform
+from modular.platform import xla_cpu
+from modular.platform import fusion
 
 
 def main() -> None:
@@ -25,8 +26,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="steps per timed round")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    # Before anything starts JAX (see modular.host_memory).
-    host = host_memory.reuse_freed_memory() or ["allocator and dispatch defaults"]
+    # Before anything starts JAX (see modular.platform).
+    host = platform.tune_cpu() or ["library defaults (MODULAR_CPU_TUNING=off)"]
     options = xla_cpu.compiler_options()
     print(f"library compiler options: {options or 'none (not CPU, or this jaxlib lacks them)'}; host: {'; '.join(host)}")
     for name in args.models.split(","):

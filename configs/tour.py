@@ -22,7 +22,6 @@ def get_config(arg: str = ""):
     config.data.max_train_target = 1000          # VTAB-1k-like: a thousand labelled examples per target
     config.data.max_test_target = None           # None: each target's whole test split
     config.methods = list(METHODS)
-    config.compile_cache = True                  # identical programs (one per method, not per target) compile once
     # model patches: linear = last layer, sb_patch = S/B + last layer, full_finetune = every weight
     config.adapt = ml_collections.ConfigDict(dict(num_steps=200, batch_size=64, lr=3e-3))
     config.templates = ml_collections.ConfigDict(dict(

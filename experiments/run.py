@@ -55,8 +55,8 @@ def run(config, workdir: str) -> dict:
 
 
 def main(argv) -> None:
-    from modular import host_memory
-    host_memory.reuse_freed_memory()  # before anything starts JAX; MODULAR_HOST_MEMORY=default turns it off
+    from modular import platform
+    platform.tune_cpu()  # before anything starts JAX; MODULAR_CPU_TUNING=off turns it off
     logging.set_verbosity(logging.WARNING)  # orbax/clu INFO logs drown the progress lines we print
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")

@@ -16,7 +16,7 @@ import numpy as np
 
 from configs import compat as compat_configs
 from experiments import compat as compat_experiment
-from modular import compile_cache, optim, reporting, supervised
+from modular import optim, reporting, supervised
 from modular.methods import head2toe_suite as h2t_suite, tour_adapt, tour_bank
 
 # method -> (library method, patch mode, description)
@@ -240,6 +240,4 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    cache_dir = os.path.join(workdir, "jax_cache") if config.get("compile_cache", False) else None
-    with compile_cache.persistent(cache_dir):
-        return _run(config, workdir)
+    return _run(config, workdir)

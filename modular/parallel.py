@@ -50,8 +50,8 @@ def check_batch_size(batch_size: int) -> None:
         raise ValueError(f"Batch size {batch_size} is not divisible by the {n} devices it is split over.")
 
 
-def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """Global numpy batch (same on every process) -> global arrays split along 'data'.
+def shard_batch(batch: Any, mesh: Mesh) -> Any:
+    """Global numpy batch (a pytree, same on every process) -> global arrays split along 'data'.
 
     Each process contributes only its own contiguous slice, so the result is identical for any
     number of processes and devices.
@@ -64,7 +64,7 @@ def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array
         local = x.shape[0] // nproc
         return jax.make_array_from_process_local_data(sharding, x[pid * local:(pid + 1) * local], x.shape)
 
-    return {k: put(np.asarray(v)) for k, v in batch.items()}
+    return jax.tree.map(lambda v: put(np.asarray(v)), batch)
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:

@@ -75,12 +75,6 @@ def mask(tree: Mapping, patterns: Iterable[str] | str) -> dict:
     return label_tree(tree, [(p, True) for p in patterns], default=False)
 
 
-def unused_rules(tree: Mapping, rules: Rules) -> list[str]:
-    """Patterns that match no path: usually a typo in a config, worth a warning."""
-    all_paths = paths(tree)
-    return [p for p, _ in rules if not any(re.fullmatch(p, q) for q in all_paths)]
-
-
 def split(tree: Mapping, rules: Rules, default: Any) -> dict[Any, dict]:
     """Partition a tree into {label: subtree}; each subtree keeps the full paths of its leaves."""
     check_rules(rules)
@@ -151,18 +145,48 @@ def swap(receiver: Mapping, donor: Mapping, prefix: str) -> dict:
     return replace_subtree(receiver, prefix, get_subtree(donor, prefix))
 
 
+def load_matching(dst: Mapping, src: Mapping, dont_load: Iterable[str] | str = (), *,
+                  require_all: bool = False) -> dict:
+    """`dst` with every leaf whose path also exists in `src` taken from `src`, except paths matching a
+    `dont_load` regex (they keep `dst`'s value, e.g. a freshly initialised head).
+
+    The one way to start a model from another's weights (big_vision's `merge_params` in spirit): shapes
+    and dtypes are checked per leaf (SubtreeMismatchError names the first that differs); with
+    `require_all`, every `dst` path that is not in `dont_load` must come from `src`. `matching_report`
+    says what was loaded, kept and left unused.
+    """
+    report = matching_report(dst, src, dont_load)
+    if require_all and report["kept"]:
+        raise SubtreeMismatchError(f"{len(report['kept'])} parameter(s) were not found in the source, e.g. "
+                                   f"'{report['kept'][0]}' (add them to dont_load to keep their initial values).")
+    flat_dst, flat_src = flatten(dst), flatten(src)
+    for p in report["loaded"]:
+        d, s = flat_dst[p], flat_src[p]
+        if np.shape(d) != np.shape(s) or jnp.result_type(d) != jnp.result_type(s):
+            raise SubtreeMismatchError(f"Cannot load '{p}': the model expects {_describe(d)}, the source has "
+                                       f"{_describe(s)} (add it to dont_load to keep the model's own value).")
+        flat_dst[p] = s
+    return unflatten(flat_dst)
+
+
+def matching_report(dst: Mapping, src: Mapping, dont_load: Iterable[str] | str = ()) -> dict[str, list[str]]:
+    """{'loaded': paths taken from src, 'skipped': dst paths matching dont_load, 'kept': dst paths src lacks,
+    'unused': src paths dst lacks} for `load_matching`."""
+    patterns = [dont_load] if isinstance(dont_load, str) else list(dont_load)
+    check_rules([(p, None) for p in patterns])
+    flat_dst, flat_src = flatten(dst), flatten(src)
+    skip = [p for p in flat_dst if match_rules(p, [(q, True) for q in patterns], False)]
+    return dict(loaded=[p for p in flat_dst if p in flat_src and p not in skip], skipped=skip,
+                kept=[p for p in flat_dst if p not in flat_src and p not in skip],
+                unused=[p for p in flat_src if p not in flat_dst])
+
+
 def count(tree: Mapping) -> int:
     return int(sum(np.size(x) for x in jax.tree.leaves(tree)))
 
 
 def nbytes(tree: Mapping) -> int:
     return int(sum(np.size(x) * jnp.dtype(jnp.result_type(x)).itemsize for x in jax.tree.leaves(tree)))
-
-
-def count_by_label(tree: Mapping, rules: Rules, default: Any) -> dict[Any, dict[str, int]]:
-    """{label: {'params': n, 'bytes': b}} for each role or trainability label."""
-    return {label: {"params": count(sub), "bytes": nbytes(sub)}
-            for label, sub in split(tree, rules, default).items()}
 
 
 def structure_hash(tree: Mapping) -> str:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Any
 
@@ -25,6 +26,7 @@ class Classifier:
         return train.accuracy(self.logits_fn(mode), self.variables, images, labels)
 
 
+@functools.lru_cache(maxsize=64)
 def classification_loss(model):
     """loss_fn for train.fit: softmax cross-entropy of the model's logits, BN in train mode."""
     def loss_fn(params, model_state, batch, rng):
@@ -42,17 +44,12 @@ def train_classifier(ds: data.Dataset, *, model_cfg: ml_collections.ConfigDict,
     model = models.build(model_cfg, ds.num_classes)
     variables = models.init(model, jax.random.key(seed), (1,) + tuple(ds.image_shape))
     params, model_state = variables["params"], {k: v for k, v in variables.items() if k != "params"}
-    tx = optim.build(optim_cfg, params, num_steps)
-    if verbose and jax.process_index() == 0:
-        print(optim.trainable_table(params, optim_cfg, title=f"[{name}] {model_cfg.name} parameters"), flush=True)
-    state = train.TrainState.create(params, model_state, tx)
-    result = train.fit(
-        state=state, loss_fn=classification_loss(model), tx=tx,
+    trained = train.train_subtrees(
+        params, model_state, loss_fn=classification_loss(model), optim_cfg=optim_cfg,
         batch_fn=lambda step: data.batch_at(ds.train_images, ds.train_labels, step, batch_size, seed),
-        num_steps=num_steps, seed=seed, trainable=optim.trainable_mask(params, optim_cfg),
-        workdir=workdir, checkpoint_every=checkpoint_every, log_every=log_every, name=name, verbose=verbose)
-    final = {"params": result.state.params, **result.state.model_state}
-    return Classifier(model=model, variables=jax.tree.map(np.asarray, jax.device_get(final)), fit=result)
+        num_steps=num_steps, seed=seed, workdir=workdir, checkpoint_every=checkpoint_every,
+        log_every=log_every, name=name, verbose=verbose, show_table=True)
+    return Classifier(model=model, variables={"params": trained.params, **trained.model_state}, fit=trained.fit)
 
 
 def pretrained_backbone(config: ml_collections.ConfigDict, workdir: str, verbose: bool = True) -> tuple[Classifier, data.Dataset]:

@@ -3,10 +3,16 @@
 A method supplies a pure loss function and a deterministic `batch_fn(step)`; the loop owns everything
 else. Because the batch and the dropout/augmentation key are pure functions of the step, a run killed
 at any moment and restarted on the same workdir ends with exactly the result of an uninterrupted run.
+
+`train_subtrees` is what methods call: one rule list says which subtrees train (and at which learning-rate
+multiple); the optimizer and the stop-gradient mask are both built from it, and the compiled step is
+reused by every later call with the same loss function, rules and shapes.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
+import json
 import os
 import time
 from typing import Any, Callable, Mapping
@@ -17,7 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from modular import checkpoint, parallel, xla_cpu
+import ml_collections
+
+from modular import checkpoint, optim, parallel
+from modular.platform import xla_cpu
 
 # loss_fn(params, model_state, batch, rng) -> (loss, (new_model_state, metrics))
 LossFn = Callable[[Any, Any, Mapping[str, jax.Array], jax.Array], tuple[jax.Array, tuple[Any, dict]]]
@@ -80,17 +89,18 @@ def fit(*, state: TrainState, loss_fn: LossFn, tx: optax.GradientTransformation,
         trainable: Any | None = None, workdir: str | None = None, checkpoint_every: int = 0,
         log_every: int = 50, eval_fn: Callable[[TrainState], Mapping[str, float]] | None = None,
         eval_every: int = 0, name: str = "train", mesh: jax.sharding.Mesh | None = None,
-        verbose: bool = True) -> FitResult:
+        verbose: bool = True, step_fn: Callable | None = None) -> FitResult:
     """Run `num_steps` optimizer steps (resuming from `workdir`'s last checkpoint if there is one).
 
     workdir: TensorBoard events and orbax checkpoints go under it (None: in-memory only).
     checkpoint_every: save period in steps (0: only at the end); the final state is always saved.
     eval_fn: called on the state every `eval_every` steps and at the end; its scalars are logged.
+    step_fn: an already jitted `make_train_step(loss_fn, tx, trainable)` to reuse (train_subtrees passes it).
     """
     mesh = mesh or parallel.make_mesh()
     is_main = jax.process_index() == 0
     state = parallel.replicate(state, mesh)
-    step_fn = xla_cpu.jit(make_train_step(loss_fn, tx, trainable), donate_argnums=(0,))
+    step_fn = step_fn or xla_cpu.jit(make_train_step(loss_fn, tx, trainable), donate_argnums=(0,))
     base_rng = jax.random.key(seed)
 
     mngr, resumed_from = None, None
@@ -169,6 +179,70 @@ def _log_eval(metrics: Mapping[str, float], step: int, name: str, writer, verbos
         writer.write_scalars(step, {f"{name}/eval_{k}": v for k, v in metrics.items()})
     if verbose:
         print(f"[{name}] eval at step {step}: " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()), flush=True)
+
+
+@dataclasses.dataclass
+class Trained:
+    """What `train_subtrees` returns: host (numpy) trees and what it cost."""
+    params: Any
+    model_state: Any
+    fit: FitResult
+    trainable: int               # parameters that trained (mask True)
+    optimizer_state_size: int    # values the optimizer kept (frozen subtrees keep none)
+
+
+_COMPILED_STEPS: collections.OrderedDict = collections.OrderedDict()
+_MAX_COMPILED_STEPS = 32
+
+
+def _compiled_step(loss_fn: LossFn, cfg: ml_collections.ConfigDict, params: Any, num_steps: int):
+    """(tx, trainable mask, jitted step) for `cfg` on `params`' structure; the step is reused by any later
+    call with the same loss function object, optimizer config, steps and tree (jax then reuses its
+    executable for equal shapes). Loss factories memoise their results so equal arguments give one object."""
+    shapes = tuple((np.shape(x), str(jnp.result_type(x))) for x in jax.tree.leaves(params))
+    key = (loss_fn, json.dumps(cfg.to_dict(), sort_keys=True, default=str), int(num_steps),
+           jax.tree.structure(params), shapes)
+    if key in _COMPILED_STEPS:
+        _COMPILED_STEPS.move_to_end(key)
+        return _COMPILED_STEPS[key]
+    tx = optim.build(cfg, params, num_steps)
+    mask = optim.trainable_mask(params, cfg)
+    entry = (tx, mask, xla_cpu.jit(make_train_step(loss_fn, tx, mask), donate_argnums=(0,)))
+    _COMPILED_STEPS[key] = entry
+    if len(_COMPILED_STEPS) > _MAX_COMPILED_STEPS:
+        _COMPILED_STEPS.popitem(last=False)
+    return entry
+
+
+def train_subtrees(params: Any, model_state: Any, *, loss_fn: LossFn, optim_cfg: ml_collections.ConfigDict,
+                   batch_fn: Callable[[int], Mapping[str, Any]], num_steps: int, rules: Any = None,
+                   default_mult: float | None = None, seed: int = 0, name: str = "train",
+                   workdir: str | None = None, checkpoint_every: int = 0, log_every: int = 50,
+                   eval_fn: Callable[[TrainState], Mapping[str, float]] | None = None, eval_every: int = 0,
+                   show_table: bool = False, verbose: bool = True) -> Trained:
+    """Train the subtrees of `params` that `rules` select, everything else frozen, and return host trees.
+
+    rules: ordered `[(regex, lr multiplier)]` over `/`-joined paths (0 freezes; unmatched paths get
+    `default_mult`); None keeps `optim_cfg.lr_mults`/`default_mult`. The same rules build the optimizer
+    (frozen subtrees keep no state) and the stop-gradient mask (no gradient is computed for them).
+    """
+    fields = {}
+    if rules is not None:
+        fields["lr_mults"] = [tuple(r) for r in rules]
+    if default_mult is not None:
+        fields["default_mult"] = float(default_mult)
+    cfg = optim.override(optim_cfg, **fields) if fields else optim_cfg
+    tx, mask, step_fn = _compiled_step(loss_fn, cfg, params, num_steps)
+    if show_table and verbose and jax.process_index() == 0:
+        print(optim.trainable_table(params, cfg, title=f"[{name}] parameters"), flush=True)
+    result = fit(state=TrainState.create(params, model_state, tx), loss_fn=loss_fn, tx=tx, batch_fn=batch_fn,
+                 num_steps=num_steps, seed=seed, trainable=mask, workdir=workdir, checkpoint_every=checkpoint_every,
+                 log_every=log_every, eval_fn=eval_fn, eval_every=eval_every, name=name, verbose=verbose,
+                 step_fn=step_fn)
+    host_params, host_state = jax.tree.map(np.asarray, jax.device_get((result.state.params, result.state.model_state)))
+    return Trained(params=host_params, model_state=host_state, fit=result,
+                   trainable=optim.trainable_count(params, mask),
+                   optimizer_state_size=optim.state_size(result.state.opt_state))
 
 
 def predict(apply_fn: Callable[[Any, Mapping[str, jax.Array]], jax.Array], variables: Any,

@@ -149,17 +149,26 @@ def test_batch_at_is_pure_and_covers_each_example_once_per_epoch():
         data.batch_at(images, labels, 0, n + 1, seed=0)
 
 
-def test_eval_batches_pad_with_mask():
-    images = np.random.default_rng(0).random((10, 2, 2, 1), dtype=np.float32)
-    labels = np.arange(1, 11, dtype=np.int32)
-    batches = list(data.eval_batches(images, labels, 4))
-    assert [b["image"].shape for b in batches] == [(4, 2, 2, 1)] * 3
-    np.testing.assert_array_equal(batches[-1]["mask"], [1, 1, 0, 0])
-    np.testing.assert_array_equal(batches[-1]["label"][2:], [0, 0])
-    assert not batches[-1]["image"][2:].any()
-    mask = np.concatenate([b["mask"] for b in batches]).astype(bool)
-    np.testing.assert_array_equal(np.concatenate([b["image"] for b in batches])[mask], images)
-    np.testing.assert_array_equal(np.concatenate([b["label"] for b in batches])[mask], labels)
+def test_multitask_batch_one_layout_and_independent_streams():
+    rng = np.random.default_rng(0)
+    images = rng.random((20, 2, 2, 1), dtype=np.float32)
+    labels = np.arange(20, dtype=np.int32)
+    both = data.multitask_batch({"a": (images, labels), "b": (images, None)}, 3, 4, seed=1)
+    assert set(both) == {"a", "b"} and set(both["a"]) == {"image", "label"} and set(both["b"]) == {"image"}
+    # Adding a task leaves another task's batches unchanged; two tasks draw different examples.
+    alone = data.multitask_batch({"a": (images, labels)}, 3, 4, seed=1)
+    np.testing.assert_array_equal(alone["a"]["label"], both["a"]["label"])
+    np.testing.assert_array_equal(images[both["a"]["label"]], both["a"]["image"])
+    assert not np.array_equal(both["a"]["image"], both["b"]["image"])
+
+
+def test_named_streams_are_stable_and_distinct():
+    from modular import rng
+    assert rng.seed(0) == 0 and rng.seed(3, "batches", "a") == rng.seed(3, "batches", "a")
+    assert len({rng.seed(3, "batches", "a"), rng.seed(3, "batches", "b"), rng.seed(4, "batches", "a")}) == 3
+    k1, k2 = rng.key(0, "init"), rng.key(0, "head")
+    assert not np.array_equal(jax.random.key_data(k1), jax.random.key_data(k2))
+    np.testing.assert_array_equal(jax.random.key_data(k1), jax.random.key_data(rng.key(0, "init")))
 
 
 def test_rotation_views():

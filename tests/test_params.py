@@ -77,8 +77,8 @@ def test_counts_bytes_and_roles():
     t = tree()
     assert P.count(t) == 36 + 4 + 4 + 12 + 3
     assert P.nbytes(t) == 4 * P.count(t)
-    by_role = P.count_by_label(t, [("head/.*", P.PRIVATE)], P.SHAREABLE)
-    assert by_role[P.PRIVATE]["params"] == 15 and by_role[P.SHAREABLE]["params"] == 44
+    by_role = P.split(t, [("head/.*", P.PRIVATE)], P.SHAREABLE)
+    assert P.count(by_role[P.PRIVATE]) == 15 and P.count(by_role[P.SHAREABLE]) == 44
 
 
 def test_structure_hash_ignores_values_not_shapes():
@@ -93,5 +93,20 @@ def test_table_prints_labels_and_totals():
     assert "totals: frozen 44 (74.6%), train 15 (25.4%)" in text
 
 
-def test_unused_rules_flags_typos():
-    assert P.unused_rules(tree(), [("head/.*", 1), ("haed/.*", 0)]) == ["haed/.*"]
+def test_load_matching_takes_shared_paths_and_keeps_dont_load():
+    src, dst = tree(0), tree(1)
+    out = P.load_matching(dst, src, dont_load=["head/.*"])
+    np.testing.assert_array_equal(out["extractor"]["conv"]["kernel"], src["extractor"]["conv"]["kernel"])
+    np.testing.assert_array_equal(out["head"]["classifier"]["kernel"], dst["head"]["classifier"]["kernel"])
+    report = P.matching_report(dst, src, "head/.*")
+    assert len(report["loaded"]) == 3 and len(report["skipped"]) == 2 and not report["kept"] + report["unused"]
+    # A source lacking a path keeps the model's value, unless every path is required.
+    partial = {"extractor": src["extractor"]}
+    assert P.matching_report(dst, partial)["kept"] == ["head/classifier/kernel", "head/classifier/bias"]
+    with pytest.raises(P.SubtreeMismatchError, match="2 parameter.*not found.*head/classifier/kernel"):
+        P.load_matching(dst, partial, require_all=True)
+    # A leaf of another shape is one sentence naming it; dont_load lets the model keep its own.
+    wide = tree(0, head_width=4)
+    with pytest.raises(P.SubtreeMismatchError, match="Cannot load 'head/classifier/kernel'.*float32\\[4, 3\\]"):
+        P.load_matching(dst, wide)
+    assert P.load_matching(dst, wide, dont_load="head/.*")["head"]["classifier"]["kernel"].shape == (4, 3)

@@ -91,3 +91,21 @@ def test_frozen_leaves_get_no_gradient_and_no_update():
     new, metrics = jax.jit(step)(state, batch_fn(0), jax.random.key(0))
     np.testing.assert_array_equal(new.params["w"], params["w"])
     assert not np.allclose(new.params["b"], params["b"])
+
+
+def test_train_subtrees_freezes_by_rules_and_reuses_its_compiled_step():
+    params = {"w": np.zeros((3, 1), np.float32), "b": np.ones((1,), np.float32)}
+    cfg = common.optim_config(name="adam", lr=0.05, schedule="constant")
+    kw = dict(loss_fn=loss_fn, optim_cfg=cfg, batch_fn=batch_fn, num_steps=30, rules=[("w", 1.0)],
+              default_mult=0.0, verbose=False)
+    first = train.train_subtrees(params, {}, **kw)
+    assert isinstance(first.params["w"], np.ndarray) and first.trainable == 3
+    np.testing.assert_array_equal(first.params["b"], params["b"])     # frozen: untouched
+    assert np.abs(first.params["w"]).sum() > 0.5                       # trained towards W_TRUE
+    assert first.optimizer_state_size == 2 * 3                          # Adam moments for w only
+    steps = len(train._COMPILED_STEPS)
+    second = train.train_subtrees({"w": np.ones((3, 1), np.float32), "b": params["b"]}, {}, **kw)
+    assert len(train._COMPILED_STEPS) == steps                          # same loss, rules, shapes: reused
+    assert not np.array_equal(second.params["w"], first.params["w"])
+    train.train_subtrees(params, {}, **dict(kw, rules=[("b", 1.0)]))
+    assert len(train._COMPILED_STEPS) == steps + 1                      # other rules: another program

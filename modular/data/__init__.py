@@ -1,6 +1,6 @@
 """Datasets for `modular`: names -> in-memory `Dataset`s, step-pure batching, auxiliary views.
 
-Names (DESIGN.md): `mnist5k`, `digits`, either with a corruption suffix (`mnist5k/blur`, ...),
+Names: `mnist5k`, `digits`, either with a corruption suffix (`mnist5k/blur`, ...),
 and `tfds:NAME[:SPLIT]` for any tensorflow-datasets dataset.
 """
 from __future__ import annotations
@@ -9,10 +9,10 @@ import functools
 
 from modular.data import corruptions, images, offline, splits, tfds_source
 from modular.data.dataset import Dataset
-from modular.data.pipeline import batch_at, batch_indices, eval_batches
+from modular.data.pipeline import batch_at, batch_indices, multitask_batch
 from modular.data.tasks import rotation_views
 
-__all__ = ["Dataset", "load", "known_names", "batch_at", "batch_indices", "eval_batches", "rotation_views"]
+__all__ = ["Dataset", "load", "known_names", "batch_at", "batch_indices", "multitask_batch", "rotation_views"]
 
 OFFLINE = tuple(offline.NUM_CLASSES)
 CORRUPTIONS = tuple(corruptions.CORRUPTIONS)

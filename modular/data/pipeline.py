@@ -6,9 +6,11 @@ from (seed, epoch), which also lets every host of a multi-host run agree without
 from __future__ import annotations
 
 import functools
-from typing import Iterator
+from typing import Mapping
 
 import numpy as np
+
+from modular import rng
 
 
 @functools.lru_cache(maxsize=4)
@@ -34,27 +36,22 @@ def batch_indices(num_examples: int, step: int, batch_size: int, seed: int) -> n
     return _epoch_permutation(num_examples, int(seed), epoch)[i * batch_size:(i + 1) * batch_size]
 
 
-def batch_at(images: np.ndarray, labels: np.ndarray, step: int, batch_size: int, seed: int) -> dict:
-    """The training batch of global step `step`: dict(image=[B,H,W,C], label=[B])."""
+def batch_at(images: np.ndarray, labels: np.ndarray | None, step: int, batch_size: int, seed: int) -> dict:
+    """The training batch of global step `step`: dict(image=[B,H,W,C], label=[B]) (no label if labels is None)."""
     idx = batch_indices(len(images), step, batch_size, seed)
-    return {"image": images[idx], "label": labels[idx]}
+    return {"image": images[idx]} if labels is None else {"image": images[idx], "label": labels[idx]}
 
 
-def eval_batches(images: np.ndarray, labels: np.ndarray, batch_size: int) -> Iterator[dict]:
-    """Every example once, in order, in fixed-size batches so a jitted eval compiles once.
+def multitask_batch(tasks: Mapping[str, object], step: int, batch_size: int, seed: int) -> dict:
+    """The batch of step `step` for several tasks at once: {task: {'image', 'label'}}, the library's one
+    multi-task batch layout (loss functions read `batch[task]['image']`).
 
-    The last batch is zero-padded; `mask` (float32, 1 = real example) says which rows count.
+    `tasks` maps a task name to a `Dataset` (its training split), or to `(images, labels_or_None)` for
+    unlabeled data. Each task draws from its own named stream `rng.seed(seed, 'batches', task)`, so adding
+    a task leaves the others' batches unchanged.
     """
-    n = len(images)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}.")
-    for start in range(0, n, batch_size):
-        x, y = images[start:start + batch_size], labels[start:start + batch_size]
-        real = len(x)
-        mask = np.ones(batch_size, np.float32)
-        if real < batch_size:
-            pad = batch_size - real
-            x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
-            y = np.concatenate([y, np.zeros((pad,) + y.shape[1:], y.dtype)])
-            mask[real:] = 0.0
-        yield {"image": x, "label": y, "mask": mask}
+    out = {}
+    for name, src in tasks.items():
+        images, labels = (src.train_images, src.train_labels) if hasattr(src, "train_images") else src
+        out[str(name)] = batch_at(images, labels, step, min(batch_size, len(images)), rng.seed(seed, "batches", name))
+    return out

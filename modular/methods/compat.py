@@ -21,7 +21,7 @@ import flax.linen as nn
 import ml_collections
 import numpy as np
 
-from modular import losses, models, xla_cpu
+from modular import losses, models
 from modular.data import rotation_views
 
 TASKS = ("a", "b")
@@ -190,7 +190,7 @@ def _even_chunks(n: int, batch_size: int) -> list[np.ndarray]:
     return np.array_split(np.arange(n), max(1, -(-n // batch_size)))
 
 
-@functools.partial(xla_cpu.jit, static_argnums=(0, 1, 2))
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _recombined_forward(extractor, head, mode, ext_p, ext_s, head_p, head_s, x):
     # Module-level and static in the modules, so evaluating all 8 settings compiles once per shape.
     feats, _ = run_module(extractor, ext_p, ext_s, x, mode)

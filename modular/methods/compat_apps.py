@@ -22,7 +22,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from modular import losses, optim, train, xla_cpu
+from modular import losses, optim, train
 from modular import data as D
 from modular.methods import compat as C
 
@@ -76,7 +76,7 @@ def rotation_accuracy(mods: C.CompatModules, params: Mapping, stats: Mapping, ta
     return correct / total
 
 
-@functools.partial(xla_cpu.jit, static_argnums=0)
+@functools.partial(jax.jit, static_argnums=0)
 def _moved_stats(extractor, ext_p, ext_s, x):
     return C.run_module(extractor, ext_p, ext_s, x, "train")[1]
 

@@ -13,7 +13,7 @@ from typing import Mapping, Sequence
 import jax
 import numpy as np
 
-from modular import data, models, xla_cpu
+from modular import data, models
 from modular.methods import patches_multitask as mt
 
 
@@ -28,7 +28,7 @@ def check_aligned(datasets: Sequence[data.Dataset]) -> None:
 
 def forward_flops(model, variables: Mapping, image_shape: tuple) -> float:
     """FLOPs per example of the eval-mode forward pass, from XLA's cost analysis of the compiled call."""
-    fn = xla_cpu.jit(lambda v, x: models.apply(model, v, x, mode="eval")[0])
+    fn = jax.jit(lambda v, x: models.apply(model, v, x, mode="eval")[0])
     cost = fn.lower(variables, np.zeros((1,) + tuple(image_shape), np.float32)).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return float((cost or {}).get("flops", np.prod(image_shape)))
@@ -36,7 +36,7 @@ def forward_flops(model, variables: Mapping, image_shape: tuple) -> float:
 
 def probabilities(model, variables: Mapping, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Softmax class probabilities in eval mode, in batches."""
-    fn = xla_cpu.jit(lambda v, x: jax.nn.softmax(models.apply(model, v, x, mode="eval")[0]))
+    fn = jax.jit(lambda v, x: jax.nn.softmax(models.apply(model, v, x, mode="eval")[0]))
     return np.concatenate([np.asarray(fn(variables, images[i:i + batch_size]))
                            for i in range(0, len(images), batch_size)])
 

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from modular import data, losses, models, optim, params as P, train, xla_cpu
+from modular import data, losses, models, optim, params as P, train
 from modular.methods import patches
 
 # private part -> (the transfer mode with that patch, whether the head is private too)
@@ -109,7 +109,7 @@ def make_mixed_server(model, shared_variables: Mapping):
         v = patches.apply_patch(shared_variables, patch)
         return models.apply(model, v, image[None], mode="eval")[0][0]
 
-    @xla_cpu.jit
+    @jax.jit
     def serve(stacked, task_ids, images):
         per_example = jax.tree.map(lambda x: jnp.take(x, task_ids, axis=0), stacked)
         return jax.vmap(one)(per_example, images)

@@ -13,7 +13,7 @@ from typing import Mapping, Sequence
 import jax
 import numpy as np
 
-from modular import checkpoint, data, models, params as P, supervised, xla_cpu
+from modular import checkpoint, data, models, params as P, supervised
 from modular.methods import patches, patches_multitask as mt
 
 SERVED_MODE = "sb_last"   # the patch that is served: S/B + head + BN statistics on a shared backbone
@@ -58,7 +58,7 @@ def serve_mixed(source: supervised.Classifier, bank_paths: Sequence[str], classi
     serve = mt.make_mixed_server(model, mt.shared_variables(params, state))
     logits = np.asarray(serve(mt.stack_patches(params, state, len(datasets)), ids[order], images[order]))
 
-    own = xla_cpu.jit(lambda v, x: models.apply(model, v, x, mode="eval")[0])   # one compile: same shapes per task
+    own = jax.jit(lambda v, x: models.apply(model, v, x, mode="eval")[0])   # one compile: same shapes per task
     separate = np.concatenate([np.asarray(own(c.variables, ds.test_images[:n]))
                                for c, ds in zip(classifiers, datasets)])[order]
     return dict(batch=int(len(ids)), tasks=[ds.name for ds in datasets], examples_per_task=int(n),

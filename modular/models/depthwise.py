@@ -16,7 +16,7 @@ import operator
 import jax
 import jax.numpy as jnp
 
-from modular.models.fusion import fusion_boundary
+from modular.platform.fusion import fusion_boundary
 
 CACHE_BYTES = 2.5e6  # input + output-gradient bytes per block of images in the kernel gradient
 

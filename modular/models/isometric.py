@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 
 from modular.models.depthwise import depthwise_conv
-from modular.models.fusion import fusion_boundary
+from modular.platform.fusion import fusion_boundary
 
 BN_MODES = ("shared", "mixed", "per_task")
 BN_EPS = 1e-5

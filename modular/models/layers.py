@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from modular.models.depthwise import depthwise_conv
-from modular.models.fusion import fusion_boundary
+from modular.platform.fusion import fusion_boundary
 
 # He et al. (2015) init on fan-out: the usual choice for ReLU conv nets.
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")

@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from modular.models import layers
-from modular.models.fusion import fusion_boundary
+from modular.platform.fusion import fusion_boundary
 
 # (expansion (None = the configured one), channels / width, blocks, stride) per stage.
 STAGES = ((1, 1.0, 1, 1), (None, 1.5, 2, 2), (None, 2.0, 2, 2), (None, 4.0, 2, 2), (None, 6.0, 1, 1))

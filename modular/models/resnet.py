@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from modular.models import layers
-from modular.models.fusion import fusion_boundary
+from modular.platform.fusion import fusion_boundary
 
 UNITS = ("stem", "stage1", "stage2", "stage3")
 

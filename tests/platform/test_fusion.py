@@ -1,10 +1,18 @@
-"""The fusion boundary is an exact identity (value and gradient) that survives XLA:CPU's compiler."""
+"""The fusion boundary is an exact identity (value and gradient) that survives XLA:CPU's compiler when
+turned on, and is absent from the library's default programs."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from modular.models import fusion, layers, resnet
+from modular.models import layers, resnet
+from modular.platform import fusion
+
+
+@pytest.fixture(autouse=True)
+def boundaries_on():
+    with fusion.scoped(True):
+        yield
 
 
 def test_boundary_is_identity_in_value_and_gradient():
@@ -27,6 +35,13 @@ def test_boundary_survives_cpu_compilation_unless_disabled():
     assert "conditional" in compiled_text()  # folded away, it would stop XLA:CPU from nothing
     with fusion.disabled():
         assert "conditional" not in compiled_text()
+
+
+def test_boundaries_are_off_by_default():
+    with fusion.scoped(fusion._ENABLED[0]):  # the process-wide default, not this module's fixture
+        assert not fusion.is_enabled()
+        x = jnp.ones((2, 8))
+        assert "conditional" not in jax.jit(fusion.fusion_boundary).lower(x).compile().as_text()
 
 
 @pytest.mark.parametrize("block, expected", [

@@ -3,13 +3,13 @@
 XLA:CPU allocates a compiled program's temporaries as one block per execution (336 MB for a ResNet-20
 train step at batch 128) and frees it afterwards. glibc serves blocks that large with a fresh mmap and
 unmaps them on free, so every step faults the whole block back in, page by page: 84k page faults and
-~190 ms of kernel time per ResNet-20 step on 2 cores, a fifth of the CPU time (issue 8). Two settings fix
+~190 ms of kernel time per ResNet-20 step on 2 cores, a fifth of the CPU time. Two settings fix
 it: glibc serves large blocks from its heap and keeps what is freed there (`mallopt`), and JAX runs CPU
 programs on the calling thread (`jax_cpu_enable_async_dispatch=False`), whose allocations come from that
 heap (worker threads get glibc arenas that still map large blocks afresh).
 
-Both are process-wide, so library users opt in; `experiments.run` and the benchmarks call
-`reuse_freed_memory()` first thing, and `MODULAR_HOST_MEMORY=default` turns it off there (for A/B runs).
+Both are process-wide, so library users opt in; `experiments.run` and the benchmarks call it first thing
+(through `modular.platform.tune_cpu()`), and `MODULAR_HOST_MEMORY=default` turns it off there (for A/B runs).
 The price: freed memory stays with the process (its resident size keeps its peak), and Python no longer
 runs ahead of single-device CPU computations. Programs sharded over several CPU devices still run on
 worker threads and gain nothing (measured: same speed).

@@ -4,14 +4,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from modular import xla_cpu
+from modular.platform import xla_cpu
 
 
 @pytest.fixture
 def fresh_options():
-    xla_cpu.compiler_options.cache_clear()
+    xla_cpu.enable()
     yield
-    xla_cpu.compiler_options.cache_clear()
+    xla_cpu.enable(False)
+
+
+def test_off_by_default():
+    assert xla_cpu.compiler_options() == {}
 
 
 def _conv_program(jit):

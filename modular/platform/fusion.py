@@ -4,12 +4,16 @@ XLA:CPU duplicates cheap elementwise producers into every consumer fusion. On a 
 block output is an elementwise function of the previous one (BN, add, ReLU), so every consumer that is
 itself a loop fusion recomputes the stream back to the last convolution. The worst consumers are the
 transposes XLA inserts in front of weight-gradient convolutions: in ResNet-20 one of them read four
-feature maps with a cache-hostile stride and took 129 ms of an 800 ms step (issue 8). `fusion_boundary`
+feature maps with a cache-hostile stride and took 129 ms of an 800 ms step. `fusion_boundary`
 is the identity, computed on CPU through a `lax.cond` on a runtime predicate, which fusion treats as
 opaque: the block output is computed once and consumers read it from memory. BN activations that feed
 convolutions get one for the same reason (their transposes recomputed the BN). The gradient flowing back
 through the boundary is materialised the same way (backward fusions duplicate just as much). Other
 backends, whose fusion heuristics differ, get the plain identity in both directions.
+
+Off by default: the models call `fusion_boundary` everywhere, and it is the plain identity until
+`modular.platform.tune_cpu()` (or `enable()`) turns boundaries on, so the library's default programs are
+XLA's own. `experiments.run` turns them on.
 """
 from __future__ import annotations
 
@@ -18,17 +22,30 @@ import contextlib
 import jax
 import jax.numpy as jnp
 
-_ENABLED = [True]
+_ENABLED = [False]
+
+
+def enable(on: bool = True) -> None:
+    """Turn boundaries on (or off) for every model traced from now on (jit afresh to see the change)."""
+    _ENABLED[0] = bool(on)
+
+
+def is_enabled() -> bool:
+    return _ENABLED[-1]
 
 
 @contextlib.contextmanager
-def disabled():
-    """Trace models without boundaries inside the block (for A/B benchmarks; jit afresh inside it)."""
-    _ENABLED.append(False)
+def scoped(on: bool):
+    """Trace models with boundaries `on` inside the block only (A/B benchmarks and tests; jit afresh inside)."""
+    _ENABLED.append(bool(on))
     try:
         yield
     finally:
         _ENABLED.pop()
+
+
+def disabled():
+    return scoped(False)
 
 
 def _opaque_identity(x: jax.Array) -> jax.Array:

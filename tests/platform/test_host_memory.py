@@ -15,7 +15,7 @@ import pytest
 # on every call, and prints what was applied and the page faults per call.
 PROGRAM = """
 import json, resource, sys
-from modular import host_memory
+from modular.platform import host_memory
 applied = host_memory.reuse_freed_memory() if sys.argv[1] == "on" else []
 import jax, jax.numpy as jnp
 x, w = jnp.ones((128, 32, 32, 16)), jnp.ones((3, 3, 16, 16))
@@ -52,7 +52,7 @@ def test_opt_out_leaves_the_process_alone():
 
 
 def test_late_call_still_sets_the_allocator_and_says_dispatch_is_fixed():
-    program = ("import jax; jax.devices()\nfrom modular import host_memory\n"
+    program = ("import jax; jax.devices()\nfrom modular.platform import host_memory\n"
                "print(host_memory.reuse_freed_memory())")
     out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True,
                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
