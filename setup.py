@@ -14,7 +14,6 @@ setup(
         "flax>=0.10,<0.13",
         "optax>=0.2.4,<0.3",
         "orbax-checkpoint>=0.11,<0.13",
-        "chex>=0.1.87",
         "clu>=0.0.12",
         "ml-collections>=0.1.1",
         "tensorflow-cpu>=2.16,<2.22",
@@ -27,7 +26,7 @@ setup(
         "matplotlib>=3.7",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-xdist>=3", "chex>=0.1.87"],
+        "test": ["pytest>=7", "pytest-xdist>=3"],
         "bench": ["torch==2.13.0"],
     },
 )

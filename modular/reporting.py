@@ -37,11 +37,6 @@ def write_json(path: str, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def read_json(path: str) -> Any:
-    with open(path) as f:
-        return json.load(f)
-
-
 def _cell(v: Any) -> str:
     if v is None:
         return "-"

@@ -21,7 +21,3 @@ class SplitModel(nn.Module):
     def extract(self, x, train: bool = False):
         """Extractor only (pass as `method=`), e.g. to cache the features of a frozen trunk."""
         return self.extractor(x, train=train)
-
-    def classify(self, feats: Any, train: bool = False):
-        """Head only (pass as `method=`), applied to features an extractor produced."""
-        return self.head(feats, train=train)

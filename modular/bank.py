@@ -1,0 +1,51 @@
+"""The task bank: one small file per (method, task) on a shared backbone, and what each cost.
+
+Every method ends in the same record (`Adapted`: accuracy, what it trained, what it stores, how long it
+took), so a leaderboard compares methods on equal terms, and `summarize` sets a bank's bytes against the
+stand-alone models it replaces. The files themselves are `checkpoint.export_subtree` files, tagged with
+the identity of the backbone they fit.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Mapping
+
+
+@dataclasses.dataclass
+class Adapted:
+    """One method adapted to one task."""
+    accuracy: float
+    trainable: int           # task-private parameters that were trained
+    stored: int              # values in the bank file (trained ones plus the statistics / indices they need)
+    file_bytes: int          # size of the bank file
+    seconds: float           # adaptation wall time (training, feature caching, selection), not the export
+    full_model_bytes: int    # one stand-alone model of this family: what a bank file stands in for
+    resumed: bool = False    # training restored from a checkpoint, so `seconds` is not a full adaptation
+    info: dict = dataclasses.field(default_factory=dict)
+
+
+def slug(name: str) -> str:
+    """A dataset name as a file name (`tfds:svhn_cropped` -> `tfds_svhn_cropped`, `mnist5k/edges` -> `mnist5k-edges`)."""
+    return name.replace(":", "_").replace("/", "-")
+
+
+def task_file(bank_dir: str, method: str, task: str) -> str:
+    """Where the bank keeps `method`'s file for `task`."""
+    return os.path.join(bank_dir, method, f"{slug(task)}.msgpack")
+
+
+def summarize(file_bytes: Mapping[str, Mapping[str, int]], full_model_bytes: Mapping[str, int],
+              paths: Mapping[str, Mapping[str, str]]) -> dict:
+    """Bank bytes per method (K tasks) vs K stand-alone models of that method's family, and in total."""
+    per_method, files = {}, {}
+    for method, per_task in file_bytes.items():
+        k, stored = len(per_task), int(sum(per_task.values()))
+        full = k * int(full_model_bytes[method])
+        per_method[method] = dict(files=k, bytes=stored, k_full_models_bytes=full, fraction=stored / max(full, 1),
+                                  full_model_bytes=int(full_model_bytes[method]))
+        files.update({paths[method][t]: int(b) for t, b in per_task.items()})
+    total = int(sum(m["bytes"] for m in per_method.values()))
+    total_full = int(sum(m["k_full_models_bytes"] for m in per_method.values()))
+    return dict(files=files, per_method=per_method, total_bytes=total, k_full_models_bytes=total_full,
+                num_files=len(files), fraction=total / max(total_full, 1))
