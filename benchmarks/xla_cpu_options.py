@@ -1,4 +1,4 @@
-"""What issue 8's two XLA:CPU measures buy, per model, measured in one run.
+"""What the two XLA:CPU measures of modular.platform buy, per model, measured in one run.
 
   python -m benchmarks.xla_cpu_options [--models resnet20,mobilenet_v2,isometric,vit] [--rounds 3]
 

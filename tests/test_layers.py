@@ -1,15 +1,23 @@
-"""Fast layer formulations must compute exactly what the reference layers compute."""
+"""Layers compute what the reference layers compute, with and without the CPU depthwise kernel."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from modular.models import depthwise, layers
+from modular.models import layers
+from modular.platform import depthwise
+
+
+@pytest.fixture(params=[False, True], ids=["default", "cpu_kernel"])
+def cpu_kernel(request):
+    depthwise.enable(request.param)
+    yield request.param
+    depthwise.enable(False)
 
 
 @pytest.mark.parametrize("stride,size", [(1, 8), (2, 8), (2, 7)])
-def test_depthwise_conv_equals_grouped_conv(stride, size):
+def test_depthwise_conv_equals_grouped_conv(stride, size, cpu_kernel):
     x = jax.random.normal(jax.random.key(0), (2, size, size, 6))
     ours = layers.DepthwiseConv(6, 3, stride)
     ref = nn.Conv(6, (3, 3), strides=(stride, stride), padding=((1, 1), (1, 1)), feature_group_count=6, use_bias=False)
@@ -29,27 +37,7 @@ def test_conv_factory_routes_depthwise_only():
         layers.DepthwiseConv(4).init(jax.random.key(0), jnp.zeros((1, 4, 4, 3)))
 
 
-@pytest.mark.parametrize("cache_bytes", [1, 3000, 1e9])  # one image per block, blocks of 2 (of 6), one block
-@pytest.mark.parametrize("stride", [1, 2])
-def test_depthwise_kernel_gradient_is_blocking_invariant(monkeypatch, cache_bytes, stride):
-    monkeypatch.setattr(depthwise, "CACHE_BYTES", cache_bytes)
-    x = jax.random.normal(jax.random.key(0), (6, 5, 5, 4))
-    kernel = jax.random.normal(jax.random.key(1), (3, 3, 4))
-
-    def reference(x, kernel):
-        return jax.lax.conv_general_dilated(x, kernel[:, :, None, :], (stride, stride), ((1, 1), (1, 1)),
-                                            dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=4)
-
-    loss = lambda f: lambda x, k: jnp.sum(jnp.tanh(f(x, k)))
-    ours = jax.grad(loss(lambda x, k: depthwise.depthwise_conv(x, k, stride)), argnums=(0, 1))(x, kernel)
-    ref = jax.grad(loss(reference), argnums=(0, 1))(x, kernel)
-    for a, b in zip(ours, ref):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-
-
-def test_images_per_block_divides_the_batch():
-    assert depthwise._images_per_block(128, 1_000_000) == 2
-    assert depthwise._images_per_block(6, 1_000_000_000) == 1
-    assert depthwise._images_per_block(7, 10) == 7
+def test_bad_depthwise_kernel_is_one_sentence():
+    from modular.models.depthwise import depthwise_conv
     with pytest.raises(ValueError, match="depthwise kernel"):
-        depthwise.depthwise_conv(jnp.zeros((1, 4, 4, 3)), jnp.zeros((3, 3, 4)))
+        depthwise_conv(jnp.zeros((1, 4, 4, 3)), jnp.zeros((3, 3, 4)))

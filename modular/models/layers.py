@@ -38,7 +38,7 @@ def conv(features: int, kernel: int, stride: int = 1, *, groups: int = 1, dtype:
          name: str) -> nn.Module:
     """Bias-free conv with symmetric padding k//2, as in the papers (XLA's SAME pads stride-2 asymmetrically).
 
-    A depthwise conv (groups == features) uses DepthwiseConv, which XLA:CPU runs much faster.
+    A depthwise conv (groups == features) is a DepthwiseConv (see modular.models.depthwise).
     """
     if groups > 1 and groups == features:
         return DepthwiseConv(features, kernel, stride, dtype=dtype, name=name)
@@ -56,7 +56,7 @@ class ConvBN(nn.Module):
     """conv -> optional BN -> activation: the stem and final 1x1 unit of every architecture.
 
     A normalised output passes a fusion boundary: it feeds convolutions, whose weight-gradient transposes
-    would otherwise recompute the BN from the conv output (modular.models.fusion).
+    would otherwise recompute the BN from the conv output (modular.platform.fusion).
     """
     features: int
     kernel: int = 3

@@ -52,7 +52,7 @@ def test_boundaries_are_off_by_default():
 ])
 def test_every_normalised_conv_input_is_materialised(block, expected):
     # Each activation that feeds a convolution and is an elementwise function of a BN goes through a
-    # boundary, so weight-gradient transposes read it instead of recomputing the BN (issue 8).
+    # boundary, so weight-gradient transposes read it instead of recomputing the BN.
     module, x = block(), jnp.ones((2, 8, 8, 8))
     variables = module.init(jax.random.key(0), x)
     jaxpr = jax.make_jaxpr(lambda v: module.apply(v, x, train=True, mutable=["batch_stats"]))(variables)
