@@ -14,22 +14,19 @@ domain adaptation through the frozen RP head, faster transfer with a compatible 
 import ml_collections
 
 from configs import common
+from modular.methods import compat
 
 
 def get_config(arg: str = ""):
     arg = common.check_arg(arg)
     config = common.base_config(arg, experiment="compat")
-    # Two tasks of one shape; `common_classes` None = every label id both tasks have (all 10 digits here).
+    # Two tasks of one shape (compat.common_classes None: every label id both have, all 10 digits here).
     config.data = ml_collections.ConfigDict(dict(task_a="mnist5k", task_b="digits", image_size=16, channels=1,
                                                  max_train=ml_collections.FieldReference(None, field_type=int)))
     config.model = common.model_config(depth=8, width=16, split="stage2")  # compat.split wins
-    config.compat = ml_collections.ConfigDict(dict(
+    config.compat = compat.default_options()  # schedule, split, DCC/RP loss weights, RP fraction
+    config.compat.update(dict(
         dcc=True, rp=True, iiw=True,         # the setting whose metrics lead results.json
-        schedule="joint",                    # joint | incremental
-        split="stage2",                      # last extractor unit; the heads hold the rest + pool + classifier
-        common_classes=ml_collections.FieldReference(None, field_type=list),
-        dcc_weight=1.0, rp_weight=1.0,
-        rp_fraction=0.25,                    # rotate this share of each batch (x4 views) for the RP loss
         sweep=True,                          # all 8 DCC/RP/IIW combinations
         compare_schedules=True,              # also train the chosen setting with the other schedule
         # Applications (paper Sec. 5) on the chosen setting's networks: 'uda' adapts a's extractor to

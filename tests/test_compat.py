@@ -8,14 +8,13 @@ import ml_collections
 import numpy as np
 import pytest
 
+from configs import common as common_config
 from configs import compat as compat_config
 from experiments import compat as E
-from configs import common as common_config
 from modular import optim
 from modular import params as P
 from modular.data import Dataset
 from modular.methods import compat as C
-from modular.methods import compat_apps as A
 
 TINY = ml_collections.ConfigDict(dict(name="resnet", depth=8, width=4, split="stage2"))
 
@@ -24,16 +23,24 @@ def _mods(num=10, common=10):
     return C.build_modules(TINY, num, num, common)
 
 
+def _batch(seed):
+    rng = np.random.default_rng(seed)
+    return {t: {"image": rng.random((8, 8, 8, 1), np.float32), "label": rng.integers(0, 10, 8).astype(np.int32)}
+            for t in "ab"}
+
+
 def test_identical_init_gives_equal_networks_and_independent_differs():
     mods = _mods()
     p_iiw, s_iiw = C.init_variables(mods, jax.random.key(0), (8, 8, 1), identical_init=True)
     p_ind, _ = C.init_variables(mods, jax.random.key(0), (8, 8, 1), identical_init=False)
-    assert set(p_iiw) == {"a", "b", "dcc", "rp"}
-    same = jax.tree.map(lambda x, y: bool(jnp.all(x == y)), p_iiw["a"], p_iiw["b"])
+    assert set(p_iiw) == set(s_iiw) == {"shared", "tasks"}
+    assert set(p_iiw["shared"]) == {"dcc", "rp"} and set(p_iiw["tasks"]) == {"a", "b"}
+    nets, ind = p_iiw["tasks"], p_ind["tasks"]
+    same = jax.tree.map(lambda x, y: bool(jnp.all(x == y)), nets["a"], nets["b"])
     assert all(jax.tree.leaves(same))
-    differ = jax.tree.map(lambda x, y: bool(jnp.any(x != y)), p_ind["a"]["extractor"], p_ind["b"]["extractor"])
+    differ = jax.tree.map(lambda x, y: bool(jnp.any(x != y)), ind["a"]["extractor"], ind["b"]["extractor"])
     assert any(jax.tree.leaves(differ))
-    assert jax.tree.structure(s_iiw["a"]) == jax.tree.structure(s_iiw["b"])
+    assert jax.tree.structure(s_iiw["tasks"]["a"]) == jax.tree.structure(s_iiw["tasks"]["b"])
 
 
 def test_common_classes_map_and_validation():
@@ -44,24 +51,42 @@ def test_common_classes_map_and_validation():
         C.resolve_common_classes([3, 3], 10, 10)
 
 
-def test_loss_trains_aux_heads_only_when_enabled_and_incremental_mask_freezes_them():
+def test_settings_names_round_trip_in_the_papers_order():
+    assert [C.setting_name(*s) for s in C.SETTINGS] == list(C.PAPER_FIG2)
+    for s in C.SETTINGS:
+        assert C.parse_setting(C.setting_name(*s)) == s
+    assert C.parse_setting("IIW+RP+DCC") == (True, True, True) and C.parse_setting("DCC") == (True, False, False)
+    for bad in ("", "IIW+XYZ", "dcc"):
+        with pytest.raises(ValueError, match="compat setting"):
+            C.parse_setting(bad)
+    assert C.default_options().rp_fraction == 0.25 and C.default_options().schedule == "joint"
+
+
+def test_loss_trains_aux_heads_only_when_enabled_and_incremental_rules_freeze_them():
     mods = _mods(common=2)
     params, stats = C.init_variables(mods, jax.random.key(1), (8, 8, 1), identical_init=False)
-    rng = np.random.default_rng(0)
-    batch = {f"image_{t}": rng.random((8, 8, 8, 1), np.float32) for t in "ab"}
-    batch.update({f"label_{t}": rng.integers(0, 10, 8).astype(np.int32) for t in "ab"})
-    cfg = ml_collections.ConfigDict(dict(dcc=True, rp=True))
-    fn = C.make_loss_fn(mods, cfg, C.common_label_map([0, 1], 10), ("a", "b"))
-    grads, (_, metrics) = jax.jit(jax.grad(fn, has_aux=True))(params, stats, batch, None)
+    batch = _batch(0)
+    fn = C.make_loss_fn(mods, ("a", "b"), dcc=True, rp=True, common=(0, 1), num_classes=10)
+    assert fn is C.make_loss_fn(mods, ("a", "b"), dcc=True, rp=True, common=(0, 1), num_classes=10)  # memoised
+    grads, (new_stats, metrics) = jax.jit(jax.grad(fn, has_aux=True))(params, stats, batch, None)
     assert {"dcc_a", "rp_b", "loss_a"} <= set(metrics)
-    assert float(optax_norm(grads["dcc"])) > 0 and float(optax_norm(grads["rp"])) > 0
-    off = C.make_loss_fn(mods, ml_collections.ConfigDict(dict(dcc=False, rp=False)), C.common_label_map([0, 1], 10), ("b",))
+    assert jax.tree.structure(new_stats) == jax.tree.structure(stats)
+    shared = grads["shared"]
+    assert float(optax_norm(shared["dcc"])) > 0 and float(optax_norm(shared["rp"])) > 0
+    off = C.make_loss_fn(mods, ("b",))
     grads, _ = jax.jit(jax.grad(off, has_aux=True))(params, stats, batch, None)
-    assert float(optax_norm(grads["dcc"])) == 0 and float(optax_norm(grads["a"])) == 0
-    ocfg = E._optim_cfg(compat_config.get_config("smoke"), ["a", "dcc", "rp"])
-    mask = optim.trainable_mask(params, ocfg)
-    assert not any(jax.tree.leaves(mask["dcc"])) and not any(jax.tree.leaves(mask["a"]))
-    assert all(jax.tree.leaves(mask["b"]))
+    assert float(optax_norm(grads["shared"]["dcc"])) == 0 and float(optax_norm(grads["tasks"]["a"])) == 0
+    (tasks_a, rules_a), (tasks_b, rules_b) = C.phases("incremental", (True, True, True))
+    assert tasks_a == ("a",) and tasks_b == ("b",)
+    mask = optim.trainable_mask(params, optim.override(compat_config.get_config("smoke").optim, lr_mults=rules_b))
+    assert not any(jax.tree.leaves(mask["shared"])) and not any(jax.tree.leaves(mask["tasks"]["a"]))
+    assert all(jax.tree.leaves(mask["tasks"]["b"]))
+    mask = optim.trainable_mask(params, optim.override(common_config.optim_config(), lr_mults=rules_a))
+    assert all(jax.tree.leaves(mask["shared"])) and not any(jax.tree.leaves(mask["tasks"]["b"]))
+    [(both, rules)] = C.phases("joint", (False, True, False))
+    mask = optim.trainable_mask(params, optim.override(common_config.optim_config(), lr_mults=rules))
+    assert both == ("a", "b") and not any(jax.tree.leaves(mask["shared"]["dcc"]))
+    assert all(jax.tree.leaves(mask["shared"]["rp"])) and all(jax.tree.leaves(mask["tasks"]))
 
 
 def optax_norm(tree):
@@ -73,8 +98,9 @@ def test_recombination_own_network_matches_plain_apply_and_modes_differ():
     params, stats = C.init_variables(mods, jax.random.key(2), (8, 8, 1), identical_init=False)
     x = np.random.default_rng(1).random((20, 8, 8, 1), np.float32)
     logits = C.recombined_logits(mods, params, stats, "a", "a", x, mode="eval", batch_size=7)
-    feats, _ = mods.extractor.apply({"params": params["a"]["extractor"], "batch_stats": stats["a"]["extractor"]}, x)
-    want, _ = mods.task_head_a.apply({"params": params["a"]["head"], "batch_stats": stats["a"]["head"]}, feats)
+    net, net_s = params["tasks"]["a"], stats["tasks"]["a"]
+    feats, _ = mods.extractor.apply({"params": net["extractor"], "batch_stats": net_s["extractor"]}, x)
+    want, _ = mods.task_head_a.apply({"params": net["head"], "batch_stats": net_s["head"]}, feats)
     np.testing.assert_allclose(logits, want, atol=1e-4)
     bs = C.recombined_logits(mods, params, stats, "a", "b", x, mode="batch_stats")
     assert bs.shape == (20, 10) and not np.allclose(bs, C.recombined_logits(mods, params, stats, "a", "b", x, mode="eval"))
@@ -97,25 +123,28 @@ def test_uda_moves_only_the_extractor_against_the_frozen_rotation_head():
     mods = _mods()
     params, stats = C.init_variables(mods, jax.random.key(3), (8, 8, 1), identical_init=False)
     images = np.random.default_rng(2).random((24, 8, 8, 1), np.float32)
-    # The RP loss does reach the RP head and no task head, so only the optimizer mask keeps the head still.
-    loss = A.make_rp_adaptation_loss(mods, "a")
-    grads, (_, metrics) = jax.jit(jax.grad(loss, has_aux=True))(params, stats, {"image": images[:8]}, None)
-    assert float(optax_norm(grads["rp"])) > 0 and float(optax_norm(grads["a"]["extractor"])) > 0
-    assert float(optax_norm(grads["a"]["head"])) == 0 and "rp_acc_target" in metrics
+    # The RP loss does reach the RP head and no task head, so only the optimizer rules keep the head still.
+    loss = C.make_rp_adaptation_loss(mods, "a")
+    grads, (_, metrics) = jax.jit(jax.grad(loss, has_aux=True))(params, stats, {"a": {"image": images[:8]}}, None)
+    net = grads["tasks"]["a"]
+    assert float(optax_norm(grads["shared"]["rp"])) > 0 and float(optax_norm(net["extractor"])) > 0
+    assert float(optax_norm(net["head"])) == 0 and "rp_acc_target" in metrics
     ocfg = common_config.optim_config(lr=1e-2)
-    new_p, new_s, info = A.adapt_extractor_rp(mods, params, stats, "a", images, optim_cfg=ocfg, num_steps=3,
-                                              batch_size=8, workdir=None, verbose=False)
-    for part in ("rp", "dcc", "b"):
-        assert _same(params[part], new_p[part]) and _same(stats[part], new_s[part]), part
-    assert _same(params["a"]["head"], new_p["a"]["head"]) and _same(stats["a"]["head"], new_s["a"]["head"])
-    assert not _same(params["a"]["extractor"], new_p["a"]["extractor"])
-    assert not _same(stats["a"]["extractor"], new_s["a"]["extractor"])  # target BN statistics
+    adapted = C.adapt_extractor_rp(mods, params, stats, "a", images, optim_cfg=ocfg, num_steps=3, batch_size=8,
+                                   workdir=None, verbose=False)
+    new_p, new_s = adapted.params, adapted.model_state
+    for part in ("shared/rp", "shared/dcc", "tasks/b", "tasks/a/head"):
+        assert _same(P.get_subtree(params, part), P.get_subtree(new_p, part)), part
+        assert _same(P.get_subtree(stats, part), P.get_subtree(new_s, part)), part
+    assert not _same(params["tasks"]["a"]["extractor"], new_p["tasks"]["a"]["extractor"])
+    assert not _same(stats["tasks"]["a"]["extractor"], new_s["tasks"]["a"]["extractor"])  # target BN statistics
     # Adam keeps two moments for the extractor and nothing for the frozen parts.
-    assert info["optimizer_state_size"] == 2 * P.count(params["a"]["extractor"])
+    assert adapted.optimizer_state_size == 2 * P.count(params["tasks"]["a"]["extractor"])
     # The BN-statistics-only control moves the statistics but no weight.
-    ctrl = A.reestimate_extractor_stats(mods, params, stats, "a", images, batch_size=8, num_batches=2)
-    assert not _same(stats["a"]["extractor"], ctrl["a"]["extractor"]) and _same(stats["rp"], ctrl["rp"])
-    assert 0.0 <= A.rotation_accuracy(mods, new_p, new_s, "a", images) <= 1.0
+    ctrl = C.reestimate_extractor_stats(mods, params, stats, "a", images, batch_size=8, num_batches=2)
+    assert not _same(stats["tasks"]["a"]["extractor"], ctrl["tasks"]["a"]["extractor"])
+    assert _same(stats["shared"], ctrl["shared"])
+    assert 0.0 <= C.rotation_accuracy(mods, new_p, new_s, "a", images) <= 1.0
 
 
 def test_fast_transfer_zero_epoch_is_the_untrained_recombination():
@@ -130,43 +159,44 @@ def test_fast_transfer_zero_epoch_is_the_untrained_recombination():
               workdir=None, verbose=False)
     direct = {m: C.recombination_accuracy(mods, params, stats, "a", "b", ds.test_images, ds.test_labels,
                                           list(range(10)), mode=m) for m in ("batch_stats", "eval")}
-    zero = A.transfer_head(mods, params, stats, ds, epochs=0, **kw)
+    zero = C.transfer_head(mods, params, stats, ds, epochs=0, **kw)
     assert zero["curve"] == [dict(epoch=0, step=0, **direct)] and zero["train_seconds"] == 0.0
-    one = A.transfer_head(mods, params, stats, ds, epochs=1, **kw)
+    one = C.transfer_head(mods, params, stats, ds, epochs=1, **kw)
     assert one["curve"][0] == zero["curve"][0] and one["steps_per_epoch"] == 5
     assert [(e["epoch"], e["step"]) for e in one["curve"]] == [(0, 0), (1, 5)]
-    head_p, head_s = A.fresh_head(mods, "b", (8, 8, 1), seed=9)
-    assert not _same(head_p, params["b"]["head"])
-    p_new, s_new = A.transplant(params, stats, extractor_of="a", into="b", head_params=head_p, head_stats=head_s)
-    assert p_new["b"]["extractor"] is params["a"]["extractor"] and p_new["b"]["head"] is head_p
-    reinit = A.transfer_head(mods, params, stats, ds, epochs=0, head_params=head_p, head_stats=head_s, **kw)
+    fresh_p, fresh_s = C.with_fresh_head(mods, params, stats, "b", (8, 8, 1), jax.random.key(9))
+    assert not _same(fresh_p["tasks"]["b"]["head"], params["tasks"]["b"]["head"])
+    for part in ("shared", "tasks/a", "tasks/b/extractor"):
+        assert _same(P.get_subtree(fresh_p, part), P.get_subtree(params, part)), part
+    p_new, s_new = C.recombine_trees(fresh_p, fresh_s, extractor_of="a", into="b")
+    assert p_new["tasks"]["b"]["extractor"] is fresh_p["tasks"]["a"]["extractor"]
+    assert p_new["tasks"]["b"]["head"] is fresh_p["tasks"]["b"]["head"]
+    reinit = C.transfer_head(mods, fresh_p, fresh_s, ds, epochs=0, **kw)
     assert reinit["curve"][0]["eval"] == C.recombination_accuracy(mods, p_new, s_new, "b", "b", ds.test_images,
                                                                   ds.test_labels, list(range(10)), mode="eval")
     with pytest.raises(ValueError, match="transfer_train"):
-        A.transfer_head(mods, params, stats, ds, epochs=1, train_part="extractor", **kw)
+        C.transfer_head(mods, params, stats, ds, epochs=1, train_part="extractor", **kw)
 
 
 def test_cross_architecture_pair_shares_heads_through_adapters():
     wrn = ml_collections.ConfigDict(dict(name="wrn", depth=10, widen=1, width=4, split="stage2"))
     mods = C.build_modules(TINY, 10, 10, 10, model_b_cfg=wrn, adapter_width=6)
     params, stats = C.init_variables(mods, jax.random.key(5), (8, 8, 1), identical_init=True)
-    assert _same(params["a"]["head"], params["b"]["head"])  # IIW across architectures: identical heads
-    assert jax.tree.structure(params["a"]["extractor"]) != jax.tree.structure(params["b"]["extractor"])
-    assert params["a"]["extractor"]["adapter"]["kernel"].shape[-1] == 6
-    assert params["b"]["extractor"]["adapter"]["kernel"].shape[-1] == 6
-    rng = np.random.default_rng(4)
-    batch = {f"image_{t}": rng.random((8, 8, 8, 1), np.float32) for t in "ab"}
-    batch.update({f"label_{t}": rng.integers(0, 10, 8).astype(np.int32) for t in "ab"})
-    fn = C.make_loss_fn(mods, ml_collections.ConfigDict(dict(dcc=True, rp=True)), C.common_label_map(range(10), 10),
-                        ("a", "b"))
+    nets = params["tasks"]
+    assert _same(nets["a"]["head"], nets["b"]["head"])  # IIW across architectures: identical heads
+    assert jax.tree.structure(nets["a"]["extractor"]) != jax.tree.structure(nets["b"]["extractor"])
+    assert nets["a"]["extractor"]["adapter"]["kernel"].shape[-1] == 6
+    assert nets["b"]["extractor"]["adapter"]["kernel"].shape[-1] == 6
+    batch = _batch(4)
+    fn = C.make_loss_fn(mods, ("a", "b"), dcc=True, rp=True, common=tuple(range(10)), num_classes=10)
     grads, _ = jax.jit(jax.grad(fn, has_aux=True))(params, stats, batch, None)
     for t in "ab":
-        assert float(optax_norm(grads[t]["extractor"]["adapter"])) > 0
-        assert float(optax_norm(grads[t]["extractor"]["extractor"])) > 0
-    x = batch["image_a"]
+        assert float(optax_norm(grads["tasks"][t]["extractor"]["adapter"])) > 0
+        assert float(optax_norm(grads["tasks"][t]["extractor"]["extractor"])) > 0
+    x = batch["a"]["image"]
     assert C.recombined_logits(mods, params, stats, "b", "a", x, mode="batch_stats").shape == (8, 10)
     with pytest.raises(ValueError, match="one extractor architecture"):
-        A.transfer_head(mods, params, stats, None, extractor_of="a", head_of="b", optim_cfg=None, epochs=0,
+        C.transfer_head(mods, params, stats, None, extractor_of="a", head_of="b", optim_cfg=None, epochs=0,
                         batch_size=8)
     bad = ml_collections.ConfigDict(dict(name="wrn", depth=10, widen=1, width=4, split="stage3"))
     with pytest.raises(ValueError, match="shapes"):
@@ -177,6 +207,7 @@ def test_cross_architecture_pair_shares_heads_through_adapters():
 def test_applications_config_and_bad_names():
     cpu = compat_config.get_config("")
     assert {"uda", "fast_transfer", "cross_arch"} <= set(cpu.compat.applications) and cpu.compat.compare_schedules
+    assert {k: cpu.compat[k] for k in C.default_options()} == C.default_options().to_dict()
     config = compat_config.get_config("smoke")
     config.compat.applications = ("uda", "telepathy")
     with pytest.raises(ValueError, match="applications"):

@@ -1,0 +1,51 @@
+"""Compatible components (Gygli, Uijlings & Ferrari 2020): train two networks so that the extractor of one
+works with the head of the other, then measure that by recombining them without fine-tuning.
+
+Three ingredients make components compatible:
+- DCC: a head shared by both networks, trained on the classes their tasks have in common;
+- RP: a shared head predicting the rotation (0/90/180/270) of rotated copies of the input;
+- IIW: both networks start from the same initial weights.
+
+A pair lives in the library's multi-task layout (BatchNorm statistics in a tree of the same shape):
+`{"shared": {"dcc", "rp"}, "tasks": {"a": {"extractor", "head"}, "b": {...}}}`.
+
+  modules.py    the Flax modules, the pair's variables, BatchNorm-mode forward passes
+  losses.py     task + DCC + RP objectives, the rotation loss for adaptation, common classes
+  schedule.py   settings (DCC/RP/IIW), options, joint/incremental training: `train_pair` -> `Pair`
+  recombine.py  the recombination protocol (`evaluate`) and the paper's Fig. 2
+  uda.py        domain adaptation through the frozen RP head, with a BN-statistics control
+  transfer.py   a compatible head on another extractor vs a re-initialised head
+  apps.py       joint vs incremental, heads shared across architectures, the applications' claims
+  report.py     tables and plots
+"""
+from modular.methods.compat import report
+from modular.methods.compat.apps import (APPLICATIONS, PAPER_APPLICATIONS, compare_schedules, run_cross_arch)
+from modular.methods.compat.losses import (common_label_map, make_loss_fn, make_rp_adaptation_loss,
+                                           resolve_common_classes)
+from modular.methods.compat.modules import (AdaptedExtractor, CompatModules, build_modules, init_variables,
+                                            run_module)
+from modular.methods.compat.recombine import (PAPER_FIG2, SUMMARY_KEYS, evaluate, recombination_accuracy,
+                                              recombine_trees, recombined_logits, summary, task_accuracy,
+                                              train_and_evaluate)
+from modular.methods.compat.schedule import (SCHEDULES, SETTINGS, Pair, check_options, default_options,
+                                             parse_setting, phases, setting_name, train_pair)
+from modular.methods.compat.transfer import run_fast_transfer, transfer_head, with_fresh_head
+from modular.methods.compat.uda import (adapt_extractor_rp, reestimate_extractor_stats, rotation_accuracy,
+                                        run_uda)
+
+__all__ = [
+    # training a pair
+    "default_options", "check_options", "SCHEDULES", "SETTINGS", "setting_name", "parse_setting", "phases",
+    "train_pair", "Pair",
+    # evaluating it
+    "PAPER_FIG2", "SUMMARY_KEYS", "evaluate", "train_and_evaluate", "summary", "recombined_logits",
+    "recombination_accuracy", "task_accuracy", "recombine_trees",
+    # building blocks
+    "CompatModules", "AdaptedExtractor", "build_modules", "init_variables", "run_module",
+    "make_loss_fn", "make_rp_adaptation_loss", "common_label_map", "resolve_common_classes",
+    # applications (paper Sec. 5) and studies
+    "APPLICATIONS", "PAPER_APPLICATIONS", "run_uda", "adapt_extractor_rp", "reestimate_extractor_stats",
+    "rotation_accuracy", "run_fast_transfer", "transfer_head", "with_fresh_head", "compare_schedules",
+    "run_cross_arch",
+    "report",
+]
