@@ -19,6 +19,7 @@ setup(
         "tensorflow-cpu>=2.16,<2.22",
         "tensorboard>=2.16",
         "tensorflow-datasets>=4.9.6,<4.10",
+        "importlib_resources",                 # tensorflow-datasets imports it but does not declare it
         "absl-py",
         "numpy",
         "scikit-learn>=1.3",

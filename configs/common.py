@@ -41,6 +41,8 @@ def base_config(arg: str, *, experiment: str) -> ml_collections.ConfigDict:
     c.num_steps = 600
     c.log_every = 100
     c.checkpoint_every = 200
+    c.resume_changed = False     # True: continue a workdir's run with a changed config (changes go to results.json)
+    c.divergence_factor = 100.0  # stop (before saving) when the loss exceeds this multiple of its median; 0: off
     if arg == "smoke":
         c.data.max_train = 512
         c.model.width = 8

@@ -3,12 +3,17 @@
   python -m experiments.run --config=configs/NAME.py[:ARG] --workdir=DIR [--config.KEY=VALUE ...]
 
 Writes DIR/config.json, DIR/results.json, TensorBoard events and orbax checkpoints under DIR; a second
-run on the same DIR resumes from the last checkpoint. Bad input ends with one sentence, exit code 1.
+run on the same DIR resumes from the last checkpoint (with the same config, or `--config.resume_changed=True`).
+One run per DIR at a time. Bad input ends with one sentence and exit code 1; Ctrl-C with one line and 130.
 """
 from __future__ import annotations
 
+import contextlib
+import datetime
 import importlib
+import importlib.util
 import os
+import re
 import sys
 import time
 import traceback
@@ -25,15 +30,16 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean bad input (reported as one sentence), as opposed to bugs (full traceback)."""
-    from modular import checkpoint, params, train
+    from modular import checkpoint, params, train, workdir
     return (ValueError, KeyError, FileNotFoundError, checkpoint.CheckpointError, params.SubtreeMismatchError,
-            train.NonFiniteLossError)
+            train.NonFiniteLossError, workdir.WorkdirError)
 
 
 def run(config, workdir: str) -> dict:
-    """Run `config.experiment` in `workdir` and write config.json and results.json there."""
+    """Run `config.experiment` in `workdir` (locked for the run) and write config.json and results.json there."""
     import jax
-    from modular import parallel, reporting
+    from modular import parallel, reporting, train
+    from modular import workdir as wd
 
     parallel.maybe_initialize_distributed()
     name = config.get("experiment", None)
@@ -41,35 +47,102 @@ def run(config, workdir: str) -> dict:
         raise ValueError(f"Unknown experiment {name!r} in config.experiment; known: {', '.join(EXPERIMENTS)}.")
     module = importlib.import_module(f"experiments.{name}")
     is_main = jax.process_index() == 0
-    os.makedirs(workdir, exist_ok=True)
-    if is_main:
-        reporting.write_json(os.path.join(workdir, "config.json"), config.to_dict())
-    start = time.time()
-    results = dict(module.run(config, workdir))
-    results.setdefault("wall_seconds", time.time() - start)
-    results.setdefault("devices", f"{jax.device_count()} x {jax.devices()[0].platform} in {jax.process_count()} process(es)")
-    if is_main:
-        reporting.write_json(os.path.join(workdir, "results.json"), results)
-        print(f"wrote {os.path.join(workdir, 'results.json')}", flush=True)
+    workdir = wd.prepare(workdir)
+    record = config.to_dict()
+    with wd.lock(workdir) if is_main else contextlib.nullcontext():
+        changes = wd.check_config(workdir, record, resume_changed=bool(config.get("resume_changed", False))) \
+            if is_main else []
+        attempts = wd.previous_attempts(workdir)
+        if is_main and not wd.has_run(workdir):
+            wd.write_config(workdir, record)  # a fresh workdir: the record of what is about to be written
+        train.DIVERGENCE_FACTOR[0] = float(config.get("divergence_factor", train.DIVERGENCE_FACTOR[0]))
+        started, start = datetime.datetime.now(), time.time()
+        results = dict(module.run(config, workdir))
+        results.setdefault("wall_seconds", time.time() - start)
+        results.setdefault("devices", f"{jax.device_count()} x {jax.devices()[0].platform} in "
+                                      f"{jax.process_count()} process(es)")
+        results["attempts"] = attempts + [wd.attempt_record(started, changes, wall_seconds=results["wall_seconds"])]
+        if is_main:
+            wd.write_config(workdir, record)  # the run finished: config.json describes its results
+            reporting.write_json(os.path.join(workdir, "results.json"), results)
+            print(f"wrote {os.path.join(workdir, 'results.json')}", flush=True)
     return results
 
 
+def _sentence(error: BaseException) -> str:
+    """One sentence for a flag or config-file error: the innermost message, without traceback or type."""
+    text = str(error.args[0] if isinstance(error, KeyError) and error.args else error)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    raised = [ln for ln in lines if re.match(r"^[A-Za-z_.]*(Error|Exception): ", ln)]
+    if raised:
+        return raised[-1].split(": ", 1)[1]
+    return lines[0] if lines else type(error).__name__
+
+
+def _check_overrides(config_arg: str, argv: list[str]) -> None:
+    """Each --config.KEY=VALUE must name a key of the config file's config (checked before absl applies them)."""
+    path, _, arg = config_arg.partition(":")
+    spec = importlib.util.spec_from_file_location("_config_under_check", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(arg) if arg else module.get_config()
+    for arg in argv[1:]:
+        m = re.match(r"^--config\.([^=]+)", arg)
+        if not m:
+            continue
+        node = config
+        for part in m.group(1).split("."):
+            if not hasattr(node, "keys") or part not in node.keys():
+                raise ValueError(f"Unknown config key {m.group(1)!r} in {arg}; the config has no {part!r} there.")
+            node = node[part]
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's parser, with every error as one sentence and exit code 1 (no usage text, no traceback)."""
+    try:
+        for arg in argv[1:]:
+            m = re.match(r"^--config=(([^:]+).*)$", arg)
+            if m and not os.path.isfile(m.group(2)):
+                _exit_with(f"config file {m.group(2)} does not exist.", 1)
+            if m:
+                _check_overrides(m.group(1), argv)
+        rest = flags.FLAGS(argv)
+    except flags.Error as e:
+        m = re.search(r"Unknown command line flag '(config\.[^']+)'", str(e))
+        _exit_with(f"unknown config key {m.group(1)[7:]!r}." if m else _sentence(e), 1)
+    except Exception as e:  # a config file that fails to load, an override of the wrong type or key
+        _exit_with(_sentence(e), 1)
+    return rest
+
+
+def _exit_with(message: str, code: int) -> None:
+    """Print one line and leave at once: interpreter teardown of async writers must not add tracebacks."""
+    print(f"error: {message}" if code == 1 else message, file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(code)
+
+
 def main(argv) -> None:
-    from modular import platform
+    from modular import platform, train
     platform.tune_cpu()  # before anything starts JAX; MODULAR_CPU_TUNING=off turns it off
+    train.stop_between_steps_on_sigint()
     logging.set_verbosity(logging.WARNING)  # orbax/clu INFO logs drown the progress lines we print
     if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+        _exit_with(f"unexpected arguments: {' '.join(argv[1:])}.", 1)
     try:
         run(_CONFIG.value, _WORKDIR.value)
+    except KeyboardInterrupt:
+        from modular import workdir as wd
+        last = wd.latest_checkpoint(os.path.abspath(_WORKDIR.value)) if os.path.isdir(_WORKDIR.value) else None
+        where = f"step {last[1]} in {last[0]}" if last else "none was saved"
+        _exit_with(f"interrupted; last checkpoint: {where}. Run the same command to resume.", 130)
     except user_errors() as e:
         if os.environ.get("MODULAR_DEBUG"):
             traceback.print_exc()
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"error: {msg}", file=sys.stderr, flush=True)
-        sys.exit(1)
+        _exit_with(str(msg), 1)
 
 
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

@@ -2,11 +2,13 @@
 
 Training state goes through orbax's CheckpointManager (atomic, async, keeps the last few).
 A task-private subtree (a patch, a head, mixture weights) exports to one small msgpack file tagged with
-the structure hash of the backbone it was trained on, so loading it onto the wrong backbone fails with
-one sentence instead of silently producing garbage.
+the structure hash of the backbone it was trained on and a fingerprint of that backbone's weights, so
+loading it onto another architecture, or onto other weights of the same one, fails with one sentence
+instead of silently producing garbage (a patch is only valid for the weights it was trained on).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Any, Mapping
 
@@ -17,7 +19,8 @@ from flax import serialization
 
 from modular import params as P
 
-SUBTREE_FORMAT = "modular-subtree-v1"
+SUBTREE_FORMAT = "modular-subtree-v2"
+READABLE_FORMATS = ("modular-subtree-v1", SUBTREE_FORMAT)   # v1 files carry no weights fingerprint
 
 
 class CheckpointError(RuntimeError):
@@ -46,11 +49,21 @@ def restore_latest(mngr: ocp.CheckpointManager, target: Any) -> tuple[Any, int] 
     return state, int(step)
 
 
+def weights_fingerprint(tree: Mapping) -> str:
+    """Identity of a tree's values (paths and bytes of every leaf): equal only for the same weights."""
+    h = hashlib.sha256()
+    for p, leaf in sorted(P.flatten(tree).items()):
+        h.update(p.encode())
+        h.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
+    return h.hexdigest()[:16]
+
+
 def export_subtree(path: str, subtree: Mapping, *, backbone: Mapping, meta: Mapping | None = None) -> int:
     """Write a task-private subtree tagged with its backbone's identity; returns the file size in bytes."""
     payload = {
         "format": SUBTREE_FORMAT,
         "backbone_hash": P.structure_hash(backbone),
+        "backbone_weights": weights_fingerprint(backbone),
         "meta": dict(meta or {}),
         "tree": jax.tree.map(np.asarray, P.flatten(subtree)),
     }
@@ -63,23 +76,35 @@ def export_subtree(path: str, subtree: Mapping, *, backbone: Mapping, meta: Mapp
     return len(data)
 
 
-def import_subtree(path: str, *, backbone: Mapping, like: Mapping | None = None) -> tuple[dict, dict]:
-    """Read a subtree file; check it fits `backbone` (and `like`'s shapes if given). Returns (subtree, meta)."""
+def import_subtree(path: str, *, backbone: Mapping, like: Mapping | None = None,
+                   allow_other_weights: bool = False) -> tuple[dict, dict]:
+    """Read a subtree file; check it fits `backbone` (and `like`'s shapes if given). Returns (subtree, meta).
+
+    A file trained on other weights of the same architecture is refused unless `allow_other_weights`
+    (e.g. a compatible head put on another network's extractor on purpose)."""
     if not os.path.exists(path):
         raise CheckpointError(f"Subtree file {path} does not exist.")
     try:
         with open(path, "rb") as f:
             payload = serialization.msgpack_restore(f.read())
-        if payload.get("format") != SUBTREE_FORMAT:
+        if not isinstance(payload, Mapping) or payload.get("format") not in READABLE_FORMATS:
             raise ValueError("unknown format tag")
+        tree = P.unflatten(payload["tree"])
+        meta = dict(payload.get("meta") or {})
+        tagged, weights = str(payload["backbone_hash"]), payload.get("backbone_weights")
+        if not all(isinstance(v, np.ndarray) or np.isscalar(v) for v in jax.tree.leaves(tree)):
+            raise ValueError("a leaf is not an array")
     except Exception as e:
-        raise CheckpointError(f"Subtree file {path} is corrupt or not a modular subtree file ({e}).") from e
+        raise CheckpointError(f"Subtree file {path} is corrupt or not a modular subtree file "
+                              f"({type(e).__name__}: {e}).") from None
     expected = P.structure_hash(backbone)
-    if payload["backbone_hash"] != expected:
+    if tagged != expected:
         raise CheckpointError(
-            f"Subtree file {path} was trained on backbone {payload['backbone_hash']}, but this backbone is "
-            f"{expected}: it does not fit.")
-    tree = P.unflatten(payload["tree"])
+            f"Subtree file {path} was trained on backbone {tagged}, but this backbone is {expected}: it does not fit.")
+    if weights is not None and not allow_other_weights and weights != weights_fingerprint(backbone):
+        raise CheckpointError(
+            f"Subtree file {path} was trained on other weights of this backbone (fingerprint {weights}, this one "
+            f"{weights_fingerprint(backbone)}); pass allow_other_weights=True to load it anyway.")
     if like is not None:
         P.check_compatible(like, tree)
-    return tree, dict(payload.get("meta", {}))
+    return tree, meta

@@ -128,6 +128,9 @@ def check_compatible(expected: Mapping, given: Mapping, where: str = "") -> None
 
 def replace_subtree(tree: Mapping, prefix: str, subtree: Mapping, *, check: bool = True) -> dict:
     """A copy of `tree` with the subtree at `prefix` replaced (checked for structure/shape/dtype)."""
+    if not isinstance(subtree, Mapping) and isinstance(get_subtree(tree, prefix), Mapping):
+        raise SubtreeMismatchError(f"The subtree for '{prefix}' must be a mapping of parameters, got "
+                                   f"{type(subtree).__name__}.")
     if check:
         check_compatible(get_subtree(tree, prefix), subtree, where=prefix)
     keys = [k for k in prefix.split("/") if k]

@@ -14,6 +14,8 @@ import collections
 import dataclasses
 import json
 import os
+import signal
+import threading
 import time
 from typing import Any, Callable, Mapping
 
@@ -25,7 +27,7 @@ import optax
 
 import ml_collections
 
-from modular import checkpoint, optim, parallel
+from modular import checkpoint, optim, parallel, reporting
 from modular.platform import xla_cpu
 
 # loss_fn(params, model_state, batch, rng) -> (loss, (new_model_state, metrics))
@@ -33,7 +35,28 @@ LossFn = Callable[[Any, Any, Mapping[str, jax.Array], jax.Array], tuple[jax.Arra
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The loss or gradient became NaN/inf; the last good checkpoint is kept."""
+    """The loss or gradient became NaN/inf, or diverged; the last good checkpoint is kept."""
+
+
+# A loss above this multiple of the median of the losses seen so far (this process's first step included)
+# stops the run before it saves: a diverged state never replaces a good checkpoint. 0 turns the check off.
+# experiments.run sets it from `config.divergence_factor`.
+DIVERGENCE_FACTOR = [100.0]
+HISTORY_FILE = "history.json"
+_STOP = threading.Event()
+_IN_LOOP = [False]
+
+
+def stop_between_steps_on_sigint() -> None:
+    """Make Ctrl-C (SIGINT) stop a running `fit` at the next step boundary, where no checkpoint save is in
+    flight (KeyboardInterrupt is raised there, after pending saves land); a second Ctrl-C, or one outside
+    `fit`, interrupts at once. Call from the main thread of a driver (experiments.run does)."""
+    def handler(signum, frame):
+        if _IN_LOOP[0] and not _STOP.is_set():
+            _STOP.set()
+            return
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGINT, handler)
 
 
 @flax.struct.dataclass
@@ -103,12 +126,13 @@ def fit(*, state: TrainState, loss_fn: LossFn, tx: optax.GradientTransformation,
     step_fn = step_fn or xla_cpu.jit(make_train_step(loss_fn, tx, trainable), donate_argnums=(0,))
     base_rng = jax.random.key(seed)
 
-    mngr, resumed_from = None, None
+    mngr, resumed_from, history = None, None, []
     if workdir:
         mngr = checkpoint.manager(os.path.join(workdir, "checkpoints"), save_every=checkpoint_every or num_steps)
         restored = checkpoint.restore_latest(mngr, state.as_dict())
         if restored is not None:
             state, resumed_from = TrainState(**restored[0]), restored[1]
+            history = [h for h in _read_history(workdir) if h.get("step", 0) <= resumed_from]
             if verbose and is_main:
                 print(f"[{name}] resuming from checkpoint step {resumed_from} in {workdir}", flush=True)
     writer = progress = None
@@ -117,13 +141,17 @@ def fit(*, state: TrainState, loss_fn: LossFn, tx: optax.GradientTransformation,
         writer = metric_writers.create_default_writer(workdir, just_logging=not is_main, asynchronous=False)
         progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
 
-    history: list[dict] = []
     start = int(parallel.to_host(state.step))
     last_good = resumed_from
+    seen_losses = [float(h["loss"]) for h in history if "loss" in h]  # earlier attempts' losses count too
     t0 = time.time()
     last_t, last_step = t0, start
+    _STOP.clear()
+    _IN_LOOP[0] = True
     try:
         for step in range(start, num_steps):
+            if _STOP.is_set():
+                raise KeyboardInterrupt(f"stopped before step {step + 1}")
             batch = parallel.shard_batch(dict(batch_fn(step)), mesh)
             state, metrics = step_fn(state, batch, jax.random.fold_in(base_rng, step))
             done = step + 1
@@ -131,13 +159,21 @@ def fit(*, state: TrainState, loss_fn: LossFn, tx: optax.GradientTransformation,
                 progress(done)
             must_save = mngr is not None and (done == num_steps or (checkpoint_every and done % checkpoint_every == 0))
             must_log = done == num_steps or (log_every and done % log_every == 0)
-            if must_save or must_log:
+            if must_save or must_log or step == start:  # the first step's loss is the divergence reference
                 host = {k: float(v) for k, v in parallel.to_host(metrics).items()}
+                where = f"step {last_good} in {mngr.directory}" if (mngr and last_good) else "none was saved"
                 if not (np.isfinite(host["loss"]) and np.isfinite(host["grad_norm"])):
-                    where = f"step {last_good} in {mngr.directory}" if (mngr and last_good) else "none was saved"
                     raise NonFiniteLossError(
                         f"[{name}] loss became {host['loss']} (grad norm {host['grad_norm']}) by step {done}; "
                         f"stopping. Last good checkpoint: {where}.")
+                seen_losses.append(host["loss"])
+                reference = float(np.median(seen_losses))
+                factor = DIVERGENCE_FACTOR[0]
+                if factor and host["loss"] > factor * max(reference, 1e-6) and len(seen_losses) > 1:
+                    raise NonFiniteLossError(
+                        f"[{name}] loss {host['loss']:.4g} at step {done} is over {factor:g}x the median "
+                        f"{reference:.4g} of this run's earlier losses: the run diverged; stopping without saving. "
+                        f"Last good checkpoint: {where}.")
                 if must_log:
                     now = time.time()
                     rate = (done - last_step) / max(now - last_t, 1e-9)
@@ -155,22 +191,44 @@ def fit(*, state: TrainState, loss_fn: LossFn, tx: optax.GradientTransformation,
                 if must_save:
                     mngr.save(done, args=checkpoint.ocp.args.StandardSave(state.as_dict()))
                     last_good = done
+                    if is_main:
+                        _write_history(workdir, history)
     except BaseException:
+        _IN_LOOP[0] = False
         if mngr is not None:  # an exception or Ctrl-C still lets pending async saves land
             mngr.wait_until_finished()
             mngr.close()
+        if writer:
+            writer.close()
         raise
+    _IN_LOOP[0] = False
     if mngr is not None:
         if mngr.latest_step() != num_steps and start < num_steps:
             mngr.save(num_steps, args=checkpoint.ocp.args.StandardSave(state.as_dict()), force=True)
         mngr.wait_until_finished()
         mngr.close()
+        if is_main:
+            _write_history(workdir, history)
     if eval_fn is not None:
         _log_eval(eval_fn(state), num_steps, name, writer, verbose and is_main)
     if writer:
         writer.flush()
         writer.close()
     return FitResult(state=state, history=history, resumed_from=resumed_from, seconds=time.time() - t0)
+
+
+def _read_history(workdir: str) -> list[dict]:
+    """The logged metrics of earlier attempts in `workdir` ([] when there are none or they are unreadable)."""
+    try:
+        with open(os.path.join(workdir, HISTORY_FILE)) as f:
+            return [dict(h) for h in json.load(f)]
+    except (OSError, ValueError, TypeError):
+        return []
+
+
+def _write_history(workdir: str, history: list[dict]) -> None:
+    """Saved beside the checkpoints, so a resumed (or re-run finished) fit reports its whole history."""
+    reporting.write_json(os.path.join(workdir, HISTORY_FILE), history)
 
 
 def _log_eval(metrics: Mapping[str, float], step: int, name: str, writer, verbose: bool) -> None:

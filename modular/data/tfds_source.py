@@ -47,9 +47,12 @@ def load(spec: str, *, image_size: int, channels: int, seed: int, test_fraction:
     without one, the dataset's own 'train' and 'test' are used ('train' is split when the
     dataset has no 'test').
     """
-    import tensorflow_datasets as tfds
-
     name, split = parse(spec)
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as e:
+        raise ValueError(f"Dataset {spec!r} needs tensorflow-datasets, which cannot be imported here ({e}); "
+                         f"reinstall the project with pip install -e .") from e
     try:
         builder = tfds.builder(name)
     except tfds.core.registered.DatasetNotFoundError as e:
@@ -62,7 +65,12 @@ def load(spec: str, *, image_size: int, channels: int, seed: int, test_fraction:
     num_classes = int(features["label"].num_classes)
 
     def read(split_name):
-        ds, info = tfds.load(name, split=split_name, with_info=True, shuffle_files=False)
+        try:
+            ds, info = tfds.load(name, split=split_name, with_info=True, shuffle_files=False)
+        except Exception as e:  # download, preparation and split errors come in many types
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            raise ValueError(f"Dataset {spec!r} (split {split_name!r}) could not be loaded ({type(e).__name__}: "
+                             f"{first}); tensorflow-datasets needs the network the first time.") from e
         return _to_numpy(ds, image_size), info
 
     if split is None:

@@ -1,0 +1,133 @@
+"""Workdirs that survive misuse: one sentence per bad input, a lock, config changes on resume, divergence,
+Ctrl-C, the history of every attempt, and subtree files that refuse other weights."""
+import json
+import os
+import signal
+import subprocess
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import common
+from modular import checkpoint, params as P, train
+from modular import workdir as wd
+from tests.test_cli import ROOT, cli, env, results, run_cli
+
+
+def one_sentence(proc, *needles, code=1):
+    assert proc.returncode == code, proc.stdout[-2000:] + proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr[-3000:]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["--config.nope=1"], ["Unknown config key 'nope'"]),
+    (["--config.data.nope=3"], ["Unknown config key 'data.nope'"]),
+    (["--config.num_steps=abc"], ["num_steps", "abc"]),
+    (["--config=configs/nothere.py"], ["config file configs/nothere.py does not exist"]),
+    (["--config=configs/pretrain.py:bogus"], ["Unknown config argument 'bogus'"]),
+])
+def test_bad_flags_are_one_sentence(tmp_path, args, needles):
+    config = next((a.split("=", 1)[1] for a in args if a.startswith("--config=")), "configs/pretrain.py:smoke")
+    overrides = [a for a in args if not a.startswith("--config=")]
+    one_sentence(run_cli(str(tmp_path / "w"), *overrides, config=config), *needles)
+    assert not os.path.exists(tmp_path / "w")
+
+
+def test_unusable_workdirs_are_one_sentence(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    one_sentence(run_cli(str(tmp_path / "afile")), "is a file, not a directory")
+    one_sentence(run_cli("/proc/modular-test/run"), "Cannot create --workdir /proc/modular-test/run")
+
+
+def test_busy_workdir_refuses_naming_the_holder(tmp_path):
+    with wd.lock(str(tmp_path)):
+        line = one_sentence(run_cli(str(tmp_path)), f"is in use by pid {os.getpid()} on host")
+    assert "wait for that run to end" in line and not os.path.exists(tmp_path / "results.json")
+
+
+def test_config_changes_on_resume_and_history_of_attempts(tmp_path):
+    short = ["--config.num_steps=4", "--config.log_every=2", "--config.checkpoint_every=2"]
+    assert run_cli(str(tmp_path), *short).returncode == 0
+    first = results(tmp_path)
+    # Same config again: a finished run re-reports its whole history, and the attempt is logged.
+    assert run_cli(str(tmp_path), *short).returncode == 0
+    again = results(tmp_path)
+    assert [h["step"] for h in again["history"]] == [h["step"] for h in first["history"]] == [2, 4]
+    assert len(again["attempts"]) == 2 and again["attempts"][1]["config_changes"] == []
+    # Another config: refused with the differing keys, nothing touched.
+    line = one_sentence(run_cli(str(tmp_path), *short, "--config.optim.lr=1000000.0"), "optim.lr: 0.01 -> 1000000.0",
+                        "--config.resume_changed=True")
+    assert "num_steps" not in line and results(tmp_path) == again
+    # A failing run (even when allowed to change the config) leaves config.json describing the checkpoints.
+    record = (tmp_path / "config.json").read_text()
+    one_sentence(run_cli(str(tmp_path), *short, "--config.resume_changed=True", "--config.data.name=mnist6k"),
+                 "mnist6k")
+    assert (tmp_path / "config.json").read_text() == record
+    # Allowed: the run continues and results.json records what changed.
+    proc = run_cli(str(tmp_path), "--config.num_steps=6", "--config.log_every=2", "--config.checkpoint_every=2",
+                   "--config.resume_changed=True")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = results(tmp_path)
+    assert r["resumed_from"] == 4 and [h["step"] for h in r["history"]] == [2, 4, 6]
+    assert r["attempts"][-1]["config_changes"] == ["num_steps: 4 -> 6"]
+    assert json.loads((tmp_path / "config.json").read_text())["num_steps"] == 6
+
+
+def test_ctrl_c_exits_130_naming_the_last_checkpoint(tmp_path):
+    p = subprocess.Popen(cli(str(tmp_path), "--config.checkpoint_every=10", "--config.log_every=10"), cwd=ROOT,
+                         env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in p.stdout:
+        if "step 20/60" in line:
+            p.send_signal(signal.SIGINT)
+            break
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 130, err[-2000:]
+    # (TensorFlow's C++ logging may print its one start-up line before ours)
+    assert "Traceback" not in err and "failed" not in err, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("interrupted; last checkpoint: step") and "Run the same command to resume" in last
+    proc = run_cli(str(tmp_path), "--config.checkpoint_every=10", "--config.log_every=10")
+    assert proc.returncode == 0 and results(tmp_path)["resumed_from"] in (10, 20, 30), proc.stderr[-2000:]
+
+
+def jumping_loss(params, model_state, batch, rng):
+    loss = jnp.mean((batch["x"] @ params["w"] - batch["y"]) ** 2) * batch["scale"][0]
+    return loss, (model_state, {})
+
+
+def test_divergence_stops_before_saving(tmp_path):
+    def batch_fn(step):
+        x = np.random.default_rng(step).normal(size=(8, 3)).astype(np.float32)
+        return {"x": x, "y": x.sum(1, keepdims=True), "scale": np.full((8,), 1e6 if step >= 25 else 1.0, np.float32)}
+
+    params = {"w": np.zeros((3, 1), np.float32)}
+    cfg = common.optim_config(lr=0.01, schedule="constant")
+    with pytest.raises(train.NonFiniteLossError, match="diverged.*Last good checkpoint: step 20"):
+        train.train_subtrees(params, {}, loss_fn=jumping_loss, optim_cfg=cfg, batch_fn=batch_fn, num_steps=60,
+                             workdir=str(tmp_path), checkpoint_every=10, log_every=10, verbose=False)
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["10", "20"]
+
+
+def test_subtree_files_refuse_other_weights_and_malformed_content(tmp_path):
+    backbone = {"conv": {"kernel": np.ones((3, 3), np.float32)}}
+    other = {"conv": {"kernel": np.zeros((3, 3), np.float32)}}
+    path = str(tmp_path / "head.msgpack")
+    checkpoint.export_subtree(path, {"w": np.ones(2, np.float32)}, backbone=backbone)
+    assert checkpoint.import_subtree(path, backbone=backbone)[0]["w"].shape == (2,)
+    with pytest.raises(checkpoint.CheckpointError, match="other weights of this backbone.*allow_other_weights"):
+        checkpoint.import_subtree(path, backbone=other)
+    assert checkpoint.import_subtree(path, backbone=other, allow_other_weights=True)[0]["w"].shape == (2,)
+    from flax import serialization
+    for bad in ({"format": checkpoint.SUBTREE_FORMAT}, {"format": checkpoint.SUBTREE_FORMAT, "tree": 3,
+                                                        "backbone_hash": "x"}, [1, 2]):
+        with open(path, "wb") as f:
+            f.write(serialization.msgpack_serialize(bad))
+        with pytest.raises(checkpoint.CheckpointError, match="is corrupt or not a modular subtree file"):
+            checkpoint.import_subtree(path, backbone=backbone)
+    with pytest.raises(P.SubtreeMismatchError, match="must be a mapping"):
+        P.replace_subtree({"head": {"w": np.ones(2)}}, "head", np.ones(2))
