@@ -8,10 +8,15 @@ import numpy as np
 import pytest
 
 from modular import checkpoint, data, models, optim, params as P, supervised
-from modular.methods import patches, patches_multires, patches_multitask as mt
+from modular.methods import patches
+from modular.methods.patches import multires, serving
 
 CFG = ml_collections.ConfigDict(dict(name="mobilenet_v2", width=4, expansion=2, split="final"))
 OPTIM = ml_collections.ConfigDict(dict(name="adam", lr=1e-2, schedule="constant", lr_mults=[], default_mult=1.0))
+
+
+def mode_optim(mode):
+    return optim.override(OPTIM, lr_mults=patches.lr_rules(mode), default_mult=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -26,19 +31,18 @@ def test_rules_select_the_paper_patches(tiny):
     _, source = tiny
     params = source.variables["params"]
     for mode, expected in (("last_layer", {"head"}), ("sb_only", {"scale", "bias"})):
-        cfg = patches.optim_config(OPTIM, mode)
-        trained = [p for p, m in P.flatten(optim.trainable_mask(params, cfg)).items() if m]
+        trained = [p for p, m in P.flatten(optim.trainable_mask(params, mode_optim(mode))).items() if m]
         assert trained and all(p.startswith("head/") if "head" in expected else p.split("/")[-1] in expected
                                for p in trained)
-    dw = [p for p, m in P.flatten(optim.trainable_mask(params, patches.optim_config(OPTIM, "dw_last"))).items() if m]
+    dw = [p for p, m in P.flatten(optim.trainable_mask(params, mode_optim("dw_last"))).items() if m]
     assert {p for p in dw if not p.startswith("head/")} == {p for p in P.paths(params) if p.endswith("dw_conv/kernel")}
-    full = optim.trainable_mask(params, patches.optim_config(OPTIM, "full"))
+    full = optim.trainable_mask(params, mode_optim("full"))
     assert all(jax.tree.leaves(full))
 
 
 def test_unknown_mode_and_dw_on_resnet_fail_clearly():
     with pytest.raises(ValueError, match="Unknown transfer mode"):
-        patches.lr_mults("sb_plus")
+        patches.lr_rules("sb_plus")
     resnet = models.init(models.build(ml_collections.ConfigDict(dict(name="resnet", depth=8, width=4)), 3),
                          jax.random.key(0), (1, 8, 8, 1))
     with pytest.raises(ValueError, match="depthwise"):
@@ -79,53 +83,64 @@ def test_patch_on_wrong_backbone_fails_with_one_sentence(tiny, tmp_path):
         patches.import_patch(path, wide, "sb_last")
     with pytest.raises(checkpoint.CheckpointError, match="does not fit"):  # right backbone, wrong mode's patch
         patches.import_patch(path, source.variables, "last_layer_bn_stats")
+    with pytest.raises(P.SubtreeMismatchError, match="no place"):
+        patches.apply_patch(source.variables, {"params": {"head": {"extra": np.zeros(3, np.float32)}}})
 
 
-def test_mixed_task_batch_matches_per_task_calls(tiny):
+def test_mixed_task_batch_matches_per_task_calls(tiny, tmp_path):
     ds, source = tiny
     tasks = [ds, data.load("mnist5k/invert", image_size=8, max_train=64)]
-    params, state = mt.init_multitask(source.variables, 2, "sb")
+    params, state = patches.init_multitask(source.variables, 2, "sb")
     rng = np.random.default_rng(0)  # make the two tasks' patches (and statistics) differ, as training would
     params["tasks"]["task1"] = jax.tree.map(lambda x: x + rng.normal(0, 0.5, x.shape).astype(x.dtype),
                                             params["tasks"]["task1"])
     state["tasks"]["task1"] = jax.tree.map(lambda x: x * 1.5 + 0.1, state["tasks"]["task1"])
-    assert mt.per_task_count(params) < P.count(params["shared"])
+    assert patches.per_task_count(params) < P.count(params["shared"])
     ids = np.array([0, 1] * 5)
     images = np.stack([tasks[t].test_images[i] for i, t in enumerate(ids)])
-    serve = mt.make_mixed_server(source.model, mt.shared_variables(params, state))
-    mixed = np.asarray(serve(mt.stack_patches(params, state, 2), ids, images))
-    ref = np.stack([np.asarray(models.apply(source.model, mt.task_variables(params, state, t), images)[0])
+    serve = patches.make_mixed_server(source.model, serving.shared_variables(params, state))
+    mixed = np.asarray(serve(patches.stack_patches(params, state, 2), ids, images))
+    ref = np.stack([np.asarray(models.apply(source.model, patches.task_variables(params, state, t), images)[0])
                     for t in (0, 1)])
     np.testing.assert_allclose(mixed, ref[ids, np.arange(10)], rtol=1e-4, atol=1e-4)
     assert not np.allclose(mixed, ref[1 - ids, np.arange(10)], atol=1e-3)
     with pytest.raises(ValueError, match="sharing"):
-        mt.init_multitask(source.variables, 2, "everything")
+        patches.init_multitask(source.variables, 2, "everything")
+
+    # The same two tasks as bank files (each task's S/B patch on the source backbone), served in one call.
+    paths = [str(tmp_path / f"task{t}.patch") for t in (0, 1)]
+    classifiers = [supervised.Classifier(source.model, patches.task_variables(params, state, t), None) for t in (0, 1)]
+    for path, clf in zip(paths, classifiers):
+        patches.export_patch(path, clf.variables, "sb_last")
+    served = patches.serve_mixed(source, paths, classifiers, tasks, examples_per_task=5)
+    assert served["batch"] == 10 and served["backbone_frozen_in_every_patch"]
+    assert served["max_abs_diff_vs_per_task_calls"] < 1e-4 and served["patch_params"] == patches.per_task_count(params)
 
 
 def test_cascade_escalates_only_unsure_examples_and_counts_every_pass():
     labels = np.array([0, 1, 1])
     cheap = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8]])    # sure+right, unsure+wrong, sure+right
     dear = np.array([[0.4, 0.6], [0.1, 0.9], [0.9, 0.1]])
-    out = patches_multires.cascade([cheap, dear], [1.0, 4.0], labels, threshold=0.75)
+    out = multires.cascade([cheap, dear], [1.0, 4.0], labels, threshold=0.75)
     assert out["accuracy"] == 1.0 and out["stopped_at"] == [2, 1]
     assert out["mean_cost"] == pytest.approx((1 + 5 + 1) / 3)       # the escalated one pays for both passes
-    always = patches_multires.cascade([cheap, dear], [1.0, 4.0], labels, threshold=1.01)
+    always = multires.cascade([cheap, dear], [1.0, 4.0], labels, threshold=1.01)
     assert always["relative_cost"] == pytest.approx(5 / 4) and always["accuracy"] == pytest.approx(1 / 3)
 
 
 def test_multires_shares_the_head_and_costs_grow_with_resolution(tiny):
     _, source = tiny
-    params, state = mt.init_multitask(source.variables, 2, "sb_shared_head")
+    params, state = patches.init_multitask(source.variables, 2, "sb_shared_head")
     private = P.paths(params["tasks"]["task0"])
     assert private and all(p.split("/")[-1] in ("scale", "bias") for p in private)
     assert any(p.startswith("head/") for p in P.paths(params["shared"]))
     sets = [data.load("digits", image_size=r, max_train=64) for r in (8, 12)]
-    out = patches_multires.evaluate(source.model, params, state, sets, [0.5, 1.0])
+    out = multires.evaluate(source.model, params, state, sets, [0.5, 1.0])
     small, large = out["per_resolution"]
     assert (small["resolution"], large["resolution"]) == (8, 12) and small["flops"] < large["flops"]
     assert out["cascade"][-1]["accuracy"] == pytest.approx(large["accuracy"])   # threshold 1: all escalate
     with pytest.raises(ValueError, match="same examples"):
-        patches_multires.check_aligned([sets[0], data.load("digits", image_size=8, max_train=64, seed=1)])
+        multires.check_aligned([sets[0], data.load("digits", image_size=8, max_train=64, seed=1)])
 
 
 def test_smoke_experiment_end_to_end(tmp_path):

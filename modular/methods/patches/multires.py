@@ -1,7 +1,7 @@
 """Multi-resolution patches (Mudrakarta et al. 2018, Sec. 5): one task seen at several input resolutions.
 
 Every resolution owns an S/B patch (BN gamma/beta and statistics); the backbone and the last layer are
-shared, and all train together (`patches_multitask` with sharing 'sb_shared_head'). At test time a
+shared, and all train together (multi-task patches with sharing 'sb_shared_head'). At test time a
 cascade runs the cheapest resolution first and only escalates the examples whose top softmax
 probability is below a threshold, trading accuracy for average cost. Costs are XLA's FLOP counts of the
 compiled forward pass at each resolution, not a guess from pixel counts.
@@ -13,8 +13,9 @@ from typing import Mapping, Sequence
 import jax
 import numpy as np
 
-from modular import data, models
-from modular.methods import patches_multitask as mt
+from modular import data, models, params as P
+from modular.methods.patches.multitask import per_task_count, task_variables, train_multitask
+from modular.methods.patches.transfer import target_start
 
 
 def check_aligned(datasets: Sequence[data.Dataset]) -> None:
@@ -67,7 +68,7 @@ def evaluate(model, params: Mapping, state: Mapping, datasets: Sequence[data.Dat
              thresholds: Sequence[float]) -> dict:
     """Per-resolution accuracy and FLOPs, and the cascade's accuracy/cost at every threshold."""
     check_aligned(datasets)
-    variables = [mt.task_variables(params, state, i) for i in range(len(datasets))]
+    variables = [task_variables(params, state, i) for i in range(len(datasets))]
     costs = [forward_flops(model, v, ds.image_shape) for v, ds in zip(variables, datasets)]
     order = np.argsort(costs)
     probs = [probabilities(model, variables[i], datasets[i].test_images) for i in order]
@@ -77,3 +78,17 @@ def evaluate(model, params: Mapping, state: Mapping, datasets: Sequence[data.Dat
                            accuracy=float(np.mean(p.argmax(-1) == labels))) for i, p in zip(order, probs)]
     curve = [cascade(probs, [costs[i] for i in order], labels, t) for t in thresholds]
     return dict(per_resolution=per_resolution, cascade=curve)
+
+
+def train_and_evaluate(source, datasets: Sequence[data.Dataset], thresholds: Sequence[float], *, model_cfg,
+                       optim_cfg, num_steps: int, batch_size: int, seed: int, workdir: str | None,
+                       log_every: int) -> dict:
+    """From the source backbone: an S/B patch per resolution and one last layer trained together, then
+    `evaluate`, plus the parameter counts (one resolution's patch, the shared part)."""
+    model, start = target_start(source, model_cfg, datasets[0].num_classes, datasets[0].image_shape, seed)
+    params, state = train_multitask(model, start, datasets, "sb_shared_head", optim_cfg=optim_cfg,
+                                    num_steps=num_steps, batch_size=batch_size, seed=seed, workdir=workdir,
+                                    log_every=log_every)
+    out = evaluate(model, params, state, datasets, thresholds)
+    out.update(per_resolution_patch_params=per_task_count(params), shared_params=P.count(params["shared"]))
+    return out
