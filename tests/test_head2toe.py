@@ -1,4 +1,5 @@
-"""Head2Toe: pooling formula, normalisation, cached all-layer features, selection, CV, sklearn check, smoke run."""
+"""Head2Toe: pooling formula, normalisation, cached all-layer features, selection, CV, sklearn check,
+fine-tuning baselines, the bank adapter, smoke run."""
 import math
 import os
 
@@ -8,11 +9,12 @@ import numpy as np
 import pytest
 
 from configs import common
-from modular import data, models
-from modular.methods import head2toe_features as feats
-from modular.methods import head2toe_heads as heads
-from modular.methods import head2toe_select as select
-from modular.methods import head2toe_suite as suite
+from modular import checkpoint, data, models, params as P, supervised
+from modular.data import vtab_like
+from modular.methods import head2toe
+from modular.methods.head2toe import features as feats
+from modular.methods.head2toe import finetune as ft
+from modular.methods.head2toe import heads, select
 
 
 @pytest.mark.parametrize("channels,width,target,expected", [
@@ -71,11 +73,10 @@ def test_cache_holds_every_layer_normalised(tiny):
 
 
 def test_head2toe_ft_trains_on_the_same_features_the_cache_holds(tiny):
-    from modular.methods import head2toe_finetune as ft
     model, variables = tiny
     x = np.random.default_rng(1).uniform(size=(6, 8, 8, 1)).astype(np.float32)
     cache = feats.cache_features(model, variables, x, x[:2], target=16)
-    live, _ = jax.jit(ft.selected_features_fn(model, cache.layers, 16, "eval"))(variables, x)
+    live, _ = jax.jit(feats.features_fn(model, tuple(cache.layers), 16, "eval"))(variables, x)
     np.testing.assert_allclose(np.asarray(live), cache.train, rtol=1e-5, atol=1e-5)
 
 
@@ -126,6 +127,75 @@ def test_cross_validation_covers_the_grid():
         select.fold_indices(5, 1, 0)
 
 
+def test_folds_partition_the_examples_and_follow_the_seed():
+    splits = select.fold_indices(10, 3, seed=0)
+    assert sorted(np.concatenate([va for _, va in splits]).tolist()) == list(range(10))
+    for tr, va in splits:
+        assert sorted(np.concatenate([tr, va]).tolist()) == list(range(10))
+    again = select.fold_indices(10, 3, seed=0)
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(splits, again))
+    assert not all(np.array_equal(a[1], b[1]) for a, b in zip(splits, select.fold_indices(10, 3, seed=1)))
+
+
+def test_finetuning_loads_every_source_weight_but_the_classifier(tiny):
+    _, source = tiny
+    # A fresh model for another label space: a 4-way classifier, every other leaf zero.
+    fresh = P.unflatten({p: np.zeros(np.shape(v)[:-1] + (4,) if "/classifier/" in p else np.shape(v), np.float32)
+                         for p, v in P.flatten(source).items()})
+    loaded = P.load_matching(fresh, source, dont_load=ft.FRESH_CLASSIFIER)
+    flat, flat_src, flat_fresh = P.flatten(loaded), P.flatten(source), P.flatten(fresh)
+    for path, leaf in flat.items():
+        expected = flat_fresh[path] if "/classifier/" in path else flat_src[path]
+        np.testing.assert_array_equal(leaf, expected)
+    assert any("/classifier/" in p for p in flat) and any("batch_stats/" in p for p in flat)
+
+
+def test_head2toe_ft_loss_trains_kept_rows_only_and_updates_bn(tiny):
+    model, variables = tiny
+    x = np.random.default_rng(2).uniform(size=(8, 8, 8, 1)).astype(np.float32)
+    cache = feats.cache_features(model, variables, x, x[:2], target=16)
+    names = tuple(cache.layers)
+    d = cache.num_features
+    mask = np.zeros(d, np.float32)
+    mask[: d // 3] = 1.0
+    params = {"extractor": variables["params"], "head": {"w": np.full((d, 3), 0.1, np.float32),
+                                                         "b": np.zeros(3, np.float32)}}
+    state = {"extractor": {"batch_stats": variables["batch_stats"]}, "head": {"feature_mask": mask}}
+    loss_fn = ft.head2toe_ft_loss(model, names, 16)
+    assert ft.head2toe_ft_loss(model, names, 16) is loss_fn                # memoised: one compiled step
+    batch = {"image": jnp.asarray(x), "label": jnp.asarray(np.arange(8) % 3, jnp.int32)}
+    grads, (new_state, metrics) = jax.jit(jax.grad(loss_fn, has_aux=True))(params, state, batch, jax.random.key(0))
+    w_grad = np.asarray(grads["head"]["w"])
+    assert np.all(w_grad[mask == 0] == 0) and np.any(w_grad[mask == 1] != 0)
+    assert P.count(grads["extractor"]) == P.count(variables["params"])
+    np.testing.assert_array_equal(new_state["head"]["feature_mask"], mask)
+    assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(new_state["extractor"]),
+                                                          jax.tree.leaves(state["extractor"])))
+    assert 0 <= float(metrics["accuracy"]) <= 1
+
+
+@pytest.mark.parametrize("fractions", [[0.2], [0.1, 0.3]])
+def test_adapt_writes_the_kept_features_and_their_head_rows(tiny, tmp_path, fractions):
+    model, variables = tiny
+    source = supervised.Classifier(model=model, variables=variables, fit=None)
+    ds = data.load("digits", image_size=8).subset(max_train=60, seed=0)
+    path = str(tmp_path / "head2toe" / "digits.msgpack")
+    adapted = head2toe.adapt(source, ds, target_size=16, fractions=fractions, coefs=[1e-3], lrs=[0.05], steps=10,
+                             folds=2, seed=0, bank_path=path, meta={"task": "digits"})
+    kept, k = adapted.info["kept"], ds.num_classes
+    assert adapted.info["chosen"]["fraction"] in fractions
+    assert (adapted.info["chosen"]["val_accuracy"] is None) == (len(fractions) == 1)   # one point: no CV
+    assert kept == select.num_kept(adapted.info["total_features"], adapted.info["chosen"]["fraction"])
+    assert adapted.trainable == kept * k + k and adapted.stored == kept + kept * k + k
+    assert 0 <= adapted.accuracy <= 1 and adapted.file_bytes == os.path.getsize(path)
+    tree, meta = checkpoint.import_subtree(path, backbone=variables["params"])
+    assert tree["features"].shape == (kept,) and tree["head"]["w"].shape == (kept, k)
+    assert meta["task"] == "digits" and meta["target_size"] == 16
+    cache = feats.cache_features(model, variables, ds.train_images, ds.test_images, 16)
+    logits = cache.test[:, tree["features"]] @ tree["head"]["w"] + tree["head"]["b"]   # the file alone predicts
+    assert float(np.mean(np.argmax(logits, -1) == ds.test_labels)) == pytest.approx(adapted.accuracy)
+
+
 def test_regulariser_names_are_checked():
     with pytest.raises(ValueError, match="regulariser"):
         heads.train_linear(np.zeros((4, 3), np.float32), np.zeros(4, np.int32), 2, reg="l3")
@@ -151,11 +221,11 @@ def test_linear_head_matches_sklearn_logistic_regression(tiny):
 
 def test_structured_suite_tasks():
     for name in ("rotation", "location", "count"):
-        ds = suite.load_task(name, image_size=8, max_train=40, max_test=20)
+        ds = vtab_like.load_task(name, image_size=8, max_train=40, max_test=20)
         assert ds.num_classes == 4 and ds.train_images.shape == (40, 8, 8, 1) and len(ds.test_labels) == 20
         assert set(np.unique(ds.train_labels)) <= {0, 1, 2, 3}
     with pytest.raises(ValueError, match="structured task"):
-        suite._structured("colour", np.zeros((2, 8, 8, 1), np.float32), 0)
+        vtab_like.structured("colour", np.zeros((2, 8, 8, 1), np.float32), 0)
 
 
 def test_smoke_run_end_to_end(tmp_path):
@@ -174,4 +244,4 @@ def test_smoke_run_end_to_end(tmp_path):
     assert os.path.exists(tmp_path / "results.json")
     with pytest.raises(ValueError, match="config.data.target"):
         config.data.targets = []
-        run_module.run(config, str(tmp_path))
+        run_module.run(config, str(tmp_path / "no_targets"))

@@ -1,18 +1,20 @@
 """Datasets for `modular`: names -> in-memory `Dataset`s, step-pure batching, auxiliary views.
 
 Names: `mnist5k`, `digits`, either with a corruption suffix (`mnist5k/blur`, ...),
-and `tfds:NAME[:SPLIT]` for any tensorflow-datasets dataset.
+and `tfds:NAME[:SPLIT]` for any tensorflow-datasets dataset. `vtab_like.load_task` builds the offline
+VTAB-1k-like transfer targets (digits, corruptions, rotation / location / count).
 """
 from __future__ import annotations
 
 import functools
 
-from modular.data import corruptions, images, offline, splits, tfds_source
+from modular.data import corruptions, images, offline, splits, tfds_source, vtab_like
 from modular.data.dataset import Dataset
 from modular.data.pipeline import batch_at, batch_indices, multitask_batch
 from modular.data.tasks import rotation_views
 
-__all__ = ["Dataset", "load", "known_names", "batch_at", "batch_indices", "multitask_batch", "rotation_views"]
+__all__ = ["Dataset", "load", "known_names", "batch_at", "batch_indices", "multitask_batch", "rotation_views",
+           "vtab_like"]
 
 OFFLINE = tuple(offline.NUM_CLASSES)
 CORRUPTIONS = tuple(corruptions.CORRUPTIONS)

@@ -1,11 +1,16 @@
-"""Feature selection (Head2Toe, feature-wise and layer-wise) and k-fold cross-validation on the training set."""
+"""Feature selection (Head2Toe, feature-wise and layer-wise) and k-fold cross-validation on the training set.
+
+Randomness comes from named streams of one seed: the group-lasso scoring head, the head retrained on the
+kept features, and the fold split.
+"""
 from __future__ import annotations
 
 import itertools
 
 import numpy as np
 
-from modular.methods import head2toe_heads as heads
+from modular import rng
+from modular.methods.head2toe import heads
 
 
 def _check_fraction(fraction: float) -> None:
@@ -38,20 +43,33 @@ def layerwise_mask(scores: np.ndarray, layers: dict, fraction: float) -> np.ndar
     return mask
 
 
+def feature_scores(x: np.ndarray, y: np.ndarray, num_classes: int, *, coef: float, lr: float, steps: int,
+                   seed: int) -> np.ndarray:
+    """Relevance of every feature: row norms of a group-lasso (l2,1) regularised head on all features."""
+    scorer = heads.train_linear(x, y, num_classes, reg="l21", coef=coef, lr=lr, steps=steps,
+                                key=rng.key(seed, "scoring_head"))
+    return heads.relevance(scorer)
+
+
+def selected_head(x: np.ndarray, y: np.ndarray, num_classes: int, mask: np.ndarray, *, lr: float, steps: int,
+                  seed: int) -> dict:
+    """A fresh unregularised head on the kept features only (its other rows are zero)."""
+    return heads.train_linear(x, y, num_classes, lr=lr, steps=steps, mask=mask, key=rng.key(seed, "selected_head"))
+
+
 def head2toe(x: np.ndarray, y: np.ndarray, num_classes: int, *, fraction: float, coef: float, lr: float,
              steps: int, seed: int = 0) -> tuple[np.ndarray, dict, np.ndarray]:
     """Group-lasso scores on all features -> keep the top fraction -> fresh unregularised head. (mask, head, scores)."""
-    scorer = heads.train_linear(x, y, num_classes, reg="l21", coef=coef, lr=lr, steps=steps, seed=seed)
-    scores = heads.relevance(scorer)
+    scores = feature_scores(x, y, num_classes, coef=coef, lr=lr, steps=steps, seed=seed)
     mask = top_fraction_mask(scores, fraction)
-    head = heads.train_linear(x, y, num_classes, reg="none", lr=lr, steps=steps, mask=mask, seed=seed + 1)
-    return mask, head, scores
+    return mask, selected_head(x, y, num_classes, mask, lr=lr, steps=steps, seed=seed), scores
 
 
 def fold_indices(n: int, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train, validation) index pairs of a shuffled k-fold split of n examples."""
     if folds < 2 or folds > n:
         raise ValueError(f"Cross-validation needs 2 <= folds <= {n} examples, got {folds}.")
-    perm = np.random.default_rng(seed).permutation(n)
+    perm = np.random.default_rng(rng.seed(seed, "cv_folds")).permutation(n)
     parts = np.array_split(perm, folds)
     return [(np.concatenate(parts[:i] + parts[i + 1:]), parts[i]) for i in range(folds)]
 
@@ -67,11 +85,10 @@ def cross_validate(x: np.ndarray, y: np.ndarray, num_classes: int, *, fractions,
     acc = {}
     for tr, va in fold_indices(len(y), folds, seed):
         for coef, lr in itertools.product(coefs, lrs):
-            scores = heads.relevance(heads.train_linear(x[tr], y[tr], num_classes, reg="l21", coef=coef, lr=lr,
-                                                        steps=steps, seed=seed))
+            scores = feature_scores(x[tr], y[tr], num_classes, coef=coef, lr=lr, steps=steps, seed=seed)
             for f in fractions:
                 mask = top_fraction_mask(scores, f)
-                head = heads.train_linear(x[tr], y[tr], num_classes, lr=lr, steps=steps, mask=mask, seed=seed + 1)
+                head = selected_head(x[tr], y[tr], num_classes, mask, lr=lr, steps=steps, seed=seed)
                 acc.setdefault((f, coef, lr), []).append(heads.head_accuracy(head, x[va] * mask, y[va]))
     rows = [dict(fraction=f, coef=c, lr=l, val_accuracy=float(np.mean(v))) for (f, c, l), v in acc.items()]
     best = max(rows, key=lambda r: r["val_accuracy"])

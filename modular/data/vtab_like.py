@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from modular import data
+from modular import data, rng
 
 STRUCTURED = ("rotation", "location", "count")
 
@@ -29,24 +29,25 @@ def _canvas(digits: np.ndarray, slots: np.ndarray, size: int) -> np.ndarray:
     return canvas
 
 
-def _structured(kind: str, images: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
+def structured(kind: str, images: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(images, labels) of structured task `kind` built from digit `images`: 4 classes, labels drawn with `seed`."""
+    draw = np.random.default_rng(seed)
     n, size = len(images), images.shape[1]
     if kind == "rotation":  # label k: rotated by k * 90 degrees
-        labels = rng.integers(0, 4, n)
+        labels = draw.integers(0, 4, n)
         return np.stack([np.rot90(x, k, axes=(0, 1)) for x, k in zip(images, labels)]), labels.astype(np.int32)
     small = _small(images)
     if kind == "location":  # which quadrant holds the digit
-        labels = rng.integers(0, 4, n)
+        labels = draw.integers(0, 4, n)
         out = np.stack([_canvas(small[i:i + 1], np.eye(4, dtype=bool)[labels[i]], size) for i in range(n)])
         return out, labels.astype(np.int32)
     if kind == "count":  # how many digits (1..4) are on the canvas
-        labels = rng.integers(0, 4, n)
+        labels = draw.integers(0, 4, n)
         out = []
         for i in range(n):
             slots = np.zeros(4, bool)
-            slots[rng.choice(4, labels[i] + 1, replace=False)] = True
-            out.append(_canvas(small[rng.choice(n, labels[i] + 1)], slots, size))
+            slots[draw.choice(4, labels[i] + 1, replace=False)] = True
+            out.append(_canvas(small[draw.choice(n, labels[i] + 1)], slots, size))
         return np.stack(out), labels.astype(np.int32)
     raise ValueError(f"Unknown structured task {kind!r}; known: {', '.join(STRUCTURED)}.")
 
@@ -61,7 +62,7 @@ def load_task(name: str, *, image_size: int = 16, channels: int = 1, seed: int =
         ds = data.Dataset(ds.name, ds.train_images, ds.train_labels, ds.test_images[keep], ds.test_labels[keep],
                           ds.num_classes)
     if name in STRUCTURED:  # new labels for the (already capped) source images
-        tr_x, tr_y = _structured(name, ds.train_images, seed)
-        te_x, te_y = _structured(name, ds.test_images, seed + 1)
+        tr_x, tr_y = structured(name, ds.train_images, rng.seed(seed, "structured_labels", "train"))
+        te_x, te_y = structured(name, ds.test_images, rng.seed(seed, "structured_labels", "test"))
         ds = data.Dataset(name, tr_x.astype(np.float32), tr_y, te_x.astype(np.float32), te_y, 4)
     return ds

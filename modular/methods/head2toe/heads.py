@@ -52,15 +52,19 @@ def _fit(x, y, mask, coef, lr, key, *, num_classes, reg, steps):
 
 
 def train_linear(x: np.ndarray, y: np.ndarray, num_classes: int, *, reg: str = "none", coef: float = 0.0,
-                 lr: float = 0.01, steps: int = 500, mask: np.ndarray | None = None, seed: int = 0) -> dict:
-    """Softmax regression on (masked) features: mean cross-entropy + coef * penalty(W). Returns {'w','b'}."""
+                 lr: float = 0.01, steps: int = 500, mask: np.ndarray | None = None,
+                 key: jax.Array | None = None) -> dict:
+    """Softmax regression on (masked) features: mean cross-entropy + coef * penalty(W). Returns {'w','b'}.
+
+    key: draws the small random initial weights (None: `jax.random.key(0)`)."""
     if reg not in REGULARISERS:
         raise ValueError(f"Unknown regulariser {reg!r}; known: {', '.join(REGULARISERS)}.")
     if x.ndim != 2 or len(x) != len(y):
         raise ValueError(f"train_linear needs features [N, D] and labels [N], got {x.shape} and {y.shape}.")
     mask = np.ones(x.shape[1], np.float32) if mask is None else np.asarray(mask, np.float32)
     params, losses = _fit(jnp.asarray(x), jnp.asarray(y, jnp.int32), jnp.asarray(mask), float(coef), float(lr),
-                          jax.random.key(seed), num_classes=int(num_classes), reg=reg, steps=int(steps))
+                          jax.random.key(0) if key is None else key, num_classes=int(num_classes), reg=reg,
+                          steps=int(steps))
     if not np.isfinite(float(losses[-1])):
         raise FloatingPointError(f"Linear head training diverged (loss {float(losses[-1])}) at lr {lr}, coef {coef}.")
     return {"w": np.asarray(params["w"]) * mask[:, None], "b": np.asarray(params["b"])}

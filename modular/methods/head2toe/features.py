@@ -1,7 +1,8 @@
 """Head2Toe features: every named activation of a frozen backbone, pooled to ~T values, L2-normalised, concatenated.
 
 The backbone runs once (`cache_features`); every head is then trained on the cached matrix, so adapting
-to a task never computes a backbone gradient or even a backbone forward pass.
+to a task never computes a backbone gradient or even a backbone forward pass. `features_fn` computes the
+same columns differentiably, for the variant that fine-tunes the backbone too.
 """
 from __future__ import annotations
 
@@ -54,6 +55,11 @@ def l2_normalise(x: jax.Array, eps: float = 1e-12) -> jax.Array:
     return jnp.where(norm > eps, x / jnp.maximum(norm, eps), 0.0)
 
 
+def layer_features(activation: jax.Array, target: int) -> jax.Array:
+    """One activation as Head2Toe columns: pooled to ~target values per example, then unit norm."""
+    return l2_normalise(pool_layer(activation.astype(jnp.float32), target))
+
+
 @dataclasses.dataclass(frozen=True)
 class FeatureCache:
     """Cached features of one task: `train`/`test` [N, D] and each layer's column slice."""
@@ -65,12 +71,6 @@ class FeatureCache:
     @property
     def num_features(self) -> int:
         return self.train.shape[1]
-
-    def layer_of_column(self) -> np.ndarray:
-        names = np.empty(self.num_features, dtype=object)
-        for name, (a, b) in self.layers.items():
-            names[a:b] = name
-        return names
 
     def columns(self, layer_names) -> np.ndarray:
         names = [self.aliases.get(n, n) for n in layer_names]
@@ -84,8 +84,7 @@ def all_layer_features(model, variables, images: np.ndarray, target: int, batch_
     """name -> [N, d] pooled and normalised features of every activation the model reports."""
     def fn(v, batch):
         _, out, _ = models.apply(model, v, batch["image"], mode="eval")
-        return {k: l2_normalise(pool_layer(a.astype(jnp.float32), target)) for k, a in out.items()
-                if k not in SKIPPED}
+        return {k: layer_features(a, target) for k, a in out.items() if k not in SKIPPED}
     return train.predict(fn, variables, images, batch_size=batch_size)
 
 
@@ -112,3 +111,14 @@ def cache_features(model, variables, train_images: np.ndarray, test_images: np.n
     return FeatureCache(train=np.concatenate([tr[k] for k in kept], 1).astype(np.float32),
                         test=np.concatenate([te[k] for k in kept], 1).astype(np.float32), layers=layers,
                         aliases=aliases)
+
+
+def features_fn(model, layer_names: tuple, target: int, mode: str):
+    """(variables, images) -> ([B, D] features of `layer_names` in that column order, new model state).
+
+    The columns a FeatureCache with these layers holds, but differentiable through the backbone, with
+    BatchNorm in `mode` ('train' updates the statistics it returns)."""
+    def fn(variables, images):
+        _, out, new_state = models.apply(model, variables, images, mode=mode)
+        return jnp.concatenate([layer_features(out[name], target) for name in layer_names], axis=1), new_state
+    return fn
