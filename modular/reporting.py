@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -102,3 +103,30 @@ def accuracy_vs_params_plot(workdir: str, name: str, points: Mapping[str, tuple[
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     return save_figure(fig, figure_path(workdir, name))
+
+
+class Stages:
+    """Announces a long run's stages ('[tag i/n] title') as each starts and records the seconds each took."""
+
+    def __init__(self, titles: Sequence[str], tag: str = "run"):
+        self.titles, self.seconds, self._name, self._i, self._key, self._t = list(titles), {}, tag, 0, None, None
+
+    def next(self, key: str) -> None:
+        self._close()
+        self._i += 1
+        self._key, self._t = key, time.perf_counter()
+        print(f"{self.tag} {self.titles[self._i - 1]}", flush=True)
+
+    @property
+    def tag(self) -> str:
+        return f"[{self._name} {self._i}/{len(self.titles)}]"
+
+    def _close(self) -> None:
+        if self._t is not None:
+            self.seconds[self._key] = time.perf_counter() - self._t
+
+    def done(self) -> dict:
+        """{stage key: seconds}; closes the running stage."""
+        self._close()
+        self._t = None
+        return self.seconds

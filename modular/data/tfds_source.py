@@ -5,6 +5,9 @@ they take seconds to import and the offline sets never need them.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
+
 import numpy as np
 
 from modular.data import images as images_lib
@@ -40,6 +43,20 @@ def _to_numpy(ds, image_size: int, batch: int = 512) -> tuple[np.ndarray, np.nda
     return np.concatenate(xs), np.concatenate(ys)
 
 
+@contextlib.contextmanager
+def _quiet_downloads():
+    """Download retries log a warning per file and attempt; the one sentence on failure says it all."""
+    loggers = [logging.getLogger(n) for n in ("urllib3", "urllib3.connectionpool", "tensorflow_datasets", "absl")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
 def load(spec: str, *, image_size: int, channels: int, seed: int, test_fraction: float):
     """Returns (train_x, train_y, test_x, test_y, num_classes) for a `tfds:` spec.
 
@@ -66,7 +83,8 @@ def load(spec: str, *, image_size: int, channels: int, seed: int, test_fraction:
 
     def read(split_name):
         try:
-            ds, info = tfds.load(name, split=split_name, with_info=True, shuffle_files=False)
+            with _quiet_downloads():
+                ds, info = tfds.load(name, split=split_name, with_info=True, shuffle_files=False)
         except Exception as e:  # download, preparation and split errors come in many types
             first = (str(e).strip().splitlines() or [""])[0][:200]
             raise ValueError(f"Dataset {spec!r} (split {split_name!r}) could not be loaded ({type(e).__name__}: "
