@@ -24,25 +24,26 @@ ISOMETRIC = dict(width=32, expansion=4, depth=8, stride=2, num_templates=0, bn="
 
 
 def _model_and_loss(name: str, size: int, isometric_overrides: dict):
-    """(params, model_state, loss_fn, batch_keys) of a benchmark model with 10 classes."""
+    """(params, model_state, loss_fn, make_batch(images, labels)) of a benchmark model with 10 classes."""
     if name == "isometric":
         cfg = isometric.default_config(**{**ISOMETRIC, **isometric_overrides})
         params, stats = isometric.init(cfg, jax.random.key(0), 3, [10])
-        return params, stats, templates.multitask_loss(cfg, tasks=[0], signatures={0: None}), ("image0", "label0")
+        task = isometric.task_name(0)
+        return params, stats, templates.multitask_loss(cfg, {task: None}), lambda x, y: {task: dict(image=x, label=y)}
     if name not in MODELS:
         raise ValueError(f"Unknown benchmark model {name!r}; known: {', '.join(MODELS)}.")
     cfg = common.model_config(depth=20, width=16) if name == "resnet20" else models.default_config(name)
     model = models.build(cfg, 10)
     variables = models.init(model, jax.random.key(0), (1, size, size, 3))
     state = {k: v for k, v in variables.items() if k != "params"}
-    return variables["params"], state, supervised.classification_loss(model), ("image", "label")
+    return variables["params"], state, supervised.classification_loss(model), lambda x, y: dict(image=x, label=y)
 
 
 def train_step(name: str, batch: int, size: int, *, compiler_options: dict | None = None,
                isometric_overrides: dict | None = None) -> tuple[Callable[[], None], float]:
     """(run, flops): `run()` performs one step and waits for it (already run once); flops per step by XLA's
     cost analysis. `isometric_overrides` change ISOMETRIC's settings (e.g. num_templates) for 'isometric'."""
-    params, model_state, loss_fn, (image_key, label_key) = _model_and_loss(name, size, isometric_overrides or {})
+    params, model_state, loss_fn, make_batch = _model_and_loss(name, size, isometric_overrides or {})
     tx = optim.build(common.optim_config(name="adam"), params, 100)
     fn = train.make_train_step(loss_fn, tx)
     if compiler_options is None:
@@ -50,8 +51,8 @@ def train_step(name: str, batch: int, size: int, *, compiler_options: dict | Non
     else:
         step = jax.jit(fn, donate_argnums=(0,), compiler_options=compiler_options or None)
     rng = np.random.default_rng(0)
-    data = {image_key: jnp.asarray(rng.random((batch, size, size, 3), np.float32)),
-            label_key: jnp.asarray(rng.integers(0, 10, batch), jnp.int32)}
+    data = make_batch(jnp.asarray(rng.random((batch, size, size, 3), np.float32)),
+                      jnp.asarray(rng.integers(0, 10, batch), jnp.int32))
     key = jax.random.key(0)
     holder = {"state": train.TrainState.create(params, model_state, tx)}
     cost = step.lower(holder["state"], data, key).compile().cost_analysis()

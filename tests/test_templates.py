@@ -1,4 +1,5 @@
-"""Template mixtures: generated weights, regularizers, signatures, freezing rules, end-to-end smoke run."""
+"""Template mixtures: generated weights, regularizers, signatures, freezing rules, transfer inits, adaptation,
+the bank adapter, the registered isometric model, end-to-end smoke run."""
 import os
 
 import jax
@@ -8,8 +9,10 @@ import pytest
 
 from configs import common, templates as templates_config
 from experiments import run as run_module
-from modular import optim, params as P
+from modular import data, models, optim, params as P, train
+from modular.methods import patches
 from modular.methods import templates as T
+from modular.methods.templates import adaptation as A, multitask as M, transfer as X
 from modular.models import isometric
 
 
@@ -17,14 +20,35 @@ def tiny(**kw):
     return isometric.default_config(**dict(dict(width=4, expansion=2, depth=3, num_templates=3, stride=4, out_dim=8), **kw))
 
 
+def tiny_dataset(name="tiny", num_classes=3, n=24, seed=0):
+    r = np.random.default_rng(seed)
+    images = r.random((2 * n, 16, 16, 1), dtype=np.float32)
+    labels = (np.arange(2 * n) % num_classes).astype(np.int32)
+    return data.Dataset(name, images[:n], labels[:n], images[n:], labels[n:], num_classes)
+
+
+def tiny_recipe(**kw):
+    return T.Recipe(**dict(dict(optim_cfg=common.optim_config(lr=0.05), num_steps=2, batch_size=8, seed=0,
+                                mixture_lr_mult=3.0, entropy_weight=0.01, log_every=0, verbose=False), **kw))
+
+
+def trainable_paths(params, rules):
+    mask = P.flatten(optim.trainable_mask(params, common.optim_config(lr_mults=rules, default_mult=0.0)))
+    return sorted(k for k, v in mask.items() if v)
+
+
+def changed_paths(before, after):
+    before, after = P.flatten(before), P.flatten(after)
+    return sorted(k for k in before if not np.array_equal(before[k], after[k]))
+
+
 def test_one_hot_mixture_equals_plain_net_with_those_weights():
     """A sequential one-hot signature over K=L templates is exactly a plain net whose layers are the templates."""
     mixed_cfg, plain_cfg = tiny(bn="shared"), tiny(bn="shared", num_templates=0)
     params, stats = isometric.init(mixed_cfg, jax.random.key(0), 1, [5])
     plain_params, _ = isometric.init(plain_cfg, jax.random.key(1), 1, [5])
-    plain_params["shared"] = dict(params["shared"])
-    plain_params["shared"]["layers"] = plain_params["shared"].pop("templates")
-    plain_params["task0"] = dict(head=params["task0"]["head"])
+    plain_params = P.load_matching(plain_params, params)   # adapters, BN and head
+    plain_params = P.replace_subtree(plain_params, "shared/layers", params["shared"]["templates"])
     x = jax.random.uniform(jax.random.key(2), (4, 16, 16, 1))
     a, _, sa = isometric.apply(mixed_cfg, params, stats, x, train=True, signature=[0, 1, 2])
     b, _, sb = isometric.apply(plain_cfg, plain_params, stats, x, train=True)
@@ -33,11 +57,21 @@ def test_one_hot_mixture_equals_plain_net_with_those_weights():
     assert a.shape == (4, 5)
 
 
+def test_trees_follow_the_shared_and_tasks_layout():
+    params, stats = isometric.init(tiny(), jax.random.key(0), 1, [3, 4])
+    assert set(params) == {"shared", "tasks"} and set(params["tasks"]) == {"task0", "task1"}
+    assert set(params["tasks"]["task1"]) == {"mixture", "bn", "head"}
+    assert set(stats) == {"tasks"} and set(stats["tasks"]) == {"task0", "task1"}
+    x = jax.random.uniform(jax.random.key(1), (4, 16, 16, 1))
+    _, _, new = isometric.apply(tiny(), params, stats, x, task="task1", train=True)
+    assert changed_paths(stats, new) and all(p.startswith("tasks/task1/") for p in changed_paths(stats, new))
+
+
 def test_layer_weights_are_softmax_mixtures_of_templates():
     cfg = tiny(se=True, bn="mixed")
     params, _ = isometric.init(cfg, jax.random.key(0), 1, [3, 4])
-    xi = jax.nn.softmax(params["task1"]["mixture"], -1)
-    w = isometric.layer_weights(cfg, params, 1)
+    xi = jax.nn.softmax(params["tasks"]["task1"]["mixture"], -1)
+    w = isometric.layer_weights(cfg, params, "task1")
     bank = params["shared"]["templates"]
     assert set(w) == set(bank) and {"se_down", "dw_b", "bn1_scale"} <= set(w)
     np.testing.assert_allclose(w["dw"][2], sum(xi[2, k] * bank["dw"][k] for k in range(3)), rtol=1e-5, atol=1e-6)
@@ -67,17 +101,38 @@ def test_signatures_and_one_hotness():
     assert isometric.one_hotness(jnp.full((2, 4), 0.25)) == pytest.approx(0.25)
 
 
-def test_transfer_rules_train_only_target_private_parts():
+def test_loss_factories_are_memoised_so_compiled_steps_are_reused():
     cfg = tiny()
-    params, _ = isometric.init(cfg, jax.random.key(0), 1, [3, 3, 3])
-    ocfg = common.optim_config(lr_mults=T.transfer_rules(2, "source", 3.0), default_mult=0.0)
+    assert T.multitask_loss(cfg, {"task0": None}, entropy_weight=0.01) is \
+        T.multitask_loss(tiny(), {"task0": None}, entropy_weight=0.01)
+    assert T.multitask_loss(cfg, {"task0": [0, 1, 2]}) is T.multitask_loss(cfg, {"task0": (0, 1, 2)})
+    assert T.multitask_loss(cfg, {"task0": None}) is not T.multitask_loss(cfg, {"task1": None})
+    assert T.moment_matching_loss(cfg, "task0", "task1") is T.moment_matching_loss(tiny(), "task0", "task1")
+    assert T.adversarial_loss(cfg, "task0", "task1", "grl") is not T.adversarial_loss(cfg, "task0", "task1", "adda")
+    base = T.multitask_loss(cfg, {"task2": None})
+    assert X.learned_interpolation_loss(base, "task2") is X.learned_interpolation_loss(base, "task2")
+    assert M.logits_fn(cfg, "task0") is M.logits_fn(tiny(), "task0")
+
+
+def test_multitask_rules_and_batches():
+    params, _ = isometric.init(tiny(), jax.random.key(0), 1, [3, 3])
+    ocfg = common.optim_config(lr_mults=T.multitask_rules(3.0, fixed_signature=True), default_mult=1.0)
     mask = P.flatten(optim.trainable_mask(params, ocfg))
-    trained = sorted(k for k, v in mask.items() if v)
-    assert trained and all(k.startswith("task2/") for k in trained)
-    assert "task2/mixture" in trained and any(k.startswith("task2/bn/") for k in trained)
-    ocfg = common.optim_config(lr_mults=T.transfer_rules(2, "bn_logits", 3.0), default_mult=0.0)
-    mask = P.flatten(optim.trainable_mask(params, ocfg))
-    assert not mask["task2/mixture"] and mask["task2/head/kernel"]
+    assert not mask["tasks/task0/mixture"] and not mask["tasks/task1/mixture"] and mask["shared/adapter_in/kernel"]
+    loss = T.multitask_loss(tiny(), {"task0": None, "task1": None})
+    tasks = {"task0": tiny_dataset(seed=0), "task1": tiny_dataset(seed=1)}
+    batch = data.multitask_batch(tasks, 0, 8, 0)
+    _, (_, metrics) = loss(params, isometric.init(tiny(), jax.random.key(0), 1, [3, 3])[1], batch, None)
+    assert {"ce_task0", "ce_task1", "acc_task0", "acc_task1"} <= set(metrics)
+
+
+def test_transfer_rules_train_only_target_private_parts():
+    params, _ = isometric.init(tiny(), jax.random.key(0), 1, [3, 3, 3])
+    trained = trainable_paths(params, T.transfer_rules("task2", "source", 3.0))
+    assert trained and all(k.startswith("tasks/task2/") for k in trained)
+    assert "tasks/task2/mixture" in trained and any(k.startswith("tasks/task2/bn/") for k in trained)
+    trained = trainable_paths(params, T.transfer_rules("task2", "bn_logits", 3.0))
+    assert "tasks/task2/mixture" not in trained and "tasks/task2/head/kernel" in trained
 
 
 def test_bad_input_is_one_sentence():
@@ -87,6 +142,13 @@ def test_bad_input_is_one_sentence():
     config.mode = "everything"
     with pytest.raises(ValueError, match="Unknown templates mode"):
         run_module.run(config, "/tmp/unused_templates_bad")
+    with pytest.raises(ValueError, match="Unknown transfer init"):
+        T.compare_transfer_inits(tiny(), tiny_recipe(), [tiny_dataset()], tiny_dataset(), inits=["psychic"],
+                                 num_steps=1, interp_temperature=0.1, interp_score_examples=8, interp_lr_mult=1.0,
+                                 interp_tune_steps=1)
+    with pytest.raises(ValueError, match="Unknown adaptation method"):
+        T.compare_adaptation(tiny(), tiny_recipe(), tiny_dataset(), tiny_dataset(), methods=["telepathy"],
+                             num_steps=1, adversarial=T.Adversarial(), bn_stats_baseline=False)
 
 
 def test_smoke_multitask_end_to_end(tmp_path):
@@ -105,90 +167,169 @@ def test_smoke_multitask_end_to_end(tmp_path):
 
 
 def test_moment_distance():
-    from modular.methods import templates_adapt as A
     a = jax.random.normal(jax.random.key(0), (64, 5))
-    assert float(A.moment_distance(a, a)) == pytest.approx(0.0, abs=1e-8)
-    assert float(A.moment_distance(a, a + 1.0)) > 1.0
+    assert float(T.moment_distance(a, a)) == pytest.approx(0.0, abs=1e-8)
+    assert float(T.moment_distance(a, a + 1.0)) > 1.0
 
 
-# --- transfer by interpolating source mixtures -------------------------------------------------------
+# --- transfer to a new task on frozen templates ----------------------------------------------------------
 
 def test_interpolation_weights_sum_to_one_and_favour_the_more_accurate_source():
-    from modular.methods import templates_transfer as X
     for temperature in (0.0, 0.05, 1.0):
-        w = X.interpolation_weights([0.2, 0.9, 0.5], temperature)
+        w = T.interpolation_weights([0.2, 0.9, 0.5], temperature)
         assert w.shape == (3,) and float(w.sum()) == pytest.approx(1.0) and np.all(w >= 0)
         assert w[1] > w[2] > w[0]  # ordered like the accuracies
-    np.testing.assert_allclose(X.interpolation_weights([0.2, 0.6], 0.0), [0.25, 0.75])
-    assert X.interpolation_weights([0.2, 0.9], 0.01)[1] > 0.99  # low temperature -> best source only
-    np.testing.assert_allclose(X.interpolation_weights([0.0, 0.0], 0.0), [0.5, 0.5])
+    np.testing.assert_allclose(T.interpolation_weights([0.2, 0.6], 0.0), [0.25, 0.75])
+    assert T.interpolation_weights([0.2, 0.9], 0.01)[1] > 0.99  # low temperature -> best source only
+    np.testing.assert_allclose(T.interpolation_weights([0.0, 0.0], 0.0), [0.5, 0.5])
     with pytest.raises(ValueError, match="finite source scores"):
-        X.interpolation_weights([], 0.1)
+        T.interpolation_weights([], 0.1)
 
 
 def test_interpolated_logits_are_the_convex_combination_of_source_mixtures():
-    from modular.methods import templates_transfer as X
     logits = jax.random.normal(jax.random.key(0), (3, 4, 2))  # S=3 sources, L=4, K=2
     xi = jax.nn.softmax(logits, -1)
-    one = jax.nn.softmax(X.interpolate_logits(logits, jnp.array([0.0, 1.0, 0.0])), -1)
+    one = jax.nn.softmax(T.interpolate_logits(logits, jnp.array([0.0, 1.0, 0.0])), -1)
     np.testing.assert_allclose(one, xi[1], rtol=1e-5, atol=1e-6)
     w = jnp.array([0.5, 0.3, 0.2])
-    mixed = jax.nn.softmax(X.interpolate_logits(logits, w), -1)
+    mixed = jax.nn.softmax(T.interpolate_logits(logits, w), -1)
     np.testing.assert_allclose(mixed, 0.5 * xi[0] + 0.3 * xi[1] + 0.2 * xi[2], rtol=1e-5, atol=1e-6)
-
-
-def _two_sources_and_target(cfg):
-    params, stats = isometric.init(cfg, jax.random.key(0), 1, [3, 3, 3])
-    return params, stats
 
 
 def test_source_scores_rank_the_source_that_fits_the_target_data_first():
     """Source 0 always predicts class 0, source 1 class 2; the target data is mostly class 0."""
-    from modular.methods import templates_transfer as X
     cfg = tiny()
-    params, stats = _two_sources_and_target(cfg)
-    for t, c in ((0, 0), (1, 2)):
-        params[f"task{t}"] = dict(params[f"task{t}"], head=dict(kernel=jnp.zeros((8, 3)),
-                                                                 bias=10.0 * jax.nn.one_hot(c, 3)))
+    params, stats = isometric.init(cfg, jax.random.key(0), 1, [3, 3, 3])
+    for t, c in (("task0", 0), ("task1", 2)):
+        params = P.replace_subtree(params, f"tasks/{t}/head",
+                                   dict(kernel=jnp.zeros((8, 3)), bias=10.0 * jax.nn.one_hot(c, 3)))
     images = np.asarray(jax.random.uniform(jax.random.key(1), (20, 16, 16, 1)))
     labels = np.array([0] * 15 + [2] * 5)
-    scored = X.source_scores(cfg, params, stats, images, labels, [0, 1], num_classes=3)
+    scored = X.source_scores(cfg, params, stats, images, labels, ["task0", "task1"], num_classes=3)
     np.testing.assert_allclose(scored["scores"], [0.75, 0.25])
     assert scored["kind"] == ["head", "head"]
-    w = X.interpolation_weights(scored["scores"], 0.1)
+    w = T.interpolation_weights(scored["scores"], 0.1)
     assert w[0] > 0.9 and float(w.sum()) == pytest.approx(1.0)
-    probe = X.source_scores(cfg, params, stats, images, labels, [0], num_classes=5)  # other label space
+    probe = X.source_scores(cfg, params, stats, images, labels, ["task0"], num_classes=5)  # other label space
     assert probe["kind"] == ["probe"] and 0.0 <= probe["scores"][0] <= 1.0
 
 
 def test_learned_interpolation_trains_only_the_coefficients_and_materializes():
-    from modular.methods import templates_transfer as X
     cfg = tiny()
-    params, stats = _two_sources_and_target(cfg)
-    src = X.source_logits(params, [0, 1])
-    params = X.init_interp(params, 2, 2)
-    np.testing.assert_allclose(jax.nn.softmax(params["task2"]["interp"]), [0.5, 0.5], rtol=1e-6)
-    ocfg = common.optim_config(lr_mults=X.learned_interp_rules(2, 10.0), default_mult=0.0)
-    mask = P.flatten(optim.trainable_mask(params, ocfg))
-    trained = sorted(k for k, v in mask.items() if v)
-    assert "task2/interp" in trained and "task2/mixture" not in trained
-    assert all(k.startswith("task2/") for k in trained) and "task2/head/kernel" in trained
-    loss = X.learned_interpolation_loss(T.multitask_loss(cfg, tasks=[2], signatures={2: None}), 2, src)
-    batch = dict(image2=jax.random.uniform(jax.random.key(1), (8, 16, 16, 1)), label2=jnp.arange(8) % 3)
-    grads = jax.jit(jax.grad(lambda p: loss(p, stats, batch, None)[0]))(params)
-    assert float(jnp.abs(grads["task2"]["interp"]).sum()) > 0   # alpha gets a gradient
-    assert float(jnp.abs(grads["task2"]["mixture"]).sum()) == 0  # the stored xi is overwritten, not used
-    params["task2"]["interp"] = jnp.array([2.0, -1.0])
-    out, w = X.materialize(params, 2, src)
-    assert "interp" not in out["task2"] and float(w.sum()) == pytest.approx(1.0) and w[0] > w[1]
-    np.testing.assert_allclose(isometric.mixture_weights(out, 2),
+    params, stats = isometric.init(cfg, jax.random.key(0), 1, [3, 3, 3])
+    src = X.source_logits(params, ["task0", "task1"])
+    params = X.init_interp(params, "task2", src)
+    np.testing.assert_allclose(jax.nn.softmax(params["tasks"]["task2"]["interp"]["alpha"]), [0.5, 0.5], rtol=1e-6)
+    trained = trainable_paths(params, X.learned_interp_rules("task2", 10.0))
+    assert "tasks/task2/interp/alpha" in trained and "tasks/task2/mixture" not in trained
+    assert "tasks/task2/interp/source_logits" not in trained  # the sources are constants
+    assert all(k.startswith("tasks/task2/") for k in trained) and "tasks/task2/head/kernel" in trained
+    loss = X.learned_interpolation_loss(T.multitask_loss(cfg, {"task2": None}), "task2")
+    batch = {"task2": dict(image=jax.random.uniform(jax.random.key(1), (8, 16, 16, 1)), label=jnp.arange(8) % 3)}
+    grads = jax.jit(jax.grad(lambda p: loss(p, stats, batch, None)[0]))(params)["tasks"]["task2"]
+    assert float(jnp.abs(grads["interp"]["alpha"]).sum()) > 0              # alpha gets a gradient
+    assert float(jnp.abs(grads["mixture"]).sum()) == 0                     # the stored xi is overwritten
+    assert float(jnp.abs(grads["interp"]["source_logits"]).sum()) == 0     # the sources are constants
+    params["tasks"]["task2"]["interp"]["alpha"] = jnp.array([2.0, -1.0])
+    out, w = X.materialize(params, "task2")
+    assert "interp" not in out["tasks"]["task2"] and float(w.sum()) == pytest.approx(1.0) and w[0] > w[1]
+    np.testing.assert_allclose(isometric.mixture_weights(out, "task2"),
                                w[0] * jax.nn.softmax(src[0], -1) + w[1] * jax.nn.softmax(src[1], -1), atol=1e-6)
 
 
-# --- adversarial adaptation of the target's mixture weights --------------------------------------------
+def test_new_task_starts_from_the_source_tree_with_a_fresh_task():
+    cfg = tiny()
+    src, src_stats = isometric.init(cfg, jax.random.key(0), 1, [3, 3])
+    params, stats, task = T.new_task_start(cfg, src, src_stats, 5, 1, seed=0)
+    assert task == "task2" and params["tasks"]["task2"]["head"]["kernel"].shape == (8, 5)
+    assert not changed_paths(src, {k: params[k] for k in ("shared",)} | {"tasks": {t: params["tasks"][t]
+                                                                                  for t in ("task0", "task1")}})
+    assert set(stats["tasks"]) == {"task0", "task1", "task2"}
+    started = X.with_mixture(params, task, src["tasks"]["task1"]["mixture"])
+    np.testing.assert_array_equal(started["tasks"]["task2"]["mixture"], src["tasks"]["task1"]["mixture"])
+    with pytest.raises(P.SubtreeMismatchError):
+        X.with_mixture(params, task, jnp.zeros((2, 2)))
+
+
+def test_transfer_inits_table_on_tiny_data(tmp_path):
+    """The comparison end to end: each init's steps and the interpolation weights it records. One source, so
+    its steps are those of the bank adapter below (each compiles once)."""
+    sources, target = [tiny_dataset("a", seed=0)], tiny_dataset("t", seed=2)
+    inits = ["source", "accuracy_interp", "learned_interp", "learned_interp_tuned"]
+    outcome = T.compare_transfer_inits(tiny(), tiny_recipe(workdir=str(tmp_path)), sources, target, inits=inits,
+                                       num_steps=2, interp_temperature=0.1, interp_score_examples=12,
+                                       interp_lr_mult=10.0, interp_tune_steps=2)
+    assert list(outcome.accuracy) == list(outcome.summaries) == inits
+    assert outcome.extra["steps"] == {"source": 2, "accuracy_interp": 2, "learned_interp": 2, "learned_interp_tuned": 4}
+    assert set(outcome.extra["source_accuracy"]) == {"a"} and outcome.extra["source_task"] == "a"
+    interp = outcome.extra["interpolation"]
+    assert list(interp) == ["accuracy_interp", "learned_interp"]
+    assert interp["accuracy_interp"]["score_kind"] == ["head"] and set(interp["accuracy_interp"]["scores"]) == {"a"}
+    assert all(v["weights"] == {"a": pytest.approx(1.0)} for v in interp.values())
+    assert set(outcome.counts["per_task"]) == {"task0", "task1"}
+    with pytest.raises(ValueError, match="must come after 'learned_interp'"):
+        T.compare_transfer_inits(tiny(), tiny_recipe(), sources, target, inits=["learned_interp_tuned"],
+                                 num_steps=1, interp_temperature=0.1, interp_score_examples=12,
+                                 interp_lr_mult=1.0, interp_tune_steps=1)
+
+
+def test_transfer_inits_start_from_the_best_source_or_fresh():
+    cfg = tiny()
+    src, src_stats = isometric.init(cfg, jax.random.key(0), 1, [3, 3])
+    params, stats, task = T.new_task_start(cfg, src, src_stats, 3, 1, seed=0)
+    ctx = X.TransferContext(cfg, tiny_recipe(), (params, stats), task, tiny_dataset(), {"task0": "a", "task1": "b"},
+                            "task1", num_steps=2, interp_temperature=0.1, interp_score_examples=12,
+                            interp_lr_mult=10.0, interp_tune_steps=2)
+    best, fresh = src["tasks"]["task1"]["mixture"], params["tasks"][task]["mixture"]
+    for kind, mixture, xi_trains in (("source", best, True), ("bn_logits", best, False), ("random", fresh, True)):
+        start = T.TRANSFER_INITS[kind](ctx)
+        np.testing.assert_array_equal(start.params["tasks"][task]["mixture"], mixture)
+        assert start.num_steps == 2 and start.loss_fn is None and start.stats is stats
+        assert ("tasks/task2/mixture" in trainable_paths(start.params, start.rules)) == xi_trains
+
+
+def test_training_a_new_task_leaves_shared_parts_and_sources_untouched():
+    """What transfer trains (the step of the 'source' init above)."""
+    cfg = tiny()
+    src, src_stats = isometric.init(cfg, jax.random.key(0), 1, [3])
+    params, stats, task = T.new_task_start(cfg, src, src_stats, 3, 1, seed=0)
+    run = T.train_tasks(cfg, tiny_recipe(), {task: tiny_dataset()}, start=(params, stats),
+                        rules=T.transfer_rules(task, "source", 3.0), default_mult=0.0)
+    changed = changed_paths(params, run.params)
+    assert "tasks/task1/mixture" in changed and all(p.startswith("tasks/task1/") for p in changed)
+    assert all(p.startswith("tasks/task1/") for p in changed_paths(stats, run.model_state))
+
+
+# --- the task bank adapter ----------------------------------------------------------------------------------
+
+def test_bank_adapter_trains_a_new_mixture_on_frozen_templates_and_exports_it(tmp_path):
+    from modular import checkpoint
+    cfg, source, target = tiny(), tiny_dataset("src"), tiny_dataset("tgt", seed=1)
+    settings = dict(optim_cfg=common.optim_config(lr=0.05), batch_size=8, seed=0, mixture_lr_mult=3.0,
+                    entropy_weight=0.01, log_every=0)
+    params, stats, fit = T.train_source(cfg, source, num_steps=2, workdir=str(tmp_path / "source"),
+                                        checkpoint_every=0, **settings)
+    assert set(params["tasks"]) == {"task0"} and fit.resumed_from is None
+    path = str(tmp_path / "bank" / "tgt.msgpack")
+    adapted = T.adapt(cfg, params, stats, target, num_steps=2, workdir=str(tmp_path / "adapt"), bank_path=path,
+                      meta=dict(target="tgt"), **settings)
+    private = {"params": params["tasks"]["task0"], "batch_stats": stats["tasks"]["task0"]}
+    assert os.path.exists(path) and adapted.file_bytes == os.path.getsize(path)
+    assert adapted.trainable == P.count(private["params"])  # the target's mixture, BN and head
+    assert adapted.stored == adapted.trainable + P.count(private["batch_stats"]) and 0.0 <= adapted.accuracy <= 1.0
+    assert 1 / 3 <= adapted.info["one_hotness"] <= 1.0 and not adapted.resumed
+    subtree, meta = checkpoint.import_subtree(path, backbone=params["shared"])  # the templates stayed frozen
+    assert meta["target"] == "tgt" and set(subtree) == {"params", "batch_stats"}
+    start, start_stats, task = T.new_task_start(cfg, params, stats, 3, 1, seed=0)
+    file_params, file_stats = {"tasks": {task: subtree["params"]}}, {"tasks": {task: subtree["batch_stats"]}}
+    assert not P.matching_report(start, file_params)["unused"] and not P.matching_report(start_stats, file_stats)["unused"]
+    rebuilt, rebuilt_stats = P.load_matching(start, file_params), P.load_matching(start_stats, file_stats)
+    assert T.evaluate(cfg, rebuilt, rebuilt_stats, target, task) == pytest.approx(adapted.accuracy)
+
+
+# --- adaptation to a new domain ---------------------------------------------------------------------------
 
 def test_gradient_reversal_is_identity_forward_and_negated_backward():
-    from modular.methods import templates_adapt as A
     x = jnp.array([1.0, -2.0, 3.0])
     np.testing.assert_array_equal(A.gradient_reversal(x, 0.5), x)
     f = lambda v: jnp.sum(v ** 2)
@@ -197,7 +338,6 @@ def test_gradient_reversal_is_identity_forward_and_negated_backward():
 
 @pytest.mark.parametrize("formulation", ["adda", "grl"])
 def test_adversarial_objective_trains_discriminator_to_separate_and_target_to_fool(formulation):
-    from modular.methods import templates_adapt as A
     d = A.discriminator_init(jax.random.key(0), 6, hidden=8)
     fs = jax.random.normal(jax.random.key(1), (64, 6)) + 1.0
     ft = jax.random.normal(jax.random.key(2), (64, 6)) - 1.0
@@ -210,30 +350,66 @@ def test_adversarial_objective_trains_discriminator_to_separate_and_target_to_fo
     source_logit = lambda f: jnp.mean(A.discriminator_apply(d, f))
     assert float(source_logit(ft - 0.5 * gt)) > float(source_logit(ft))  # ...and makes targets look like source
     if formulation == "grl":  # target gradient = minus the discriminator loss gradient
-        plain = jax.grad(lambda f: A._bce(A.discriminator_apply(d, f), 0.0))(ft)  # no reversal layer
+        plain = jax.grad(lambda f: A.domain_bce(A.discriminator_apply(d, f), 0.0))(ft)  # no reversal layer
         np.testing.assert_allclose(gt, -plain, rtol=1e-5, atol=1e-8)
     with pytest.raises(ValueError, match="Unknown adversarial formulation"):
         A.adversarial_terms(d, fs, ft, "wgan")
 
 
 def test_adversarial_adaptation_moves_only_target_mixture_and_discriminator():
-    from modular import train
-    from modular.methods import templates_adapt as A
     cfg = tiny()
     params, stats = isometric.init(cfg, jax.random.key(0), 1, [3, 3])
-    params = A.add_discriminator(params, jax.random.key(1), cfg.out_dim, hidden=8)
-    ocfg = common.optim_config(lr=0.05, lr_mults=A.adaptation_rules(r"task1/mixture", 1.0, 3.0), default_mult=0.0)
-    tx, trainable = optim.build(ocfg, params, 3), optim.trainable_mask(params, ocfg)
-    loss = A.adversarial_loss(cfg, source_params=params, source_stats=stats, source_task=0, target_task=1)
-    step = jax.jit(train.make_train_step(loss, tx, trainable))
-    state = train.TrainState.create(params, stats, tx)
-    batch = dict(image_src=jax.random.uniform(jax.random.key(2), (8, 16, 16, 1)),
-                 image_tgt=1.0 - jax.random.uniform(jax.random.key(3), (8, 16, 16, 1)))
-    for i in range(3):
-        state, metrics = step(state, batch, jax.random.key(i))
-    assert {"disc_loss", "domain_accuracy"} <= set(metrics)
-    before, after = P.flatten(params), P.flatten(state.params)
-    changed = sorted(k for k in before if not np.array_equal(before[k], after[k]))
-    assert "task1/mixture" in changed and any(k.startswith("adversary/") for k in changed)
-    assert all(k == "task1/mixture" or k.startswith("adversary/") for k in changed), changed
-    assert "adversary" not in A.strip_discriminator(state.params)
+    start = A.add_discriminator(A.with_reference(params, stats), jax.random.key(1), cfg.out_dim, hidden=8)
+    images = {"source": (np.asarray(jax.random.uniform(jax.random.key(2), (8, 16, 16, 1))), None),
+              "target": (1.0 - np.asarray(jax.random.uniform(jax.random.key(3), (8, 16, 16, 1))), None)}
+    run = train.train_subtrees(start, stats, loss_fn=T.adversarial_loss(cfg, "task0", "task1"),
+                               optim_cfg=common.optim_config(lr=0.05),
+                               rules=[(r"tasks/task1/mixture", 3.0), A.discriminator_rule(1.0)], default_mult=0.0,
+                               batch_fn=lambda step: data.multitask_batch(images, step, 8, 0), num_steps=3,
+                               log_every=1, verbose=False)
+    assert {"disc_loss", "domain_accuracy"} <= set(run.fit.history[-1])
+    changed = changed_paths(start, run.params)
+    assert "tasks/task1/mixture" in changed and any(k.startswith("adversary/") for k in changed)
+    assert all(k == "tasks/task1/mixture" or k.startswith("adversary/") for k in changed), changed
+    assert set(A.model_params(run.params)) == {"shared", "tasks"}
+
+
+def test_unsupervised_adaptation_of_a_plain_input_adapter_keeps_its_frozen_source_copy():
+    """Source and target are the same task of a plain net: the loss's source side stays the frozen copy."""
+    cfg = tiny(num_templates=0, bn="shared")
+    params, stats = isometric.init(cfg, jax.random.key(0), 1, [3])
+    run = T.adapt_unsupervised(cfg, tiny_recipe(), params, stats, tiny_dataset(seed=0), tiny_dataset(seed=1),
+                               method="moment_matching", tunable=r"shared/adapter_in/.*", source_task="task0",
+                               target_task="task0", num_steps=2, adversarial=T.Adversarial(), stage=None)
+    assert set(run.params) == {"shared", "tasks"}
+    changed = changed_paths(params, run.params)
+    assert changed == ["shared/adapter_in/bias", "shared/adapter_in/kernel"]
+    assert run.fit.history[-1]["moment_distance"] > 0
+
+
+# --- the isometric network as a models.build architecture --------------------------------------------------
+
+def test_isometric_is_a_registered_split_model_every_method_can_use():
+    assert "isometric" in models.known_names()
+    cfg = models.default_config("isometric")
+    cfg.update(width=4, depth=3, out_dim=8)
+    model = models.build(cfg, 5)
+    assert isinstance(model, models.SplitModel)
+    variables = models.init(model, jax.random.key(0), (1, 16, 16, 1))
+    flat = P.flatten(variables["params"])
+    assert {"extractor/mixture", "extractor/templates/dw", "extractor/bn1/scale", "head/classifier/kernel"} <= set(flat)
+    assert flat["extractor/mixture"].shape == (3, 3)
+    x = jax.random.uniform(jax.random.key(1), (4, 16, 16, 1))
+    logits, out, new_state = models.apply(model, variables, x, mode="train")
+    assert logits.shape == (4, 5) and {"block0", "block2", "features", "pre_logits"} <= set(out)
+    assert changed_paths(variables["batch_stats"], new_state["batch_stats"])
+    eval_logits, _, same = models.apply(model, variables, x)
+    assert eval_logits.shape == (4, 5) and not changed_paths(variables["batch_stats"], same["batch_stats"])
+    sb = trainable_paths(variables["params"], patches.lr_rules("sb_last"))  # S/B patches find its BN
+    assert "extractor/bn2/bias" in sb and "head/classifier/kernel" in sb and "extractor/mixture" not in sb
+    plain = models.build(dict(cfg, num_templates=0), 5)
+    assert "extractor/layers/dw" in P.flatten(models.init(plain, jax.random.key(0), (1, 16, 16, 1))["params"])
+    with pytest.raises(ValueError, match="Unknown BN mode"):
+        models.build(dict(cfg, bn="sometimes"), 5)
+    with pytest.raises(ValueError, match="Split 'stage1' is not a unit of isometric"):
+        models.build(dict(cfg, split="stage1"), 5)

@@ -1,9 +1,10 @@
 """Models as SplitModels (extractor + head) so their parameter trees split into shareable/private parts.
 
-    model = models.build(cfg, num_classes)              # cfg: models.default_config('resnet') etc.
+    model = models.build(cfg, num_classes)              # cfg: models.default_config('resnet'), ('isometric') etc.
     variables = models.init(model, rng, (1, 32, 32, 3))
     logits, out, new_state = models.apply(model, variables, x, mode='train')
 """
+from modular.models.isometric import Isometric
 from modular.models.layers import ConvBN, Stage
 from modular.models.mobilenet import InvertedResidual, MobileNetV2
 from modular.models.registry import (build, build_extractor, build_head, default_config, known_names,
@@ -15,4 +16,4 @@ from modular.models.vit import ViT
 
 __all__ = ["build", "build_extractor", "build_head", "default_config", "known_names", "unit_names", "apply",
            "init", "MODES", "SplitModel", "ResNet", "BasicBlock", "PreActBlock", "MobileNetV2",
-           "InvertedResidual", "ConvBN", "Stage", "ViT"]
+           "InvertedResidual", "ConvBN", "Stage", "ViT", "Isometric"]

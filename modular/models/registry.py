@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
-from modular.models import mobilenet, resnet, vit
+from modular.models import isometric, mobilenet, resnet, vit
 from modular.models.split import SplitModel
 
 _COMMON = dict(width=16, bn_momentum=0.9, dtype="float32")
@@ -18,9 +18,12 @@ _DEFAULTS = {
     "wrn": dict(depth=16, widen=4, split=resnet.UNITS[-1]),
     "mobilenet_v2": dict(expansion=6, split=mobilenet.UNITS[-1]),
     "vit": dict(depth=4, patch=4, heads=2, mlp_ratio=2, split="final"),
+    "isometric": dict({k: v for k, v in isometric.default_config().items() if k not in _COMMON},
+                      split=isometric.UNITS[-1]),
 }
 # Keys meaningful to some architecture; the others ignore them, so one model config can switch `name`.
-_KNOWN_KEYS = {"name", "depth", "widen", "expansion", "split", "patch", "heads", "mlp_ratio", *_COMMON}
+_KNOWN_KEYS = {"name", "depth", "widen", "expansion", "split", "patch", "heads", "mlp_ratio", *_COMMON,
+               *isometric.default_config()}
 
 
 def known_names() -> list:
@@ -35,7 +38,7 @@ def _check_name(name: Any) -> str:
 
 def default_config(name: str = "resnet") -> ml_collections.ConfigDict:
     """The defaults of architecture `name` (ResNet-20, WRN-16-4, MobileNetV2 width 16, ViT 4 blocks of
-    width 16 on 4x4 patches; linear head)."""
+    width 16 on 4x4 patches, the isometric net of 6 blocks mixing 3 templates; linear head)."""
     return ml_collections.ConfigDict(dict(name=_check_name(name), **_COMMON, **_DEFAULTS[name]))
 
 
@@ -44,6 +47,8 @@ def unit_names(cfg) -> tuple:
     name = _check_name(cfg.get("name"))
     if name == "vit":
         return vit.unit_names(cfg.get("depth") or _DEFAULTS["vit"]["depth"])
+    if name == "isometric":
+        return isometric.UNITS
     return mobilenet.UNITS if name == "mobilenet_v2" else resnet.UNITS
 
 
@@ -56,7 +61,8 @@ def _resolve(cfg) -> dict:
         raise ValueError(f"Unknown model config key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_KNOWN_KEYS))}.")
     spec.update({k: v for k, v in given.items() if v is not None})
     name = spec["name"]
-    for key in ("width", "widen", "expansion", "patch", "heads", "mlp_ratio") + (("depth",) if name == "vit" else ()):
+    sized = {"vit": ("depth",), "isometric": ("depth", "stride", "out_dim", "se_ratio")}.get(name, ())
+    for key in ("width", "widen", "expansion", "patch", "heads", "mlp_ratio") + sized:
         if key in spec and (not isinstance(spec[key], int) or spec[key] < 1):
             raise ValueError(f"Model config {key} must be a positive integer; got {spec[key]!r}.")
     if name == "vit" and spec["width"] % spec["heads"]:
@@ -70,6 +76,8 @@ def _resolve(cfg) -> dict:
         if not isinstance(depth, int) or depth < 6 + offset or (depth - offset) % 6:
             raise ValueError(f"{name} depth must be 6n+{offset} with n >= 1 (e.g. "
                              f"{'8, 20, 56' if name == 'resnet' else '10, 16, 28'}); got {depth!r}.")
+    if name == "isometric":
+        isometric.check_config(ml_collections.ConfigDict(spec), num_tasks=1)
     try:
         spec["dtype"] = jnp.dtype(spec["dtype"])
     except TypeError:
@@ -82,6 +90,9 @@ def _part(spec: dict, units: tuple, num_classes) -> nn.Module:
                   bn_momentum=spec["bn_momentum"], dtype=spec["dtype"])
     if spec["name"] == "mobilenet_v2":
         return mobilenet.MobileNetV2(expansion=spec["expansion"], **common)
+    if spec["name"] == "isometric":
+        return isometric.Isometric(units=units, num_classes=num_classes, dtype=spec["dtype"],
+                                   **{k: spec[k] for k in isometric.default_config()})
     if spec["name"] == "vit":
         return vit.ViT(units=units, width=spec["width"], patch=spec["patch"], heads=spec["heads"],
                        mlp_ratio=spec["mlp_ratio"], num_classes=num_classes, dtype=spec["dtype"])

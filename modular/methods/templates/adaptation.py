@@ -1,0 +1,275 @@
+"""Unsupervised domain adaptation of a few chosen parameters (paper Table 3).
+
+The target's features are pulled towards the frozen source model's, either by matching their first and
+second moments (M3SDA-style) or adversarially against a small domain discriminator (ADDA / gradient
+reversal). Which parameters may move is decided by the rules: only the target's mixture weights xi (the
+paper's method), or only the input adapter of a plain net (the baseline). The frozen source model and the
+discriminator ride along in the trained tree, under `reference/...` and `adversary/...`, so the loss
+functions depend on hashable arguments only and each compiles once.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from modular import data, params as P, rng, train
+from modular.methods.templates.multitask import Outcome, Recipe, evaluate, param_counts, summary, train_tasks
+from modular.models import isometric
+
+REFERENCE = "reference"   # {'params', 'batch_stats'} of the frozen source model
+ADVERSARY = "adversary"   # the domain discriminator
+METHODS = ("moment_matching", "adversarial")
+ADVERSARIAL = ("adda", "grl")
+
+
+def moment_distance(a: jax.Array, b: jax.Array) -> jax.Array:
+    """Squared distance of per-feature means plus of per-feature second moments."""
+    return jnp.sum((a.mean(0) - b.mean(0)) ** 2) + jnp.sum(((a ** 2).mean(0) - (b ** 2).mean(0)) ** 2)
+
+
+def with_reference(params: Mapping, batch_stats: Mapping) -> dict:
+    """params carrying a frozen copy of the model (params and statistics) as the source side of the losses."""
+    return dict(params, **{REFERENCE: dict(params=dict(params), batch_stats=batch_stats)})
+
+
+def model_params(params: Mapping) -> dict:
+    """The network's own subtrees, without the reference model and the discriminator."""
+    return {k: v for k, v in params.items() if k not in (REFERENCE, ADVERSARY)}
+
+
+def _features(cfg, params, batch_stats, batch, source_task: str, target_task: str):
+    """(source features from the frozen reference in eval mode, target features, new batch_stats): the target
+    runs in train mode, so its moving BN statistics follow the target domain."""
+    ref = params[REFERENCE]
+    _, src, _ = isometric.apply(cfg, ref["params"], ref["batch_stats"], batch["source"]["image"], task=source_task)
+    _, tgt, batch_stats = isometric.apply(cfg, params, batch_stats, batch["target"]["image"], task=target_task,
+                                          train=True)
+    return jax.lax.stop_gradient(src["features"]), tgt["features"], batch_stats
+
+
+def moment_matching_loss(cfg, source_task: str, target_task: str):
+    """loss_fn for train.fit on batches {'source', 'target'} (images only): no target labels are used."""
+    return _moment_matching_loss(ml_collections.FrozenConfigDict(cfg), source_task, target_task)
+
+
+@functools.lru_cache(maxsize=16)
+def _moment_matching_loss(cfg, source_task: str, target_task: str):
+    def loss_fn(params, batch_stats, batch, key):
+        del key
+        src, tgt, batch_stats = _features(cfg, params, batch_stats, batch, source_task, target_task)
+        loss = moment_distance(src, tgt)
+        return loss, (batch_stats, dict(moment_distance=loss))
+    return loss_fn
+
+
+# --- adversarial (ADDA-style) adaptation ------------------------------------------------------------------
+#
+# A small domain discriminator D on pooled features says "source" (1) or "target" (0). It lives in the
+# trained tree under `adversary/...`, so one training loop updates both D and the target's xi; the rules
+# decide that nothing else moves. Two formulations:
+#   adda: ADDA's GAN loss with inverted labels. D minimises BCE(D(f_src), 1) + BCE(D(f_tgt), 0) on
+#         stop-gradient features; xi minimises BCE(D'(f_tgt), 1) through a stop-gradient copy D' of D.
+#         Both terms are summed into one objective, so D and xi update simultaneously each step.
+#   grl:  DANN's gradient reversal. One BCE domain loss; D descends it and xi, behind a gradient-reversal
+#         layer, ascends it (the minimax form; weaker gradients once D is confident).
+
+def discriminator_init(key: jax.Array, in_dim: int, hidden: int = 64) -> dict:
+    k1, k2 = jax.random.split(key)
+    he = lambda k, shape: jnp.sqrt(2.0 / shape[0]) * jax.random.normal(k, shape)
+    return dict(dense1=dict(kernel=he(k1, (in_dim, hidden)), bias=jnp.zeros((hidden,))),
+                dense2=dict(kernel=0.01 * jax.random.normal(k2, (hidden, 1)), bias=jnp.zeros((1,))))
+
+
+def discriminator_apply(d_params, features: jax.Array) -> jax.Array:
+    """[B, D] features -> [B] logits of 'comes from the source domain'."""
+    h = jax.nn.relu(features @ d_params["dense1"]["kernel"] + d_params["dense1"]["bias"])
+    return (h @ d_params["dense2"]["kernel"] + d_params["dense2"]["bias"])[:, 0]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def gradient_reversal(x: jax.Array, scale: float = 1.0) -> jax.Array:
+    """Identity forward; multiplies the incoming gradient by -scale backward."""
+    return x
+
+
+def _grl_fwd(x, scale):
+    return x, None
+
+
+def _grl_bwd(scale, _, g):
+    return (-scale * g,)
+
+
+gradient_reversal.defvjp(_grl_fwd, _grl_bwd)
+
+
+def domain_bce(logits: jax.Array, label: float) -> jax.Array:
+    """Mean binary cross-entropy of logits against a constant label (1 = source, 0 = target)."""
+    return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, jnp.full_like(logits, label)))
+
+
+def _check_formulation(formulation: str) -> None:
+    if formulation not in ADVERSARIAL:
+        raise ValueError(f"Unknown adversarial formulation {formulation!r}; known: {', '.join(ADVERSARIAL)}.")
+
+
+def adversarial_terms(d_params, f_src: jax.Array, f_tgt: jax.Array, formulation: str = "adda",
+                      weight: float = 1.0) -> tuple[jax.Array, dict]:
+    """(objective, metrics): minimising the objective trains D to tell the domains apart and f_tgt to fool it."""
+    _check_formulation(formulation)
+    f_src = jax.lax.stop_gradient(f_src)  # the source model is a constant
+    if formulation == "adda":
+        d_src, d_tgt = discriminator_apply(d_params, f_src), discriminator_apply(d_params, jax.lax.stop_gradient(f_tgt))
+        d_loss = domain_bce(d_src, 1.0) + domain_bce(d_tgt, 0.0)
+        g_loss = domain_bce(discriminator_apply(jax.lax.stop_gradient(d_params), f_tgt), 1.0)
+        total = d_loss + weight * g_loss
+    else:
+        d_src, d_tgt = discriminator_apply(d_params, f_src), discriminator_apply(d_params, gradient_reversal(f_tgt, weight))
+        d_loss = domain_bce(d_src, 1.0) + domain_bce(d_tgt, 0.0)
+        g_loss, total = -d_loss, d_loss
+    acc = 0.5 * (jnp.mean(d_src > 0) + jnp.mean(d_tgt <= 0))
+    return total, dict(disc_loss=d_loss, confusion_loss=g_loss, domain_accuracy=acc)
+
+
+def add_discriminator(params, key: jax.Array, feature_dim: int, hidden: int = 64) -> dict:
+    """params with a fresh discriminator under `adversary/...` (ignored by isometric.apply)."""
+    return dict(params, **{ADVERSARY: discriminator_init(key, feature_dim, hidden)})
+
+
+def adversarial_loss(cfg, source_task: str, target_task: str, formulation: str = "adda", weight: float = 1.0):
+    """loss_fn for train.fit on batches {'source', 'target'}; params must hold `reference/...` and `adversary/...`."""
+    _check_formulation(formulation)
+    return _adversarial_loss(ml_collections.FrozenConfigDict(cfg), source_task, target_task, formulation, float(weight))
+
+
+@functools.lru_cache(maxsize=16)
+def _adversarial_loss(cfg, source_task: str, target_task: str, formulation: str, weight: float):
+    def loss_fn(params, batch_stats, batch, key):
+        del key
+        src, tgt, batch_stats = _features(cfg, params, batch_stats, batch, source_task, target_task)
+        total, metrics = adversarial_terms(params[ADVERSARY], src, tgt, formulation, weight)
+        return total, (batch_stats, metrics)
+    return loss_fn
+
+
+def discriminator_rule(lr_mult: float = 1.0) -> tuple[str, float]:
+    """The rule that trains the discriminator (next to the tunable parameters' rule, default 0 = frozen)."""
+    return rf"{ADVERSARY}/.*", lr_mult
+
+
+# --- the paper's comparison ----------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Adversarial:
+    """Settings of the adversarial method."""
+    formulation: str = "adda"
+    weight: float = 1.0
+    hidden: int = 64
+    discriminator_lr_mult: float = 1.0
+
+
+def adapt_unsupervised(model_cfg, recipe: Recipe, params, stats, source: data.Dataset, target: data.Dataset, *,
+                       method: str, tunable: str | None, source_task: str, target_task: str, num_steps: int,
+                       adversarial: Adversarial, stage: str | None) -> train.Trained:
+    """Tune only the `tunable` regex (everything else frozen) so `target_task` on target images looks like
+    the frozen `source_task` on source images; returns the network's own trees (reference, D dropped).
+
+    tunable None trains nothing: only the target task's moving BN statistics follow the target domain."""
+    if method not in METHODS:
+        raise ValueError(f"Unknown adaptation method {method!r}; known: {', '.join(METHODS)}.")
+    mult = recipe.mixture_lr_mult if tunable and "mixture" in tunable else 1.0
+    start, rules = with_reference(params, stats), [(tunable, mult)] if tunable else []
+    if method == "moment_matching":
+        loss_fn = moment_matching_loss(model_cfg, source_task, target_task)
+    else:
+        a = adversarial
+        start = add_discriminator(start, rng.key(recipe.seed, "discriminator"), int(model_cfg.out_dim), int(a.hidden))
+        rules.append(discriminator_rule(a.discriminator_lr_mult))
+        loss_fn = adversarial_loss(model_cfg, source_task, target_task, a.formulation, a.weight)
+    images = {"source": (source.train_images, None), "target": (target.train_images, None)}
+    trained = train_tasks(model_cfg, recipe, {target_task: target}, stage=stage, start=(start, stats), rules=rules,
+                          default_mult=0.0, num_steps=num_steps, loss_fn=loss_fn,
+                          batch_fn=lambda step: data.multitask_batch(images, step, recipe.batch_size, recipe.seed))
+    return dataclasses.replace(trained, params=model_params(trained.params))
+
+
+def _last_metrics(fit: train.FitResult) -> dict:
+    last = fit.history[-1] if fit.history else {}
+    return {k: float(last[k]) for k in ("moment_distance", "disc_loss", "domain_accuracy") if k in last}
+
+
+def _method_key(prefix: str, method: str, adversarial: Adversarial) -> str:
+    return f"{prefix}_moment_matching" if method == "moment_matching" else f"{prefix}_{method}_{adversarial.formulation}"
+
+
+def compare_adaptation(model_cfg, recipe: Recipe, source: data.Dataset, target: data.Dataset, *,
+                       methods: Sequence[str], num_steps: int, adversarial: Adversarial,
+                       bn_stats_baseline: bool) -> Outcome:
+    """Source task0 supervised; the target without labels (labels only for the supervised upper bound).
+
+    Every method is reported as target test accuracy before (the source model as is) and after tuning.
+    'target BN statistics only' runs the same loop with nothing trainable: it isolates how much of a
+    gain comes from the target's moving BN statistics (which every unsupervised run also re-estimates).
+    The baseline is a plain isometric net of equal depth whose input adapter alone adapts.
+    extra: source, target, adapt_log, source_accuracy_on_source, before_after rows (accuracy in %).
+    """
+    if not model_cfg.num_templates:
+        raise ValueError("Adapting mixture weights needs templates (model.num_templates > 0).")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"Unknown adaptation method {unknown[0]!r}; known: {', '.join(METHODS)}.")
+    accuracy, adapt_log, rows = {}, {}, []
+    # 1. mixture model on the source; the target task starts as a copy of it
+    src = train_tasks(model_cfg, recipe, {"task0": source}, stage="adapt_source", num_classes=[source.num_classes] * 2)
+    params = P.replace_subtree(src.params, "tasks/task1", src.params["tasks"]["task0"])
+    stats = P.replace_subtree(src.model_state, "tasks/task1", src.model_state["tasks"]["task0"])
+    before = accuracy["source_only"] = evaluate(model_cfg, params, stats, target, "task0")
+    on_source = evaluate(model_cfg, params, stats, source, "task0")
+    summaries = {"source": summary(params, {"task0": None})["task0"]}
+    xi, n_xi = "tasks/task1/mixture", int(np.size(params["tasks"]["task1"]["mixture"]))
+    common = dict(source_task="task0", target_task="task1", num_steps=num_steps, adversarial=adversarial)
+    if bn_stats_baseline:
+        run = adapt_unsupervised(model_cfg, recipe, params, stats, source, target, method="moment_matching",
+                                 tunable=None, stage="adapt_bn_stats_only", **common)
+        after = accuracy["target_bn_stats_only"] = evaluate(model_cfg, params, run.model_state, target, "task1")
+        rows.append(dict(method="target BN statistics only", tuned="-", params=0, before=before, after=after))
+    for method in methods:
+        run = adapt_unsupervised(model_cfg, recipe, params, stats, source, target, method=method, tunable=xi,
+                                 stage=f"adapt_mixture_{method}", **common)
+        key = _method_key("mixture", method, adversarial)
+        after = accuracy[key] = evaluate(model_cfg, run.params, run.model_state, target, "task1")
+        adapt_log[key] = _last_metrics(run.fit)
+        rows.append(dict(method=key, tuned="target xi", params=n_xi, before=before, after=after))
+        summaries[f"target ({method})"] = summary(run.params, {"task1": None})["task1"]
+    run = train_tasks(model_cfg, recipe, {"task1": target}, stage="adapt_mixture_supervised", start=(params, stats),
+                      rules=[(xi, recipe.mixture_lr_mult)], default_mult=0.0, num_steps=num_steps)
+    after = accuracy["mixture_supervised_upper_bound"] = evaluate(model_cfg, run.params, run.model_state, target, "task1")
+    rows.append(dict(method="mixture_supervised_upper_bound (labels)", tuned="target xi", params=n_xi,
+                     before=before, after=after))
+    summaries["target (supervised)"] = summary(run.params, {"task1": None})["task1"]
+    # 2. baseline: a plain isometric net of equal depth, only its input adapter adapts
+    plain = ml_collections.ConfigDict(dict(model_cfg.items(), num_templates=0, bn="shared"))
+    base = train_tasks(plain, recipe, {"task0": source}, stage="adapt_plain_source", rules=[])
+    before = accuracy["plain_source_only"] = evaluate(plain, base.params, base.model_state, target, "task0")
+    n_in = P.count(base.params["shared"]["adapter_in"])
+    for method in methods:
+        run = adapt_unsupervised(plain, recipe, base.params, base.model_state, source, target, method=method,
+                                 tunable=r"shared/adapter_in/.*", stage=f"adapt_plain_input_adapter_{method}",
+                                 **dict(common, target_task="task0"))
+        key = _method_key("plain_input_adapter", method, adversarial)
+        after = accuracy[key] = evaluate(plain, run.params, run.model_state, target, "task0")
+        adapt_log[key] = _last_metrics(run.fit)
+        rows.append(dict(method=key, tuned="plain input adapter", params=n_in, before=before, after=after))
+    for r in rows:
+        r["before"], r["after"] = 100 * r["before"], 100 * r["after"]
+        r["delta"] = r["after"] - r["before"]
+    return Outcome(accuracy, summaries, param_counts(params),
+                   dict(source=source.name, target=target.name, adapt_log=adapt_log,
+                        source_accuracy_on_source=on_source, before_after=rows))

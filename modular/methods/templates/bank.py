@@ -1,0 +1,51 @@
+"""Template mixtures in a task bank: the template bank is the backbone, a task is its mixture, BN and head.
+
+`train_source` trains templates, adapters and one source task; `adapt` adds a new task on the frozen
+templates (its mixture started from the source task's) and exports that task's private subtree to one
+bank file tagged with the shared backbone it fits.
+"""
+from __future__ import annotations
+
+import time
+from typing import Mapping
+
+from modular import bank, checkpoint, data, params as P, train
+from modular.methods.templates.multitask import Recipe, evaluate, train_tasks
+from modular.methods.templates.transfer import new_task_start, transfer_rules, with_mixture
+from modular.models import isometric
+
+SOURCE_TASK = "task0"
+
+
+def train_source(cfg, ds: data.Dataset, *, optim_cfg, num_steps: int, batch_size: int, seed: int,
+                 mixture_lr_mult: float, entropy_weight: float, workdir: str | None, checkpoint_every: int,
+                 log_every: int) -> tuple[dict, dict, train.FitResult]:
+    """(params, batch_stats, fit): templates, adapters and the source task trained on `ds` (resumes in workdir)."""
+    recipe = Recipe(optim_cfg, num_steps, batch_size, seed, mixture_lr_mult, entropy_weight, workdir=workdir,
+                    name="tour/templates_source", checkpoint_every=checkpoint_every, log_every=log_every)
+    trained = train_tasks(cfg, recipe, {SOURCE_TASK: ds})
+    return trained.params, trained.model_state, trained.fit
+
+
+def adapt(cfg, source_params: Mapping, source_stats: Mapping, ds: data.Dataset, *, optim_cfg, num_steps: int,
+          batch_size: int, seed: int, mixture_lr_mult: float, entropy_weight: float, workdir: str | None,
+          bank_path: str, log_every: int, meta: Mapping) -> bank.Adapted:
+    """A new task on frozen templates: its mixture weights (started from the source task's), BN and head train.
+
+    Every target becomes the same task of the same tree shape, so all targets share one compiled step."""
+    start = time.perf_counter()
+    params, stats, task = new_task_start(cfg, source_params, source_stats, ds.num_classes, ds.image_shape[-1], seed)
+    params = with_mixture(params, task, source_params["tasks"][SOURCE_TASK]["mixture"])
+    recipe = Recipe(optim_cfg, num_steps, batch_size, seed, mixture_lr_mult, entropy_weight, workdir=workdir,
+                    name="tour/mixture_weights", checkpoint_every=num_steps, log_every=log_every)
+    trained = train_tasks(cfg, recipe, {task: ds}, start=(params, stats),
+                          rules=transfer_rules(task, "source", mixture_lr_mult), default_mult=0.0)
+    params, stats = trained.params, trained.model_state
+    seconds = time.perf_counter() - start
+    accuracy = evaluate(cfg, params, stats, ds, task)
+    private = {"params": params["tasks"][task], "batch_stats": stats["tasks"][task]}
+    file_bytes = checkpoint.export_subtree(bank_path, private, backbone=params["shared"], meta=meta)
+    full_model = P.nbytes(params["shared"]) + P.nbytes(private)
+    return bank.Adapted(accuracy, trained.trainable, P.count(private), file_bytes, seconds, full_model,
+                        resumed=trained.fit.resumed_from is not None,
+                        info={"one_hotness": isometric.one_hotness(isometric.mixture_weights(params, task))})
