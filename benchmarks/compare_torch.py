@@ -10,7 +10,6 @@ process with the same CPU settings (modular.platform.tune_cpu(); MODULAR_CPU_TUN
 """
 from __future__ import annotations
 
-import argparse
 import time
 
 import jax
@@ -52,12 +51,8 @@ def timed(fn, steps: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="resnet20,mobilenet_v2,isometric")
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--size", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=10, help="steps per timed round")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser = steps.arg_parser(__doc__, models="resnet20,mobilenet_v2,isometric", steps=10, rounds=3,
+                              steps_help="steps per timed round")
     args = parser.parse_args()
     # Before anything starts JAX (see modular.platform).
     host = platform.tune_cpu() or ["library defaults (MODULAR_CPU_TUNING=off)"]

@@ -48,12 +48,9 @@ def measure(name: str, mode: str, args) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="resnet20,mobilenet_v2,isometric")
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--size", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per child process")
-    parser.add_argument("--rounds", type=int, default=2)
+    from benchmarks import steps  # the parent only parses flags: JAX never starts here
+    parser = steps.arg_parser(__doc__, models="resnet20,mobilenet_v2,isometric", steps=10, rounds=2,
+                              steps_help="timed steps per child process")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:

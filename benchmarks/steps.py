@@ -6,6 +6,7 @@ own defaults), for A/B comparisons.
 """
 from __future__ import annotations
 
+import argparse
 from typing import Callable
 
 import jax
@@ -65,3 +66,14 @@ def train_step(name: str, batch: int, size: int, *, compiler_options: dict | Non
 
     run()  # compile and warm up here, inside whatever tracing context the caller set (fusion.disabled)
     return run, flops
+
+
+def arg_parser(doc: str, *, models: str, steps: int, rounds: int, steps_help: str) -> argparse.ArgumentParser:
+    """The flags every model-comparing benchmark takes (models, batch, image size, steps, rounds)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--models", default=models)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=steps, help=steps_help)
+    parser.add_argument("--rounds", type=int, default=rounds)
+    return parser

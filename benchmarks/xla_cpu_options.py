@@ -9,7 +9,6 @@ rounds; ratios are images/s against the first build.
 """
 from __future__ import annotations
 
-import argparse
 import time
 
 from benchmarks import steps
@@ -19,12 +18,8 @@ from modular.platform import fusion
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default=",".join(steps.MODELS))
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--size", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=4, help="steps per timed round")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser = steps.arg_parser(__doc__, models=",".join(steps.MODELS), steps=4, rounds=3,
+                              steps_help="steps per timed round")
     args = parser.parse_args()
     # Before anything starts JAX (see modular.platform).
     host = platform.tune_cpu() or ["library defaults (MODULAR_CPU_TUNING=off)"]

@@ -10,7 +10,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from modular import data, losses, models, optim, train
+from modular import data, losses, models, train
 
 
 @dataclasses.dataclass

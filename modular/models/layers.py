@@ -3,7 +3,7 @@
 Naming is part of the contract: convolutions are `conv*` / `*_conv`, batch norms `bn*`, so regex rules
 such as `.*/bn[^/]*/(scale|bias)` select the same kind of parameter in every architecture.
 """
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -15,6 +15,23 @@ from modular.platform.fusion import fusion_boundary
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 ACTIVATIONS = {"relu": nn.relu, "relu6": nn.relu6, None: lambda x: x}
+
+
+class Block(nn.Module):
+    """Fields every residual block shares (blocks subclass it and add their own)."""
+    features: int
+    stride: int = 1
+    bn_momentum: float = 0.9
+    dtype: Any = jnp.float32
+
+
+class UnitRun(nn.Module):
+    """Fields every architecture's run of units shares: an extractor (`num_classes` None) or a head."""
+    units: Sequence[str] = ()
+    width: int = 16
+    num_classes: Optional[int] = None
+    bn_momentum: float = 0.9
+    dtype: Any = jnp.float32
 
 
 class DepthwiseConv(nn.Module):

@@ -5,10 +5,8 @@ pooling and a classifier. Channels are multiples of `width` (stage1's channels),
 gives MobileNetV2's first five stages (16, 24, 32, 64, 96); strides suit CIFAR-sized inputs.
 """
 import functools
-from typing import Any, Optional, Sequence
 
 import flax.linen as nn
-import jax.numpy as jnp
 
 from modular.models import layers
 from modular.platform.fusion import fusion_boundary
@@ -23,13 +21,9 @@ def channels(width: int, mult: float) -> int:
     return max(1, int(round(width * mult)))
 
 
-class InvertedResidual(nn.Module):
+class InvertedResidual(layers.Block):
     """1x1 expand -> 3x3 depthwise -> 1x1 linear projection; residual when stride 1 and same width."""
-    features: int
-    stride: int = 1
     expansion: int = 6
-    bn_momentum: float = 0.9
-    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -49,14 +43,9 @@ class InvertedResidual(nn.Module):
         return fusion_boundary(y), out
 
 
-class MobileNetV2(nn.Module):
+class MobileNetV2(layers.UnitRun):
     """A contiguous run of MobileNetV2 units; with `num_classes` it also pools and classifies (a head)."""
-    units: Sequence[str]
-    width: int = 16
     expansion: int = 6
-    num_classes: Optional[int] = None
-    bn_momentum: float = 0.9
-    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, train: bool = False):

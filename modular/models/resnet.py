@@ -5,10 +5,8 @@ The network is the unit list `stem, stage1, stage2, stage3` followed by pooling 
 instances of the same class and their parameter paths read like the unsplit network's.
 """
 import functools
-from typing import Any, Optional, Sequence
 
 import flax.linen as nn
-import jax.numpy as jnp
 
 from modular.models import layers
 from modular.platform.fusion import fusion_boundary
@@ -16,12 +14,8 @@ from modular.platform.fusion import fusion_boundary
 UNITS = ("stem", "stage1", "stage2", "stage3")
 
 
-class BasicBlock(nn.Module):
+class BasicBlock(layers.Block):
     """Post-activation block: conv-BN-ReLU-conv-BN + shortcut, ReLU; 1x1 conv+BN shortcut on shape change."""
-    features: int
-    stride: int = 1
-    bn_momentum: float = 0.9
-    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -37,12 +31,8 @@ class BasicBlock(nn.Module):
         return fusion_boundary(nn.relu(y + shortcut)), out
 
 
-class PreActBlock(nn.Module):
+class PreActBlock(layers.Block):
     """Pre-activation block of Wide ResNets: BN-ReLU-conv twice + shortcut (1x1 conv on shape change)."""
-    features: int
-    stride: int = 1
-    bn_momentum: float = 0.9
-    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -60,21 +50,16 @@ class PreActBlock(nn.Module):
         return fusion_boundary(y + shortcut), out
 
 
-class ResNet(nn.Module):
+class ResNet(layers.UnitRun):
     """A contiguous run of ResNet/WRN units; with `num_classes` it also pools and classifies (a head).
 
     `num_blocks` is n per stage (depth 6n+2 for ResNet, 6n+4 for WRN); stage k has
     `width * widen * 2**(k-1)` channels and strides 2 from stage2 on. `preact` selects the WRN variant:
     pre-activation blocks, a plain-conv stem, and a closing BN-ReLU inside stage3.
     """
-    units: Sequence[str]
-    num_blocks: int
-    width: int = 16
+    num_blocks: int = 3
     widen: int = 1
     preact: bool = False
-    num_classes: Optional[int] = None
-    bn_momentum: float = 0.9
-    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, train: bool = False):

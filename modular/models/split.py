@@ -3,7 +3,6 @@
 `variables['params']['extractor']` is the shareable part and `variables['params']['head']` the
 task-private part; swapping heads between models is then a plain dict replacement.
 """
-from typing import Any
 
 import flax.linen as nn
 
