@@ -131,6 +131,18 @@ def test_tfds_unknown_dataset(tfds_mock):
         data.load("tfds:no_such_dataset")
 
 
+def test_tfds_load_failure_is_one_sentence(tfds_mock, monkeypatch):
+    import tensorflow_datasets as tfds
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Failed to resolve 'storage.googleapis.com'\nretries exhausted")
+    monkeypatch.setattr(tfds, "load", offline)
+    with pytest.raises(ValueError, match=r"^Dataset 'tfds:mnist' \(split 'train'\) could not be loaded "
+                                         r"\(ConnectionError: Failed to resolve .*\); tensorflow-datasets needs "
+                                         r"the network the first time\.$"):
+        data.load("tfds:mnist")
+
+
 def test_batch_at_is_pure_and_covers_each_example_once_per_epoch():
     n, bs = 103, 10
     images = np.arange(n, dtype=np.float32).reshape(n, 1, 1, 1)
