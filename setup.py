@@ -25,6 +25,7 @@ setup(
         "scikit-learn>=1.3",
         "mlxtend>=0.23",
         "matplotlib>=3.7",
+        "pillow>=9.1",                         # the user's image folders (Image.Resampling)
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-xdist>=3"],

@@ -21,7 +21,7 @@ import traceback
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-EXPERIMENTS = ("pretrain", "compat", "templates", "patches", "head2toe", "tour")
+EXPERIMENTS = ("pretrain", "compat", "templates", "patches", "head2toe", "tour", "adapt")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/NAME.py[:ARG] file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for results, checkpoints and TensorBoard events.")
@@ -36,7 +36,11 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 
 def run(config, workdir: str) -> dict:
-    """Run `config.experiment` in `workdir` (locked for the run) and write config.json and results.json there."""
+    """Run `config.experiment` in `workdir` (locked for the run) and write config.json and results.json there.
+
+    An experiment whose workdir holds many runs (adapt: a bank of tasks) names each run's own directory
+    with `run_dir(config, workdir)`; the config record and results of that run live there (results.json
+    is also copied to the workdir)."""
     import jax
     from modular import parallel, reporting, train
     from modular import workdir as wd
@@ -50,11 +54,12 @@ def run(config, workdir: str) -> dict:
     workdir = wd.prepare(workdir)
     record = config.to_dict()
     with wd.lock(workdir) if is_main else contextlib.nullcontext():
-        changes = wd.check_config(workdir, record, resume_changed=bool(config.get("resume_changed", False))) \
+        own = wd.prepare(module.run_dir(config, workdir)) if hasattr(module, "run_dir") else workdir
+        changes = wd.check_config(own, record, resume_changed=bool(config.get("resume_changed", False))) \
             if is_main else []
-        attempts = wd.previous_attempts(workdir)
-        if is_main and not wd.has_run(workdir):
-            wd.write_config(workdir, record)  # a fresh workdir: the record of what is about to be written
+        attempts = wd.previous_attempts(own)
+        if is_main and not wd.has_run(own):
+            wd.write_config(own, record)  # a fresh run: the record of what is about to be written
         train.DIVERGENCE_FACTOR[0] = float(config.get("divergence_factor", train.DIVERGENCE_FACTOR[0]))
         started, start = datetime.datetime.now(), time.time()
         results = dict(module.run(config, workdir))
@@ -63,8 +68,9 @@ def run(config, workdir: str) -> dict:
                                       f"{jax.process_count()} process(es)")
         results["attempts"] = attempts + [wd.attempt_record(started, changes, wall_seconds=results["wall_seconds"])]
         if is_main:
-            wd.write_config(workdir, record)  # the run finished: config.json describes its results
-            reporting.write_json(os.path.join(workdir, "results.json"), results)
+            wd.write_config(own, record)  # the run finished: config.json describes its results
+            for directory in {own, workdir}:
+                reporting.write_json(os.path.join(directory, "results.json"), results)
             print(f"wrote {os.path.join(workdir, 'results.json')}", flush=True)
     return results
 

@@ -8,8 +8,13 @@ the identity of the backbone they fit.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
-from typing import Mapping
+from typing import Any, Mapping
+
+from modular import reporting
+
+MANIFEST = "manifest.json"
 
 
 @dataclasses.dataclass
@@ -49,3 +54,23 @@ def summarize(file_bytes: Mapping[str, Mapping[str, int]], full_model_bytes: Map
     total_full = int(sum(m["k_full_models_bytes"] for m in per_method.values()))
     return dict(files=files, per_method=per_method, total_bytes=total, k_full_models_bytes=total_full,
                 num_files=len(files), fraction=total / max(total_full, 1))
+
+
+def read_manifest(bank_dir: str) -> dict:
+    """{task name: entry} of a bank ({} for a new one); one sentence if the manifest is unreadable."""
+    path = os.path.join(bank_dir, MANIFEST)
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path) as f:
+            return dict(json.load(f)["tasks"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ValueError(f"Bank manifest {path} is unreadable; move it away to start a new bank there.") from None
+
+
+def add_to_manifest(bank_dir: str, task: str, entry: Mapping[str, Any]) -> dict:
+    """Record (or replace) `task` in the bank's manifest: its method, file, classes, accuracy and size."""
+    tasks = read_manifest(bank_dir)
+    tasks[task] = dict(entry)
+    reporting.write_json(os.path.join(bank_dir, MANIFEST), {"tasks": tasks})
+    return tasks

@@ -1,33 +1,38 @@
 """Datasets for `modular`: names -> in-memory `Dataset`s, step-pure batching, auxiliary views.
 
 Names: `mnist5k`, `digits`, either with a corruption suffix (`mnist5k/blur`, ...),
-and `tfds:NAME[:SPLIT]` for any tensorflow-datasets dataset. `vtab_like.load_task` builds the offline
-VTAB-1k-like transfer targets (digits, corruptions, rotation / location / count).
+`tfds:NAME[:SPLIT]` for any tensorflow-datasets dataset, and the user's own files: `folder:PATH` (one
+sub-folder per class, optionally under `train/` and `test/`) and `npz:PATH` (arrays x, y[, x_test, y_test]).
+`vtab_like.load_task` builds the offline VTAB-1k-like transfer targets (digits, corruptions, rotation /
+location / count). `read_images` reads image files the way `folder:` datasets do.
 """
 from __future__ import annotations
 
 import functools
 
-from modular.data import corruptions, images, offline, splits, tfds_source, vtab_like
+from modular.data import corruptions, images, offline, splits, tfds_source, user_files, vtab_like
 from modular.data.dataset import Dataset
 from modular.data.pipeline import batch_at, batch_indices, multitask_batch
 from modular.data.tasks import rotation_views
+from modular.data.user_files import read_images
 
-__all__ = ["Dataset", "load", "known_names", "batch_at", "batch_indices", "multitask_batch", "rotation_views",
-           "vtab_like"]
+__all__ = ["Dataset", "load", "known_names", "read_images", "batch_at", "batch_indices", "multitask_batch",
+           "rotation_views", "vtab_like"]
 
 OFFLINE = tuple(offline.NUM_CLASSES)
 CORRUPTIONS = tuple(corruptions.CORRUPTIONS)
 
 
 def known_names() -> list[str]:
-    """Every offline name, clean and corrupted; `tfds:NAME[:SPLIT]` is accepted on top of these."""
+    """Every offline name, clean and corrupted; `tfds:NAME[:SPLIT]`, `folder:PATH` and `npz:PATH` are
+    accepted on top of these."""
     return [b + s for b in OFFLINE for s in ("",) + tuple("/" + c for c in CORRUPTIONS)]
 
 
 def _unknown(name: str) -> ValueError:
     return ValueError(f"Unknown dataset {name!r}; known: {', '.join(OFFLINE)} (optionally with a corruption "
-                      f"suffix {', '.join('/' + c for c in CORRUPTIONS)}), or tfds:NAME[:SPLIT].")
+                      f"suffix {', '.join('/' + c for c in CORRUPTIONS)}), tfds:NAME[:SPLIT], "
+                      f"folder:PATH (one sub-folder per class) or npz:PATH (arrays x, y).")
 
 
 def _readonly(ds: Dataset) -> Dataset:
@@ -54,12 +59,23 @@ def _load_offline(name: str, image_size: int, channels: int, seed: int, test_fra
                              test_labels=y[te], num_classes=offline.NUM_CLASSES[base]))
 
 
+@functools.lru_cache(maxsize=4)
+def _load_user_files(name: str, fingerprint: tuple, image_size: int, channels: int, seed: int,
+                     test_fraction: float) -> Dataset:
+    """Decoding a folder is slow and experiments reload it often; `fingerprint` (every file's size and
+    modification time) is part of the cache key only, so an edited folder or file is read again."""
+    del fingerprint
+    return _readonly(user_files.load(name, image_size=image_size, channels=channels, seed=seed,
+                                     test_fraction=test_fraction))
+
+
 def load(name: str, *, image_size: int = 16, channels: int = 1, seed: int = 0, test_fraction: float = 0.2,
          max_train: int | None = None) -> Dataset:
     """Loads a dataset by name as float32 [N,image_size,image_size,channels] images in [0,1].
 
     `seed` fixes the train/test split, random corruptions and the `max_train` draw (class-balanced).
-    Offline results are shared read-only arrays: copy before writing into them.
+    Offline and user-file (`folder:`, `npz:`) results are shared read-only arrays: copy before writing
+    into them.
     """
     if not isinstance(name, str):
         raise _unknown(name)
@@ -76,6 +92,9 @@ def load(name: str, *, image_size: int = 16, channels: int = 1, seed: int = 0, t
                                                      seed=seed, test_fraction=test_fraction)
         ds = Dataset(name=name, train_images=tr_x, train_labels=tr_y, test_images=te_x, test_labels=te_y,
                      num_classes=k)
+    elif name.startswith(user_files.PREFIXES):
+        ds = _load_user_files(name, user_files.fingerprint(name), int(image_size), channels, int(seed),
+                              float(test_fraction))
     else:
         base, slash, corruption = name.partition("/")
         if base not in OFFLINE or (slash and corruption not in CORRUPTIONS):

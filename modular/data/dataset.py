@@ -14,7 +14,8 @@ class Dataset:
     """Train/test arrays held in memory: the sets used here are small, and plain numpy
     keeps batching a pure function of the step.
 
-    Images are float32 [N, H, W, C] in [0, 1]; labels are int32 [N].
+    Images are float32 [N, H, W, C] in [0, 1]; labels are int32 [N]. `class_names`, where the source
+    has them (folder datasets), names labels 0..num_classes-1 for reports and predictions.
     """
     name: str
     train_images: np.ndarray
@@ -22,6 +23,7 @@ class Dataset:
     test_images: np.ndarray
     test_labels: np.ndarray
     num_classes: int
+    class_names: tuple[str, ...] | None = None
 
     def __post_init__(self):
         # Catch mismatched arrays here rather than as a silent wrong result later.
@@ -33,6 +35,9 @@ class Dataset:
         if self.train_images.shape[1:] != self.test_images.shape[1:]:
             raise ValueError(f"Dataset {self.name!r} has train images {self.train_images.shape[1:]} "
                              f"but test images {self.test_images.shape[1:]}.")
+        if self.class_names is not None and len(self.class_names) != self.num_classes:
+            raise ValueError(f"Dataset {self.name!r} has {len(self.class_names)} class names for "
+                             f"{self.num_classes} classes.")
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -42,13 +47,14 @@ class Dataset:
                relabel: bool = False) -> "Dataset":
         """Keeps only `classes` (in both splits) and at most `max_train` training examples.
 
-        With `relabel=True` the kept classes become 0..k-1 in the order given and `num_classes`
-        becomes k; otherwise labels and `num_classes` stay, so a head trained on the subset
-        still indexes the full label space. The cap is a class-balanced draw fixed by `seed`.
+        With `relabel=True` the kept classes become 0..k-1 in the order given, `num_classes` becomes
+        k and `class_names` follow; otherwise labels, `num_classes` and `class_names` stay, so a head
+        trained on the subset still indexes the full label space. The cap is a class-balanced draw
+        fixed by `seed`.
         """
         tr_x, tr_y = self.train_images, self.train_labels
         te_x, te_y = self.test_images, self.test_labels
-        num_classes = self.num_classes
+        num_classes, class_names = self.num_classes, self.class_names
         if classes is not None:
             classes = [int(c) for c in classes]
             if not classes or len(set(classes)) != len(classes) or \
@@ -62,8 +68,10 @@ class Dataset:
                 lookup[classes] = np.arange(len(classes), dtype=np.int32)
                 tr_y, te_y = lookup[tr_y], lookup[te_y]
                 num_classes = len(classes)
+                if class_names is not None:
+                    class_names = tuple(class_names[c] for c in classes)
         if max_train is not None:
             idx = splits.balanced_subset_indices(tr_y, max_train, seed)
             tr_x, tr_y = tr_x[idx], tr_y[idx]
         return dataclasses.replace(self, train_images=tr_x, train_labels=tr_y, test_images=te_x,
-                                   test_labels=te_y, num_classes=num_classes)
+                                   test_labels=te_y, num_classes=num_classes, class_names=class_names)

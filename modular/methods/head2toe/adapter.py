@@ -31,7 +31,7 @@ def adapt(source: supervised.Classifier, ds: data.Dataset, *, target_size: int, 
     private = {"features": kept, "head": {"w": head["w"][kept], "b": head["b"]}}
     chosen = {name: value for name, value in best.items() if value is not None}
     file_bytes = checkpoint.export_subtree(bank_path, private, backbone=source.variables["params"],
-                                           meta=dict(meta, target_size=target_size, **chosen))
+                                           meta=dict(meta, target_size=target_size, layers=list(cache.layers), **chosen))
     return bank.Adapted(accuracy, kept.size * k + k, P.count(private), file_bytes, seconds,
                         P.nbytes(source.variables),
                         info=dict(chosen=best, kept=int(kept.size), total_features=int(cache.num_features)))

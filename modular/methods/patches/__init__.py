@@ -20,12 +20,13 @@ from modular.methods.patches.modes import (MODES, PAPER_MODES, TransferMode, app
                                            split_private)
 from modular.methods.patches.multitask import init_multitask, per_task_count, task_variables, train_multitask
 from modular.methods.patches.serving import make_mixed_server, serve_mixed, serve_mixed_batch, stack_patches
-from modular.methods.patches.transfer import accuracy, adapt, rebuilds_from_file, target_start, transfer
+from modular.methods.patches.transfer import (accuracy, adapt, eval_logits, rebuilds_from_file, target_start,
+                                             transfer)
 
 __all__ = [
     "MODES", "PAPER_MODES", "TransferMode", "get_mode", "lr_rules", "private_rules", "check_applicable",
     "split_private", "apply_patch", "export_patch", "import_patch",
-    "target_start", "transfer", "accuracy", "adapt", "rebuilds_from_file",
+    "target_start", "transfer", "accuracy", "eval_logits", "adapt", "rebuilds_from_file",
     "init_multitask", "task_variables", "per_task_count", "train_multitask",
     "stack_patches", "make_mixed_server", "serve_mixed_batch", "serve_mixed",
     "compare_multitask", "multires",

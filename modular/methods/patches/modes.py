@@ -14,6 +14,7 @@ from modular import checkpoint, params as P
 SB = r".*/bn[^/]*/(scale|bias)"      # scale-and-bias patch
 DW = r".*/dw_conv/kernel"            # depthwise patch (MobileNetV2)
 LAST = r"head/.*"                    # last layer
+MIXTURE = r".*/mixture"              # template-mixture weights (isometric model with templates)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +33,9 @@ MODES = {
     "dw_last": TransferMode((DW, LAST), task_bn_stats=True),
     "sb_dw_last": TransferMode((SB, DW, LAST), task_bn_stats=True),
     "full": TransferMode((".*",), task_bn_stats=True),
+    # Template mixtures' task-private part on a registered isometric backbone (models.build 'isometric'):
+    # the per-layer mixture weights over the frozen templates, with an S/B patch and the head.
+    "mixture": TransferMode((MIXTURE, SB, LAST), task_bn_stats=True),
 }
 PAPER_MODES = ("last_layer", "sb_last", "sb_only", "dw_last", "sb_dw_last", "full")
 
@@ -60,7 +64,8 @@ def check_applicable(params: Mapping, mode: str) -> None:
     for rule in get_mode(mode).trains:
         if not any(P.match_rules(p, [(rule, True)], False) for p in P.paths(params)):
             raise ValueError(f"Transfer mode {mode!r} needs parameters matching {rule!r}, but this model "
-                             f"has none (depthwise patches need mobilenet_v2).")
+                             f"has none (depthwise patches need mobilenet_v2, mixture patches an isometric "
+                             f"model with templates).")
 
 
 def split_private(variables: Mapping, mode: str, include_head: bool = True) -> tuple[dict, dict]:
