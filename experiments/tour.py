@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 
 import ml_collections
-import numpy as np
 
 from modular import bank, data, optim, reporting, supervised
 from modular.data import vtab_like
@@ -81,22 +80,6 @@ def _adapt_method(method, config, workdir, source, src_ds, targets, stages) -> t
     return results, classifiers
 
 
-def _leaderboard(adapted: dict, targets: list) -> list[dict]:
-    rows = []
-    for method, per_target in adapted.items():
-        runs = [per_target[ds.name] for ds in targets]
-        mean = lambda f: float(np.mean([f(r) for r in runs]))
-        rows.append(dict(
-            method=method, what=METHODS[method][2], mean_acc=100 * mean(lambda r: r.accuracy),
-            **{ds.name: 100 * per_target[ds.name].accuracy for ds in targets},
-            trainable_per_task=int(round(mean(lambda r: r.trainable))),
-            stored_params_per_task=int(round(mean(lambda r: r.stored))),
-            stored_bytes_per_task=int(round(mean(lambda r: r.file_bytes))),
-            fraction_of_full_model=mean(lambda r: r.file_bytes / r.full_model_bytes),
-            adapt_seconds_per_task=mean(lambda r: r.seconds), resumed=any(r.resumed for r in runs)))
-    return rows
-
-
 def _compat(config, workdir: str) -> dict:
     """Compatible components: train each setting's pair, recombine extractors and heads without fine-tuning."""
     cc, d = config.compat, config.data
@@ -109,12 +92,8 @@ def _compat(config, workdir: str) -> dict:
             ds_a, ds_b, setting=setting, name=name, options=compat.default_options(), model_cfg=config.model,
             optim_cfg=config.optim, num_steps=cc.num_steps, batch_size=cc.batch_size, seed=config.seed,
             workdir=os.path.join(workdir, "compat"), checkpoint_every=0, log_every=config.log_every)
-        settings[name] = {k: res[k] for k in ("recombination_accuracy", "recombination_a_ext_b_head",
-                                              "recombination_b_ext_a_head", "recombination_accuracy_train_stats",
-                                              "own_accuracy", "chance", "train_seconds")}
-        rows.append(dict(setting=name, paper=compat.PAPER_FIG2.get(name), recombination=100 * res["recombination_accuracy"],
-                         a_to_b=100 * res["recombination_a_ext_b_head"], b_to_a=100 * res["recombination_b_ext_a_head"],
-                         own=100 * res["own_accuracy"], chance=100 * res["chance"]))
+        settings[name] = dict(compat.summary(res), chance=res["chance"])
+        rows.append({c: compat.report.setting_row(name, res)[c] for c in compat.report.TABLE_COLUMNS})
     return dict(task_a=ds_a.name, task_b=ds_b.name, settings=settings, table=rows,
                 recombination_accuracy={k: v["recombination_accuracy"] for k, v in settings.items()})
 
@@ -163,7 +142,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     stages.next("compat")
     compat_results = _compat(config, workdir)
 
-    rows = _leaderboard(adapted, targets)
+    rows = bank.leaderboard(adapted, [ds.name for ds in targets], {m: METHODS[m][2] for m in methods})
     columns = ["method", "mean_acc"] + [ds.name for ds in targets] + [
         "trainable_per_task", "stored_params_per_task", "stored_bytes_per_task", "fraction_of_full_model",
         "adapt_seconds_per_task"]

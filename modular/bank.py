@@ -12,6 +12,8 @@ import json
 import os
 from typing import Any, Mapping
 
+import numpy as np
+
 from modular import reporting
 
 MANIFEST = "manifest.json"
@@ -54,6 +56,23 @@ def summarize(file_bytes: Mapping[str, Mapping[str, int]], full_model_bytes: Map
     total_full = int(sum(m["k_full_models_bytes"] for m in per_method.values()))
     return dict(files=files, per_method=per_method, total_bytes=total, k_full_models_bytes=total_full,
                 num_files=len(files), fraction=total / max(total_full, 1))
+
+
+def leaderboard(adapted: Mapping[str, Mapping[str, Adapted]], tasks: list[str], what: Mapping[str, str]) -> list[dict]:
+    """One row per method over `tasks`: mean and per-task accuracy (%), and per-task costs (means)."""
+    rows = []
+    for method, per_task in adapted.items():
+        runs = [per_task[t] for t in tasks]
+        mean = lambda f: float(np.mean([f(r) for r in runs]))
+        rows.append(dict(
+            method=method, what=what.get(method, ""), mean_acc=100 * mean(lambda r: r.accuracy),
+            **{t: 100 * per_task[t].accuracy for t in tasks},
+            trainable_per_task=int(round(mean(lambda r: r.trainable))),
+            stored_params_per_task=int(round(mean(lambda r: r.stored))),
+            stored_bytes_per_task=int(round(mean(lambda r: r.file_bytes))),
+            fraction_of_full_model=mean(lambda r: r.file_bytes / r.full_model_bytes),
+            adapt_seconds_per_task=mean(lambda r: r.seconds), resumed=any(r.resumed for r in runs)))
+    return rows
 
 
 def read_manifest(bank_dir: str) -> dict:
