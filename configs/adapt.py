@@ -1,14 +1,14 @@
 """Adapt a saved backbone to your data: one task-private subtree into a bank, chosen on validation.
 
-  python -m experiments.run --config=configs/adapt.py --workdir=BANK --config.backbone=PRETRAIN_WORKDIR \\
+  python -m experiments.run --config=configs/adapt.py --workdir=DIR --config.backbone=PRETRAIN_WORKDIR \\
       --config.data.name=folder:PATH --config.method=sb_patch [--config.task=NAME]
-  python -m experiments.predict --bank=BANK --task=NAME --images=PATH_OR_FOLDER [--csv=OUT.csv]
+  python -m experiments.predict --bank=DIR --task=NAME --images=PATH_OR_FOLDER [--csv=OUT.csv]
 
 `backbone` is the workdir of a pretrain run (configs/pretrain.py) or of the tour; the image size and
 channels come from it. Methods: linear (last layer), sb_patch (BN scale-and-bias + last layer), dw_patch
 (depthwise kernels + last layer, MobileNetV2), mixture (template-mixture weights + S/B + last layer, an
-isometric backbone with templates), head2toe (feature selection + linear head). Many tasks share one BANK:
-each adds `BANK/<method>/<task>.msgpack` and an entry in `BANK/manifest.json`.
+isometric backbone with templates), head2toe (feature selection + linear head). Many tasks share one workdir:
+each adds `DIR/bank/<method>/<task>.msgpack` and an entry in `DIR/bank/manifest.json` (the tour's layout).
 """
 import ml_collections
 

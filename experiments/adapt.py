@@ -67,7 +67,8 @@ def run(config, workdir: str) -> dict:
     ds = data.load(config.data.name, image_size=bb.image_size, channels=bb.channels, seed=config.seed,
                    max_train=config.data.max_train)
     task, method = task_name(config), config.method
-    path = bank.task_file(workdir, method, task)
+    bank_dir = os.path.join(workdir, bank.BANK_DIR)
+    path = bank.task_file(bank_dir, method, task)
     classes = list(ds.class_names) if getattr(ds, "class_names", None) else [str(c) for c in range(ds.num_classes)]
     meta = dict(task=task, method=method, classes=classes, backbone=bb.path)
     if method == "head2toe":
@@ -78,14 +79,15 @@ def run(config, workdir: str) -> dict:
         chosen = {k: v for k, v in adapted.info["chosen"].items() if v is not None}
     else:
         adapted, chosen = _adapt_patch(config, bb, ds, PATCH_MODES[method], path, meta, run_dir(config, workdir))
-    entry = dict(method=method, mode=PATCH_MODES.get(method), file=os.path.relpath(path, workdir), classes=classes,
+    entry = dict(method=method, mode=PATCH_MODES.get(method), file=os.path.relpath(path, bank_dir), classes=classes,
                  num_classes=ds.num_classes, accuracy=adapted.accuracy, bytes=adapted.file_bytes,
                  trainable=adapted.trainable, backbone=bb.path, image_size=bb.image_size, channels=bb.channels,
                  dataset=ds.name, chosen=chosen)
-    manifest = bank.add_to_manifest(workdir, task, entry)
+    manifest = bank.add_to_manifest(bank_dir, task, entry)
     print(f"[adapt] {task} ({method}) on {os.path.basename(bb.path)}: test accuracy {100 * adapted.accuracy:.1f}%, "
-          f"{adapted.file_bytes:,} B in {entry['file']}; the bank holds {len(manifest)} task(s)", flush=True)
-    return dict(accuracy=adapted.accuracy, task=task, method=method, chosen=chosen, bank_file=entry["file"],
+          f"{adapted.file_bytes:,} B in {path}; the bank holds {len(manifest)} task(s)", flush=True)
+    return dict(accuracy=adapted.accuracy, task=task, method=method, chosen=chosen,
+                bank_file=os.path.relpath(path, workdir),
                 file_bytes=adapted.file_bytes, trainable=adapted.trainable, full_model_bytes=adapted.full_model_bytes,
                 fraction_of_full_model=adapted.file_bytes / adapted.full_model_bytes, adapt_seconds=adapted.seconds,
                 test_examples=int(len(ds.test_labels)), bank_tasks=sorted(manifest),

@@ -16,6 +16,7 @@ import numpy as np
 
 from modular import reporting
 
+BANK_DIR = "bank"            # a workdir's bank: WORKDIR/bank/<method>/<task>.msgpack and manifest.json
 MANIFEST = "manifest.json"
 
 
@@ -73,6 +74,12 @@ def leaderboard(adapted: Mapping[str, Mapping[str, Adapted]], tasks: list[str], 
             fraction_of_full_model=mean(lambda r: r.file_bytes / r.full_model_bytes),
             adapt_seconds_per_task=mean(lambda r: r.seconds), resumed=any(r.resumed for r in runs)))
     return rows
+
+
+def resolve(path: str) -> str:
+    """The bank folder of `path`: the folder itself, or a workdir's `bank/` sub-folder."""
+    inner = os.path.join(path, BANK_DIR)
+    return inner if not os.path.exists(os.path.join(path, MANIFEST)) and os.path.isdir(inner) else path
 
 
 def read_manifest(bank_dir: str) -> dict:

@@ -22,11 +22,12 @@ from modular.methods import head2toe, patches
 class BankPredictor:
     """The tasks of one bank, loaded lazily (each backbone once)."""
 
-    def __init__(self, bank_dir: str):
-        self.bank_dir = bank_dir
-        self.manifest = bank.read_manifest(bank_dir)
+    def __init__(self, path: str):
+        """`path`: a bank folder, or the workdir of adapt runs (its `bank/` folder)."""
+        self.bank_dir = bank.resolve(path)
+        self.manifest = bank.read_manifest(self.bank_dir)
         if not self.manifest:
-            raise ValueError(f"{bank_dir} holds no bank (no {bank.MANIFEST}); adapt a task into it first.")
+            raise ValueError(f"{path} holds no bank (no {bank.MANIFEST}); adapt a task into it first.")
 
     @property
     def tasks(self) -> list[str]:

@@ -40,7 +40,8 @@ def backbone(tmp_path_factory):
 
 @pytest.mark.slow
 def test_two_folders_two_methods_one_bank_and_predictions(backbone, tmp_path):
-    bank = tmp_path / "bank"
+    workdir = tmp_path / "adapt_runs"
+    bank = workdir / "bank"
     folders = {"abc": write_folder(tmp_path / "abc", (0, 1, 2)), "def": write_folder(tmp_path / "def", (3, 4, 5))}
     folders["def_sb"] = folders["def"]
     runs = {}
@@ -48,7 +49,7 @@ def test_two_folders_two_methods_one_bank_and_predictions(backbone, tmp_path):
         config = adapt_config.get_config("smoke")
         config.update(dict(backbone=backbone, method=method, task=task))
         config.data.name = f"folder:{folders[task]}"
-        runs[task] = runner.run(config, str(bank))
+        runs[task] = runner.run(config, str(workdir))
         assert runs[task]["method"] == method and 0.0 <= runs[task]["accuracy"] <= 1.0
     manifest = json.load(open(bank / "manifest.json"))["tasks"]
     assert set(manifest) == {"abc", "def", "def_sb"}
@@ -56,9 +57,10 @@ def test_two_folders_two_methods_one_bank_and_predictions(backbone, tmp_path):
     assert manifest["abc"]["chosen"]["lr"] in adapt_config.get_config("smoke").adapt.lrs
     for entry in manifest.values():
         assert os.path.getsize(bank / entry["file"]) == entry["bytes"]
-    assert json.load(open(bank / "results.json"))["task"] == "def_sb"
+    assert json.load(open(workdir / "results.json"))["task"] == "def_sb"
+    assert runs["abc"]["bank_file"] == os.path.join("bank", manifest["abc"]["file"])
 
-    predictor = predict_lib.BankPredictor(str(bank))
+    predictor = predict_lib.BankPredictor(str(workdir))   # a workdir stands for its bank/ folder
     for task in ("abc", "def"):  # one command per method
         out = subprocess.run([sys.executable, "-m", "experiments.predict", f"--bank={bank}", f"--task={task}",
                               f"--images={folders[task] / 'test'}", f"--csv={tmp_path / task}.csv"], cwd=ROOT,
