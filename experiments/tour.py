@@ -68,13 +68,21 @@ def _adapter(method: str, config, workdir: str, source, src_ds):
 def _adapt_method(method, config, workdir, source, src_ds, targets, stages) -> tuple[dict, dict]:
     """Adapt `method` to every target; returns ({target: Adapted}, {target: classifier} for patch methods)."""
     adapt = _adapter(method, config, workdir, source, src_ds)
-    results, classifiers = {}, {}
+    paper, mode, _ = METHODS[method]
+    bank_dir, results, classifiers = os.path.join(workdir, bank.BANK_DIR), {}, {}
     for i, ds in enumerate(targets):
         print(f"{stages.tag} {method} -> {ds.name} ({i + 1}/{len(targets)})", flush=True)
+        path = bank.task_file(bank_dir, method, ds.name)
         results[ds.name], classifiers[ds.name] = adapt(
-            ds, os.path.join(workdir, "adapt", method, bank.slug(ds.name)), bank.task_file(
-                os.path.join(workdir, "bank"), method, ds.name), dict(method=method, source=src_ds.name, target=ds.name))
+            ds, os.path.join(workdir, "adapt", method, bank.slug(ds.name)), path,
+            dict(method=method, source=src_ds.name, target=ds.name))
         r = results[ds.name]
+        if paper != "templates":  # on the pretrained backbone: `experiments.predict --bank=WORKDIR` serves it
+            bank.add_to_manifest(bank_dir, f"{method}:{ds.name}", dict(
+                method="head2toe" if paper == "head2toe" else method, mode=mode, file=os.path.relpath(path, bank_dir),
+                classes=[str(c) for c in range(ds.num_classes)], num_classes=ds.num_classes, accuracy=r.accuracy,
+                bytes=r.file_bytes, backbone=os.path.abspath(workdir), image_size=config.data.image_size,
+                channels=config.data.channels, dataset=ds.name))
         print(f"[tour] {method} -> {ds.name}: accuracy {100 * r.accuracy:.1f}%, trainable {r.trainable:,}, "
               f"bank file {r.file_bytes:,} B, {r.seconds:.1f}s", flush=True)
     return results, classifiers

@@ -2,6 +2,7 @@
 import json
 import os
 
+import numpy as np
 import pytest
 
 from configs import tour as tour_config
@@ -37,6 +38,18 @@ def test_smoke_tour_end_to_end(tmp_path):
             assert all(size < summary["full_model_bytes"] for rel, size in bank["files"].items()
                        if rel.startswith(f"bank/{method}/"))
     assert bank["total_bytes"] < bank["k_full_models_bytes"]
+
+    # The bank's patch and Head2Toe files serve through the predictor, exactly as the tour measured them.
+    from modular import data, predict
+    predictor = predict.BankPredictor(str(tmp_path))
+    assert len(predictor.tasks) == 4 * len(config.data.targets)           # mixture weights: own backbone
+    for method in ("sb_patch", "head2toe"):
+        target = config.data.targets[0]
+        ds = data.vtab_like.load_task(target, image_size=config.data.image_size, channels=config.data.channels,
+                                      seed=config.seed, max_train=config.data.max_train_target,
+                                      max_test=config.data.max_test_target, source=config.data.name)
+        labels = predictor.predict(f"{method}:{target}", ds.test_images)
+        assert np.mean(labels == ds.test_labels) == pytest.approx(results["per_target"][method][target])
 
     served = results["mixed_batch_serving"]
     assert served["batch"] == len(config.data.targets) * served["examples_per_task"]
