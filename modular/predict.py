@@ -12,10 +12,11 @@ import functools
 import os
 from typing import Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
-from modular import backbone as backbone_lib, bank, checkpoint, params as P, train
+from modular import backbone as backbone_lib, bank, checkpoint, train
 from modular.methods import head2toe, patches
 
 
@@ -93,7 +94,7 @@ class BankPredictor:
             model, start, _ = self._patched(members[0])
             mode = key[1]
             patch_of = [patches.split_private(self._patched(t)[2], mode)[1] for t in members]
-            stacked = P.unflatten({p: np.stack([P.flatten(t)[p] for t in patch_of]) for p in P.flatten(patch_of[0])})
+            stacked = jax.tree.map(lambda *leaves: np.stack(leaves), *patch_of)
             ids = np.asarray([members.index(tasks[i]) for i in rows])
             serve = patches.make_mixed_server(model, start)
             out[rows] = np.asarray(serve(stacked, ids, images[rows])).argmax(-1)

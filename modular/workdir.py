@@ -19,6 +19,8 @@ import os
 import socket
 from typing import Any, Iterator, Mapping
 
+from flax import traverse_util
+
 from modular import reporting
 
 LOCK_FILE = ".lock"
@@ -86,19 +88,9 @@ def latest_checkpoint(workdir: str) -> tuple[str, int] | None:
     return None if best is None else (best[1], best[2])
 
 
-def _flat(tree: Mapping, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, Mapping):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def config_changes(old: Mapping, new: Mapping) -> list[str]:
     """'key: old -> new' for every key that differs (added and removed keys included), ignored keys left out."""
-    a, b = _flat(json.loads(json.dumps(old, default=str))), _flat(json.loads(json.dumps(new, default=str)))
+    a, b = (traverse_util.flatten_dict(json.loads(json.dumps(c, default=str)), sep=".") for c in (old, new))
     keys = sorted(k for k in set(a) | set(b) if k not in IGNORED_ON_RESUME and a.get(k, "<unset>") != b.get(k, "<unset>"))
     return [f"{k}: {a.get(k, '<unset>')!r} -> {b.get(k, '<unset>')!r}" for k in keys]
 
