@@ -34,7 +34,9 @@ def base_config(arg: str, *, experiment: str) -> ml_collections.ConfigDict:
     c.experiment = experiment
     c.scale = arg or "cpu"
     c.seed = 0
-    c.data = ml_collections.ConfigDict(dict(name="mnist5k", image_size=16, channels=1, max_train=None))
+    c.seeds = 3                  # headline numbers: mean +- standard error over this many seeds (or a list)
+    c.data = ml_collections.ConfigDict(dict(name="mnist5k", image_size=16, channels=1, max_train=None,
+                                            val_fraction=0.2))   # choices are made on this much of train
     c.model = model_config()
     c.optim = optim_config()
     c.batch_size = 128
@@ -44,6 +46,7 @@ def base_config(arg: str, *, experiment: str) -> ml_collections.ConfigDict:
     c.resume_changed = False     # True: continue a workdir's run with a changed config (changes go to results.json)
     c.divergence_factor = 100.0  # stop (before saving) when the loss exceeds this multiple of its median; 0: off
     if arg == "smoke":
+        c.seeds = 1
         c.data.max_train = 512
         c.model.width = 8
         c.optim.lr = 1e-2
@@ -52,7 +55,8 @@ def base_config(arg: str, *, experiment: str) -> ml_collections.ConfigDict:
         c.log_every = 20
         c.checkpoint_every = 20
     elif arg == "full":
-        c.data = ml_collections.ConfigDict(dict(name="tfds:cifar10", image_size=32, channels=3, max_train=None))
+        c.data = ml_collections.ConfigDict(dict(name="tfds:cifar10", image_size=32, channels=3, max_train=None,
+                                                val_fraction=0.1))
         c.model = model_config(depth=20, width=16)
         c.optim = optim_config(name="momentum", lr=0.1, schedule="warmup_cosine", warmup_steps=500,
                                weight_decay=5e-4)

@@ -42,7 +42,7 @@ def run(config, workdir: str) -> dict:
     with `run_dir(config, workdir)`; the config record and results of that run live there (results.json
     is also copied to the workdir)."""
     import jax
-    from modular import parallel, reporting, train
+    from modular import parallel, protocol, reporting, train
     from modular import workdir as wd
 
     parallel.maybe_initialize_distributed()
@@ -71,6 +71,8 @@ def run(config, workdir: str) -> dict:
             wd.write_config(own, record)  # the run finished: config.json describes its results
             for directory in {own, workdir}:
                 reporting.write_json(os.path.join(directory, "results.json"), results)
+            if results.get("claims"):
+                print(protocol.claims_table(results["claims"]), flush=True)
             print(f"wrote {os.path.join(workdir, 'results.json')}", flush=True)
     return results
 

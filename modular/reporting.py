@@ -130,3 +130,23 @@ class Stages:
         self._close()
         self._t = None
         return self.seconds
+
+
+# --------------------------------------------------------------------------- README tables from results.json
+README_MARK = "<!-- results:{name} -->"
+README_END = "<!-- /results:{name} -->"
+
+
+def replace_readme_section(text: str, name: str, body: str) -> str:
+    """`text` with the block between README_MARK and README_END for `name` replaced by `body`.
+
+    Each experiment writes its tables into results.json under `readme_tables: {name: markdown}`;
+    `python -m experiments.readme` copies them here, so no number in the README is typed by hand.
+    """
+    start, end = README_MARK.format(name=name), README_END.format(name=name)
+    if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
+        raise ValueError(f"The README needs exactly one '{start}' line followed by one '{end}' line "
+                         f"to receive the {name!r} tables.")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{body.strip()}\n{end}{tail}"

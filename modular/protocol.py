@@ -1,0 +1,237 @@
+"""The comparison protocol every experiment follows, so that its tables can be trusted by a reviewer.
+
+1. Every choice (hyperparameters, thresholds, early stopping, source selection) is made on a validation
+   split carved from the training data (`validation_split`); the test set is read once, for the number
+   that is reported.
+2. Every compared method gets the same tuning grid (`grid`, `budget`), plus its own regulariser grid where
+   the method has one; the grid is written into results.json.
+3. Every headline number is a mean with its standard error over `config.seeds` runs (`estimate`, `aggregate`).
+4. Each paper claim gets a verdict decided from a confidence interval, never by hand (`claim_*`):
+   "holds" when the interval lies on the claimed side, "does not hold" when it lies on the other side, and
+   "inconclusive" when it straddles (always so with a single seed).
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from modular.data import splits
+from modular.data.dataset import Dataset
+
+HOLDS, FAILS, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
+LEVEL = 0.95
+
+
+# --------------------------------------------------------------------------- seeds and validation splits
+def seeds(config) -> list[int]:
+    """The run seeds: `config.seeds` is a count N (config.seed, config.seed + 1, ...) or an explicit list."""
+    spec = config.get("seeds", 1)
+    base = int(config.get("seed", 0))
+    if isinstance(spec, (list, tuple)):
+        out = [int(s) for s in spec]
+    elif isinstance(spec, (int, np.integer)) and not isinstance(spec, bool) and spec >= 1:
+        out = [base + i for i in range(int(spec))]
+    else:
+        raise ValueError(f"config.seeds must be a positive count or a list of seeds, got {spec!r}.")
+    if not out or len(set(out)) != len(out):
+        raise ValueError(f"config.seeds must name distinct seeds, got {out}.")
+    return out
+
+
+def validation_split(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+    """(fit, validation): both carved from `ds`'s training data, stratified, a pure function of `seed`.
+
+    The validation Dataset holds the held-out training examples in its `test_*` arrays (and the fit part in
+    its `train_*`), so every function that evaluates "on the test arrays" can be pointed at validation
+    without a second code path. `ds`'s real test arrays appear in neither.
+    """
+    fit_idx, val_idx = splits.train_test_indices(ds.train_labels, fraction, seed)
+    fit = dataclasses.replace(ds, name=f"{ds.name}[fit]", train_images=ds.train_images[fit_idx],
+                              train_labels=ds.train_labels[fit_idx])
+    val = dataclasses.replace(fit, name=f"{ds.name}[val]", test_images=ds.train_images[val_idx],
+                              test_labels=ds.train_labels[val_idx])
+    return fit, val
+
+
+# --------------------------------------------------------------------------- grids and selection
+def grid(**axes: Sequence[Any]) -> list[dict]:
+    """Every combination of the axes, in a fixed order: grid(lr=[.1, .01], steps=[100]) -> 2 settings."""
+    for name, values in axes.items():
+        if isinstance(values, (str, bytes)) or not isinstance(values, Iterable) or not list(values):
+            raise ValueError(f"grid axis {name!r} must be a non-empty list of values, got {values!r}.")
+    names = list(axes)
+    return [dict(zip(names, combo)) for combo in itertools.product(*(list(axes[n]) for n in names))]
+
+
+def budget(config_grid) -> list[dict]:
+    """The shared learning-rate x steps grid from a config section with `lrs` and `steps` lists."""
+    steps = config_grid.steps if isinstance(config_grid.steps, (list, tuple)) else [config_grid.steps]
+    return grid(lr=[float(v) for v in config_grid.lrs], steps=[int(v) for v in steps])
+
+
+def select(settings: Sequence[Mapping], scores: Sequence[float]) -> tuple[dict, float]:
+    """(best setting, its validation score); ties go to the earliest setting, so the order of the grid
+    (cheapest first, by convention) decides, never the test set."""
+    if len(settings) != len(scores) or not settings:
+        raise ValueError(f"select needs one score per setting, got {len(settings)} settings and "
+                         f"{len(scores)} scores.")
+    scores = np.asarray(scores, np.float64)
+    if not np.isfinite(scores).any():
+        raise ValueError("every setting of the grid gave a non-finite validation score.")
+    best = int(np.nanargmax(np.where(np.isfinite(scores), scores, -np.inf)))
+    return dict(settings[best]), float(scores[best])
+
+
+def choose(settings: Sequence[Mapping], evaluate: Callable[[Mapping], float]) -> tuple[dict, float, list]:
+    """Evaluates every setting on validation and returns (best, its score, [(setting, score), ...])."""
+    scores = [float(evaluate(s)) for s in settings]
+    best, score = select(settings, scores)
+    return best, score, [dict(setting=dict(s), validation=v) for s, v in zip(settings, scores)]
+
+
+# --------------------------------------------------------------------------- estimates over seeds
+@dataclasses.dataclass(frozen=True)
+class Estimate:
+    """A mean over n runs with its standard error and a t-based confidence interval."""
+    mean: float
+    se: float
+    n: int
+    values: tuple[float, ...]
+
+    def interval(self, level: float = LEVEL) -> tuple[float, float]:
+        if self.n < 2 or not math.isfinite(self.se):
+            return (-math.inf, math.inf)
+        from scipy import stats  # slow import; only needed here
+        half = float(stats.t.ppf(0.5 + level / 2, self.n - 1)) * self.se
+        return (self.mean - half, self.mean + half)
+
+    def as_dict(self, scale: float = 1.0) -> dict:
+        lo, hi = self.interval()
+        return dict(mean=scale * self.mean, se=scale * self.se if math.isfinite(self.se) else None, n=self.n,
+                    interval=[scale * lo if math.isfinite(lo) else None, scale * hi if math.isfinite(hi) else None],
+                    values=[scale * v for v in self.values])
+
+    def __format__(self, spec: str) -> str:
+        spec = spec or ".1f"
+        if self.n < 2:
+            return format(self.mean, spec)
+        return f"{format(self.mean, spec)} ± {format(self.se, spec)}"
+
+
+def estimate(values: Iterable[float]) -> Estimate:
+    vals = tuple(float(v) for v in values)
+    if not vals:
+        raise ValueError("estimate needs at least one value.")
+    n = len(vals)
+    mean = float(np.mean(vals))
+    se = float(np.std(vals, ddof=1) / math.sqrt(n)) if n > 1 else math.nan
+    return Estimate(mean, se, n, vals)
+
+
+def aggregate(per_seed: Sequence[Mapping[str, Any]]) -> dict:
+    """{key: Estimate} from one {key: number} dict per seed; nested dicts are aggregated key by key.
+    Keys missing from some seed (or None there) are estimated from the seeds that have them."""
+    keys = list(dict.fromkeys(k for run in per_seed for k in run))
+    out = {}
+    for k in keys:
+        vals = [run.get(k) for run in per_seed if run.get(k) is not None]
+        if vals and isinstance(vals[0], Mapping):
+            out[k] = aggregate(vals)
+        elif vals:
+            out[k] = estimate(vals)
+    return out
+
+
+def to_dicts(estimates: Mapping[str, Any], scale: float = 1.0) -> dict:
+    """JSON form of `aggregate`'s output: {key: {mean, se, n, interval, values}} (nested alike)."""
+    return {k: to_dicts(v, scale) if isinstance(v, Mapping) else v.as_dict(scale) for k, v in estimates.items()}
+
+
+def means(estimates: Mapping[str, Any]) -> dict:
+    """{key: mean} (nested alike), for code that wants plain numbers."""
+    return {k: means(v) if isinstance(v, Mapping) else v.mean for k, v in estimates.items()}
+
+
+# --------------------------------------------------------------------------- claims
+def verdict(difference: Estimate, *, level: float = LEVEL) -> str:
+    """HOLDS when the interval of (claimed side - other side) is above 0, FAILS when below, else INCONCLUSIVE."""
+    lo, hi = difference.interval(level)
+    if lo > 0:
+        return HOLDS
+    if hi < 0:
+        return FAILS
+    return INCONCLUSIVE
+
+
+def _claim(text: str, difference: Estimate, evidence: str, scale: float) -> dict:
+    return dict(claim=text, evidence=evidence, verdict=verdict(difference),
+                difference=difference.as_dict(scale), level=LEVEL)
+
+
+def claim_greater(text: str, a: Sequence[float], b: Sequence[float], *, names: tuple[str, str] = ("a", "b"),
+                  margin: float = 0.0, scale: float = 100.0, unit: str = "pts") -> dict:
+    """Claim "a > b + margin", judged on the paired per-seed differences (same seeds, same data splits)."""
+    if len(a) != len(b):
+        raise ValueError(f"claim {text!r}: {len(a)} values of {names[0]} but {len(b)} of {names[1]}; "
+                         "paired claims need one value per seed on each side.")
+    diff = estimate(x - y - margin for x, y in zip(a, b))
+    ea, eb = estimate(a), estimate(b)
+    extra = f" - {scale * margin:g}" if margin else ""
+    evidence = (f"{names[0]} {ea.mean * scale:.1f} vs {names[1]} {eb.mean * scale:.1f}; "
+                f"{names[0]} - {names[1]}{extra} = {_interval_text(diff, scale)} {unit} (n={diff.n})")
+    return _claim(text, diff, evidence, scale)
+
+
+def claim_within(text: str, a: Sequence[float], b: Sequence[float], *, tolerance: float,
+                 names: tuple[str, str] = ("a", "b"), scale: float = 100.0, unit: str = "pts") -> dict:
+    """Claim "a is no worse than b by more than `tolerance`": holds when the interval of a - b + tolerance
+    lies above 0."""
+    return claim_greater(text, a, b, names=names, margin=-tolerance, scale=scale, unit=unit)
+
+
+def claim_above(text: str, values: Sequence[float], threshold: float, *, name: str = "value",
+                scale: float = 1.0, unit: str = "") -> dict:
+    """Claim "value > threshold" over seeds (e.g. a correlation below zero: pass the negated values)."""
+    diff = estimate(v - threshold for v in values)
+    ev = estimate(values)
+    evidence = (f"{name} {format(Estimate(ev.mean * scale, ev.se * scale, ev.n, ()), '.3g')}"
+                f" vs threshold {threshold * scale:g}; difference {_interval_text(diff, scale, '.3g')}"
+                f"{(' ' + unit) if unit else ''} (n={diff.n})")
+    return _claim(text, diff, evidence, scale)
+
+
+def _interval_text(e: Estimate, scale: float, spec: str = ".1f") -> str:
+    lo, hi = e.interval()
+    if not math.isfinite(lo):
+        return f"{format(e.mean * scale, spec)} (one seed: no interval)"
+    return (f"{format(e.mean * scale, spec)} ± {format(e.se * scale, spec)} "
+            f"[{format(lo * scale, spec)}, {format(hi * scale, spec)}]")
+
+
+def claims_table(claims: Sequence[Mapping]) -> str:
+    """The printed form of a results.json `claims` list."""
+    from modular import reporting
+    rows = [dict(claim=c["claim"], verdict=c["verdict"], evidence=c["evidence"]) for c in claims]
+    return reporting.format_table(rows, ["claim", "verdict", "evidence"], title="Paper claims at this scale")
+
+
+def mean_se_table(estimates: Mapping[str, Mapping[str, Estimate]], *, rows: Sequence[str],
+                  columns: Sequence[str], scale: float = 100.0, paper: Mapping | None = None,
+                  row_title: str = "method", title: str = "") -> str:
+    """A markdown table of `estimates[row][column]` as 'mean ± se' (scaled, default %), optional paper column."""
+    from modular import reporting
+    table = []
+    for r in rows:
+        row = {row_title: r}
+        if paper is not None:
+            row["paper"] = paper.get(r)
+        for c in columns:
+            e = estimates.get(r, {}).get(c)
+            row[c] = None if e is None else format(Estimate(e.mean * scale, e.se * scale, e.n, ()), ".1f")
+        table.append(row)
+    cols = [row_title] + (["paper"] if paper is not None else []) + list(columns)
+    return reporting.format_table(table, cols, title=title)
