@@ -28,6 +28,12 @@ def optim_config(**overrides) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(cfg)
 
 
+def streaming_keys() -> dict:
+    """config.data keys of the streaming input path (modular/data/streaming.py), used by supervised pretraining."""
+    return dict(streaming="auto",       # 'auto': stream a tfds set over max_in_memory_gb in memory; True; False
+                max_in_memory_gb=4.0, shuffle_buffer=10_000)
+
+
 def base_config(arg: str, *, experiment: str) -> ml_collections.ConfigDict:
     arg = check_arg(arg)
     c = ml_collections.ConfigDict()
@@ -56,7 +62,7 @@ def base_config(arg: str, *, experiment: str) -> ml_collections.ConfigDict:
         c.checkpoint_every = 20
     elif arg == "full":
         c.data = ml_collections.ConfigDict(dict(name="tfds:cifar10", image_size=32, channels=3, max_train=None,
-                                                val_fraction=0.1))
+                                                val_fraction=0.1, **streaming_keys()))
         c.model = model_config(depth=20, width=16)
         c.optim = optim_config(name="momentum", lr=0.1, schedule="warmup_cosine", warmup_steps=500,
                                weight_decay=5e-4)

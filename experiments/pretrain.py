@@ -4,18 +4,19 @@ from __future__ import annotations
 import jax
 import ml_collections
 
-from modular import params as P, supervised
+from modular import data, params as P, supervised
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    clf, ds = supervised.pretrained_backbone(config, workdir)
+    clf, ds = supervised.pretrained_backbone(config, workdir, streaming=True)  # large tfds sets stream
     params = clf.variables["params"]
     fit = clf.fit
     steps_run = config.num_steps - (fit.resumed_from or 0)
     results = dict(
-        accuracy=clf.accuracy(ds.test_images, ds.test_labels),
-        train_accuracy=clf.accuracy(ds.train_images[:2000], ds.train_labels[:2000]),
-        dataset=ds.name, num_classes=ds.num_classes, num_train=len(ds.train_labels), num_test=len(ds.test_labels),
+        accuracy=clf.evaluate(ds, "test"),
+        train_accuracy=clf.evaluate(ds, "train", max_examples=2000),
+        dataset=ds.name, num_classes=ds.num_classes, num_train=ds.num_train, num_test=ds.num_test,
+        streamed=isinstance(ds, data.StreamingDataset),
         model=config.model.to_dict(),
         params={"total": P.count(params), "extractor": P.count(params["extractor"]), "head": P.count(params["head"])},
         steps=config.num_steps, resumed_from=fit.resumed_from,

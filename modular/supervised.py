@@ -7,10 +7,12 @@ import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from modular import data, losses, models, train
+from modular import data, losses, models, parallel, train
+from modular.platform import xla_cpu
 
 
 @dataclasses.dataclass
@@ -25,6 +27,35 @@ class Classifier:
     def accuracy(self, images: np.ndarray, labels: np.ndarray, mode: str = "eval") -> float:
         return train.accuracy(self.logits_fn(mode), self.variables, images, labels)
 
+    def evaluate(self, ds: data.Dataset | data.StreamingDataset, split: str = "test",
+                 max_examples: int | None = None, batch_size: int | None = None) -> float:
+        """Accuracy on ds's 'test' or 'train' split (the first `max_examples`, or about that many spread over
+        the processes of a streamed set), in memory or streamed with evaluation preprocessing."""
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
+        if isinstance(ds, data.StreamingDataset):
+            batches = ds.eval_batches(split, batch_size or 64 * jax.device_count(), max_examples=max_examples)
+            return streamed_accuracy(self.logits_fn(), self.variables, batches)
+        images, labels = (ds.train_images, ds.train_labels) if split == "train" else (ds.test_images, ds.test_labels)
+        return self.accuracy(images[:max_examples], labels[:max_examples])
+
+
+def streamed_accuracy(logits_fn, variables: dict, batches) -> float:
+    """Accuracy over global batches dict(image, label, mask) (mask 0: padding), summed over every process."""
+    mesh = parallel.make_mesh()
+    variables = parallel.replicate(variables, mesh)
+    counts = xla_cpu.jit(functools.partial(_correct_and_total, logits_fn))
+    correct = total = 0.0
+    for batch in batches:
+        c, t = parallel.to_host(counts(variables, batch))
+        correct, total = correct + float(c), total + float(t)
+    return correct / max(total, 1.0)
+
+
+def _correct_and_total(logits_fn, variables, batch):
+    hit = jnp.argmax(logits_fn(variables, batch), -1) == batch["label"]
+    return jnp.sum(hit * batch["mask"]), jnp.sum(batch["mask"])
+
 
 @functools.lru_cache(maxsize=64)
 def classification_loss(model):
@@ -36,7 +67,15 @@ def classification_loss(model):
     return loss_fn
 
 
-def train_classifier(ds: data.Dataset, *, model_cfg: ml_collections.ConfigDict,
+def train_batches(ds: data.Dataset | data.StreamingDataset, batch_size: int, seed: int):
+    """batch_fn(step) over the training split: `data.batch_at` in memory, a prefetching `TrainStream` for a
+    streamed dataset (close it when done); both give the same batch for a step however often restarted."""
+    if isinstance(ds, data.StreamingDataset):
+        return ds.train_batches(batch_size, seed)
+    return lambda step: data.batch_at(ds.train_images, ds.train_labels, step, batch_size, seed)
+
+
+def train_classifier(ds: data.Dataset | data.StreamingDataset, *, model_cfg: ml_collections.ConfigDict,
                      optim_cfg: ml_collections.ConfigDict, num_steps: int, batch_size: int, seed: int = 0,
                      workdir: str | None = None, checkpoint_every: int = 0, log_every: int = 50,
                      name: str = "pretrain", verbose: bool = True) -> Classifier:
@@ -44,18 +83,25 @@ def train_classifier(ds: data.Dataset, *, model_cfg: ml_collections.ConfigDict,
     model = models.build(model_cfg, ds.num_classes)
     variables = models.init(model, jax.random.key(seed), (1,) + tuple(ds.image_shape))
     params, model_state = variables["params"], {k: v for k, v in variables.items() if k != "params"}
-    trained = train.train_subtrees(
-        params, model_state, loss_fn=classification_loss(model), optim_cfg=optim_cfg,
-        batch_fn=lambda step: data.batch_at(ds.train_images, ds.train_labels, step, batch_size, seed),
-        num_steps=num_steps, seed=seed, workdir=workdir, checkpoint_every=checkpoint_every,
-        log_every=log_every, name=name, verbose=verbose, show_table=True)
+    batches = train_batches(ds, batch_size, seed)
+    try:
+        trained = train.train_subtrees(
+            params, model_state, loss_fn=classification_loss(model), optim_cfg=optim_cfg, batch_fn=batches,
+            num_steps=num_steps, seed=seed, workdir=workdir, checkpoint_every=checkpoint_every,
+            log_every=log_every, name=name, verbose=verbose, show_table=True)
+    finally:
+        if isinstance(batches, data.streaming.TrainStream):
+            batches.close()
     return Classifier(model=model, variables={"params": trained.params, **trained.model_state}, fit=trained.fit)
 
 
-def pretrained_backbone(config: ml_collections.ConfigDict, workdir: str, verbose: bool = True) -> tuple[Classifier, data.Dataset]:
-    """Pretrain on config.data.name with config.model / config.optim (resumes in workdir/pretrain)."""
-    ds = data.load(config.data.name, image_size=config.data.image_size, channels=config.data.channels,
-                   seed=config.seed, max_train=config.data.get("max_train"))
+def pretrained_backbone(config: ml_collections.ConfigDict, workdir: str, verbose: bool = True,
+                        streaming: bool = False) -> tuple[Classifier, data.Dataset | data.StreamingDataset]:
+    """Pretrain on config.data.name with config.model / config.optim (resumes in workdir/pretrain).
+
+    streaming=True: the caller takes a `data.StreamingDataset` (evaluate with `Classifier.evaluate`), so a
+    large `tfds:` set streams (`config.data.streaming`); otherwise the data is always read into memory."""
+    ds = data.load_for_training(config.data, seed=config.seed, allow_streaming=streaming)
     clf = train_classifier(ds, model_cfg=config.model, optim_cfg=config.optim, num_steps=config.num_steps,
                            batch_size=config.batch_size, seed=config.seed,
                            workdir=os.path.join(workdir, "pretrain") if workdir else None,

@@ -3,20 +3,22 @@
 Names: `mnist5k`, `digits`, either with a corruption suffix (`mnist5k/blur`, ...),
 `tfds:NAME[:SPLIT]` for any tensorflow-datasets dataset, and the user's own files: `folder:PATH` (one
 sub-folder per class, optionally under `train/` and `test/`) and `npz:PATH` (arrays x, y[, x_test, y_test]).
-`vtab_like.load_task` builds the offline VTAB-1k-like transfer targets (digits, corruptions, rotation /
+`load_for_training` returns a `StreamingDataset` instead for `tfds:` sets too large for memory (see
+`streaming`; `config.data.streaming`). `vtab_like.load_task` builds the offline VTAB-1k-like transfer targets (digits, corruptions, rotation /
 location / count). `read_images` reads image files the way `folder:` datasets do.
 """
 from __future__ import annotations
 
 import functools
 
-from modular.data import corruptions, images, offline, splits, tfds_source, user_files, vtab_like
+from modular.data import corruptions, images, offline, splits, streaming, tfds_source, user_files, vtab_like
 from modular.data.dataset import Dataset
 from modular.data.pipeline import batch_at, batch_indices, multitask_batch
+from modular.data.streaming import StreamingDataset
 from modular.data.tasks import rotation_views
 from modular.data.user_files import read_images
 
-__all__ = ["Dataset", "load", "known_names", "read_images", "batch_at", "batch_indices", "multitask_batch",
+__all__ = ["Dataset", "StreamingDataset", "load", "load_for_training", "known_names", "read_images", "batch_at", "batch_indices", "multitask_batch",
            "rotation_views", "vtab_like"]
 
 OFFLINE = tuple(offline.NUM_CLASSES)
@@ -101,3 +103,27 @@ def load(name: str, *, image_size: int = 16, channels: int = 1, seed: int = 0, t
             raise _unknown(name)
         ds = _load_offline(name, int(image_size), channels, int(seed), float(test_fraction))
     return ds if max_train is None else ds.subset(max_train=int(max_train), seed=seed)
+
+
+def load_for_training(data_config, *, seed: int = 0, allow_streaming: bool = False) -> Dataset | StreamingDataset:
+    """`config.data` -> the in-memory `Dataset`, or a `StreamingDataset` when `data_config.streaming` says so
+    ('auto': a `tfds:` set over `max_in_memory_gb` in memory) and the caller can consume one.
+
+    Keys read besides name/image_size/channels/max_train (all optional): streaming ('auto' | True | False),
+    max_in_memory_gb, shuffle_buffer, eval_crop_fraction, crop_area_min.
+    """
+    chosen = streaming.mode(data_config.get("streaming", "auto"))
+    if chosen is True and not allow_streaming:
+        raise ValueError("This experiment reads its data in memory; set --config.data.streaming=False "
+                         "(streaming serves supervised pretraining, configs/pretrain.py).")
+    if allow_streaming and streaming.wanted(data_config):
+        if data_config.get("max_train"):
+            raise ValueError(f"config.data.max_train applies to in-memory datasets; to stream fewer examples, "
+                             f"name a split slice such as tfds:NAME:train[:{data_config.max_train}].")
+        return streaming.open_dataset(
+            data_config.name, image_size=int(data_config.image_size), channels=int(data_config.channels),
+            shuffle_buffer=int(data_config.get("shuffle_buffer", 10_000)),
+            crop_fraction=float(data_config.get("eval_crop_fraction", 0.875)),
+            area_range=(float(data_config.get("crop_area_min", 0.08)), 1.0))
+    return load(data_config.name, image_size=data_config.image_size, channels=data_config.channels, seed=seed,
+                max_train=data_config.get("max_train"))

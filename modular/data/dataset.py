@@ -43,6 +43,14 @@ class Dataset:
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.train_images.shape[1:])
 
+    @property
+    def num_train(self) -> int:
+        return len(self.train_labels)
+
+    @property
+    def num_test(self) -> int:
+        return len(self.test_labels)
+
     def subset(self, classes: Sequence[int] | None = None, max_train: int | None = None, seed: int = 0,
                relabel: bool = False) -> "Dataset":
         """Keeps only `classes` (in both splits) and at most `max_train` training examples.

@@ -57,6 +57,34 @@ def _quiet_downloads():
             lg.setLevel(level)
 
 
+def prepared_builder(spec: str, *, data_dir: str | None = None):
+    """The tfds builder of a `tfds:` spec with its data downloaded and prepared (one sentence on failure);
+    the streaming path reads from it."""
+    name, _ = parse(spec)
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as e:
+        raise ValueError(f"Dataset {spec!r} needs tensorflow-datasets, which cannot be imported here ({e}); "
+                         f"reinstall the project with pip install -e .") from e
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError as e:
+        raise ValueError(f"Unknown tensorflow-datasets dataset {name!r} in {spec!r}; "
+                         f"tfds.list_builders() lists the known names.") from e
+    features = builder.info.features
+    if "image" not in features or "label" not in features:
+        raise ValueError(f"Dataset {spec!r} needs 'image' and 'label' features but has "
+                         f"{sorted(features.keys())}.")
+    try:
+        with _quiet_downloads():
+            builder.download_and_prepare()
+    except Exception as e:  # download and preparation errors come in many types
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ValueError(f"Dataset {spec!r} could not be prepared ({type(e).__name__}: {first}); "
+                         f"tensorflow-datasets needs the network the first time.") from e
+    return builder
+
+
 def load(spec: str, *, image_size: int, channels: int, seed: int, test_fraction: float):
     """Returns (train_x, train_y, test_x, test_y, num_classes) for a `tfds:` spec.
 
