@@ -28,7 +28,8 @@ setup(
         "pillow>=9.1",                         # the user's image folders (Image.Resampling)
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-xdist>=3"],
+        # torch (the CPU wheel here) writes the reference ResNet-50/MobileNetV2 state dicts of tests/test_convert.py
+        "test": ["pytest>=7", "pytest-xdist>=3", "torch==2.13.0"],
         "bench": ["torch==2.13.0"],
     },
 )

@@ -158,7 +158,7 @@ def test_low_precision_compute_keeps_float32_logits():
 
 
 @pytest.mark.parametrize("bad, message", [
-    (dict(name="vgg"), r"Unknown model name 'vgg'; known names are: isometric, mobilenet_v2, resnet, vit, wrn\."),
+    (dict(name="vgg"), r"Unknown model name 'vgg'; known names are: isometric, mobilenet_v2, mobilenet_v2_imagenet, resnet, resnet_imagenet, vit, wrn\."),
     (dict(name="resnet", depth=21), r"resnet depth must be 6n\+2"),
     (dict(name="wrn", depth=20), r"wrn depth must be 6n\+4"),
     (dict(name="resnet", split="stage4"), r"Split 'stage4' is not a unit of resnet; choose one of: stem, "),

@@ -1,8 +1,12 @@
-"""A small MobileNetV2 (Sandler et al. 2018) for 16x16 to 32x32 images, as unit runs.
+"""MobileNetV2 (Sandler et al. 2018) as unit runs: a small one for 16x16 to 32x32 images, and the
+ImageNet one whose weights torchvision publishes.
 
 Units: `stem` (3x3 conv), `stage1..stage5` of inverted residual blocks, `final` (1x1 conv), then
 pooling and a classifier. Channels are multiples of `width` (stage1's channels), which with width=16
 gives MobileNetV2's first five stages (16, 24, 32, 64, 96); strides suit CIFAR-sized inputs.
+`imagenet=True` is the paper's network (Table 2): a stride-2 stem, `stage1..stage7` (16, 24, 32, 64, 96,
+160, 320 channels at width 16 with 1, 2, 3, 4, 3, 3, 1 blocks) and a 1280-channel `final`, which at
+width 16 is torchvision's `mobilenet_v2` (width multiplier 1.0) layer for layer.
 """
 import functools
 
@@ -15,6 +19,10 @@ from modular.platform.fusion import fusion_boundary
 STAGES = ((1, 1.0, 1, 1), (None, 1.5, 2, 2), (None, 2.0, 2, 2), (None, 4.0, 2, 2), (None, 6.0, 1, 1))
 STEM_MULT, FINAL_MULT = 2.0, 8.0
 UNITS = ("stem",) + tuple(f"stage{i + 1}" for i in range(len(STAGES))) + ("final",)
+IMAGENET_STAGES = ((1, 1.0, 1, 1), (None, 1.5, 2, 2), (None, 2.0, 3, 2), (None, 4.0, 4, 2), (None, 6.0, 3, 1),
+                   (None, 10.0, 3, 2), (None, 20.0, 1, 1))
+IMAGENET_FINAL_MULT = 80.0   # 1280 channels at width 16
+IMAGENET_UNITS = ("stem",) + tuple(f"stage{i + 1}" for i in range(len(IMAGENET_STAGES))) + ("final",)
 
 
 def channels(width: int, mult: float) -> int:
@@ -46,18 +54,22 @@ class InvertedResidual(layers.Block):
 class MobileNetV2(layers.UnitRun):
     """A contiguous run of MobileNetV2 units; with `num_classes` it also pools and classifies (a head)."""
     expansion: int = 6
+    imagenet: bool = False
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         out = {}
         for unit in self.units:
             if unit in ("stem", "final"):
-                mult, kernel = (STEM_MULT, 3) if unit == "stem" else (FINAL_MULT, 1)
-                x = layers.ConvBN(channels(self.width, mult), kernel, act="relu6", bn_momentum=self.bn_momentum,
-                                  dtype=self.dtype, name=unit)(x, train=train)
+                final_mult = IMAGENET_FINAL_MULT if self.imagenet else FINAL_MULT
+                mult, kernel = (STEM_MULT, 3) if unit == "stem" else (final_mult, 1)
+                stride = 2 if self.imagenet and unit == "stem" else 1
+                x = layers.ConvBN(channels(self.width, mult), kernel, stride, act="relu6",
+                                  bn_momentum=self.bn_momentum, dtype=self.dtype, name=unit)(x, train=train)
                 out[unit] = x
                 continue
-            t, mult, n, stride = STAGES[UNITS.index(unit) - 1]
+            units, stages = (IMAGENET_UNITS, IMAGENET_STAGES) if self.imagenet else (UNITS, STAGES)
+            t, mult, n, stride = stages[units.index(unit) - 1]
             block = functools.partial(InvertedResidual, features=channels(self.width, mult),
                                       expansion=self.expansion if t is None else t,
                                       bn_momentum=self.bn_momentum, dtype=self.dtype)

@@ -15,15 +15,18 @@ from modular.models.split import SplitModel
 _COMMON = dict(width=16, bn_momentum=0.9, dtype="float32")
 _DEFAULTS = {
     "resnet": dict(depth=20, widen=1, split=resnet.UNITS[-1]),
+    "resnet_imagenet": dict(depth=50, width=64, split=resnet.IMAGENET_UNITS[-1]),
     "wrn": dict(depth=16, widen=4, split=resnet.UNITS[-1]),
     "mobilenet_v2": dict(expansion=6, split=mobilenet.UNITS[-1]),
-    "vit": dict(depth=4, patch=4, heads=2, mlp_ratio=2, split="final"),
+    "mobilenet_v2_imagenet": dict(expansion=6, split=mobilenet.IMAGENET_UNITS[-1]),
+    "vit": dict(depth=4, patch=4, heads=2, mlp_ratio=2, pool="gap", split="final"),
     "isometric": dict({k: v for k, v in isometric.default_config().items() if k not in _COMMON},
                       split=isometric.UNITS[-1]),
 }
 # Keys meaningful to some architecture; the others ignore them, so one model config can switch `name`.
-_KNOWN_KEYS = {"name", "depth", "widen", "expansion", "split", "patch", "heads", "mlp_ratio", *_COMMON,
-               *isometric.default_config()}
+# `init` (weights to start from, modular.pretrained) is read by whoever initialises the model, not here.
+_KNOWN_KEYS = {"name", "depth", "widen", "expansion", "split", "patch", "heads", "mlp_ratio", "pool", "init",
+               *_COMMON, *isometric.default_config()}
 
 
 def known_names() -> list:
@@ -37,9 +40,10 @@ def _check_name(name: Any) -> str:
 
 
 def default_config(name: str = "resnet") -> ml_collections.ConfigDict:
-    """The defaults of architecture `name` (ResNet-20, WRN-16-4, MobileNetV2 width 16, ViT 4 blocks of
-    width 16 on 4x4 patches, the isometric net of 6 blocks mixing 3 templates; linear head)."""
-    return ml_collections.ConfigDict(dict(name=_check_name(name), **_COMMON, **_DEFAULTS[name]))
+    """The defaults of architecture `name` (ResNet-20, ImageNet ResNet-50, WRN-16-4, MobileNetV2 width 16
+    for small images and for ImageNet, ViT 4 blocks of width 16 on 4x4 patches, the isometric net of 6 blocks
+    mixing 3 templates; linear head)."""
+    return ml_collections.ConfigDict(dict(name=_check_name(name), **{**_COMMON, **_DEFAULTS[name]}))
 
 
 def unit_names(cfg) -> tuple:
@@ -49,7 +53,8 @@ def unit_names(cfg) -> tuple:
         return vit.unit_names(cfg.get("depth") or _DEFAULTS["vit"]["depth"])
     if name == "isometric":
         return isometric.UNITS
-    return mobilenet.UNITS if name == "mobilenet_v2" else resnet.UNITS
+    return {"mobilenet_v2": mobilenet.UNITS, "mobilenet_v2_imagenet": mobilenet.IMAGENET_UNITS,
+            "resnet_imagenet": resnet.IMAGENET_UNITS}.get(name, resnet.UNITS)
 
 
 def _resolve(cfg) -> dict:
@@ -65,11 +70,16 @@ def _resolve(cfg) -> dict:
     for key in ("width", "widen", "expansion", "patch", "heads", "mlp_ratio") + sized:
         if key in spec and (not isinstance(spec[key], int) or spec[key] < 1):
             raise ValueError(f"Model config {key} must be a positive integer; got {spec[key]!r}.")
+    if name == "vit" and spec["pool"] not in vit.POOLS:
+        raise ValueError(f"ViT pool {spec['pool']!r} is not one of: {', '.join(vit.POOLS)}.")
     if name == "vit" and spec["width"] % spec["heads"]:
         raise ValueError(f"ViT width {spec['width']} must be divisible by its number of heads {spec['heads']}.")
     units = unit_names(spec)
     if spec["split"] not in units:
         raise ValueError(f"Split {spec['split']!r} is not a unit of {name}; choose one of: {', '.join(units)}.")
+    if name == "resnet_imagenet" and spec["depth"] not in resnet.IMAGENET_DEPTHS:
+        raise ValueError(f"resnet_imagenet depth must be one of {', '.join(map(str, resnet.IMAGENET_DEPTHS))}; "
+                         f"got {spec['depth']!r}.")
     if name in ("resnet", "wrn"):
         offset = 2 if name == "resnet" else 4
         depth = spec["depth"]
@@ -88,14 +98,17 @@ def _resolve(cfg) -> dict:
 def _part(spec: dict, units: tuple, num_classes) -> nn.Module:
     common = dict(units=units, width=spec["width"], num_classes=num_classes,
                   bn_momentum=spec["bn_momentum"], dtype=spec["dtype"])
-    if spec["name"] == "mobilenet_v2":
-        return mobilenet.MobileNetV2(expansion=spec["expansion"], **common)
+    if spec["name"] in ("mobilenet_v2", "mobilenet_v2_imagenet"):
+        return mobilenet.MobileNetV2(expansion=spec["expansion"], imagenet=spec["name"] == "mobilenet_v2_imagenet",
+                                     **common)
+    if spec["name"] == "resnet_imagenet":
+        return resnet.ImageNetResNet(depth=spec["depth"], **common)
     if spec["name"] == "isometric":
         return isometric.Isometric(units=units, num_classes=num_classes, dtype=spec["dtype"],
                                    **{k: spec[k] for k in isometric.default_config()})
     if spec["name"] == "vit":
         return vit.ViT(units=units, width=spec["width"], patch=spec["patch"], heads=spec["heads"],
-                       mlp_ratio=spec["mlp_ratio"], num_classes=num_classes, dtype=spec["dtype"])
+                       mlp_ratio=spec["mlp_ratio"], num_classes=num_classes, pool=spec["pool"], dtype=spec["dtype"])
     wrn = spec["name"] == "wrn"
     n = (spec["depth"] - (4 if wrn else 2)) // 6
     return resnet.ResNet(num_blocks=n, widen=spec["widen"] if wrn else 1, preact=wrn, **common)

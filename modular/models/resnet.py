@@ -1,6 +1,8 @@
-"""CIFAR-style ResNet (He et al. 2016) and Wide ResNet (Zagoruyko & Komodakis 2016) as unit runs.
+"""CIFAR-style ResNet (He et al. 2016) and Wide ResNet (Zagoruyko & Komodakis 2016) as unit runs, and
+the ImageNet ResNet (18/34/50/101/152) whose weights torchvision publishes.
 
-The network is the unit list `stem, stage1, stage2, stage3` followed by pooling and a classifier.
+The CIFAR network is the unit list `stem, stage1, stage2, stage3` followed by pooling and a classifier;
+the ImageNet one `stem` (7x7/2 conv + 3x3/2 max-pool), `stage1..stage4`.
 `ResNet` builds any contiguous run of those units, so the extractor and head of a SplitModel are two
 instances of the same class and their parameter paths read like the unsplit network's.
 """
@@ -12,6 +14,10 @@ from modular.models import layers
 from modular.platform.fusion import fusion_boundary
 
 UNITS = ("stem", "stage1", "stage2", "stage3")
+IMAGENET_UNITS = UNITS + ("stage4",)
+# depth -> (block kind, blocks per stage), as in He et al. 2016, Table 1.
+IMAGENET_DEPTHS = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)), 50: ("bottleneck", (3, 4, 6, 3)),
+                   101: ("bottleneck", (3, 4, 23, 3)), 152: ("bottleneck", (3, 8, 36, 3))}
 
 
 class BasicBlock(layers.Block):
@@ -27,6 +33,28 @@ class BasicBlock(layers.Block):
         shortcut = x
         if self.stride != 1 or x.shape[-1] != self.features:
             shortcut = layers.conv(self.features, 1, self.stride, dtype=self.dtype, name="shortcut_conv")(x)
+            shortcut = bn("bn_shortcut")(shortcut)
+        return fusion_boundary(nn.relu(y + shortcut)), out
+
+
+class Bottleneck(layers.Block):
+    """1x1 reduce -> 3x3 (strided, as torchvision's "v1.5") -> 1x1 expand to 4x `features`, + shortcut, ReLU."""
+    expansion: int = 4
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        bn = functools.partial(layers.batch_norm, train, self.bn_momentum, self.dtype)
+        out = {}
+        y = fusion_boundary(nn.relu(bn("bn1")(layers.conv(self.features, 1, dtype=self.dtype, name="conv1")(x))))
+        out["conv1"] = y
+        y = layers.conv(self.features, 3, self.stride, dtype=self.dtype, name="conv2")(y)
+        y = fusion_boundary(nn.relu(bn("bn2")(y)))
+        out["conv2"] = y
+        outputs = self.features * self.expansion
+        y = bn("bn3")(layers.conv(outputs, 1, dtype=self.dtype, name="conv3")(y))
+        shortcut = x
+        if self.stride != 1 or x.shape[-1] != outputs:
+            shortcut = layers.conv(outputs, 1, self.stride, dtype=self.dtype, name="shortcut_conv")(x)
             shortcut = bn("bn_shortcut")(shortcut)
         return fusion_boundary(nn.relu(y + shortcut)), out
 
@@ -77,5 +105,31 @@ class ResNet(layers.UnitRun):
             closing = "relu" if self.preact and unit == UNITS[-1] else None
             x, inner = layers.Stage(block, self.num_blocks, stride=1 if k == 1 else 2, closing_act=closing,
                                     bn_momentum=self.bn_momentum, dtype=self.dtype, name=unit)(x, train=train)
+            layers.add_prefixed(out, unit, inner)
+        return layers.finish(x, out, self.num_classes, self.dtype)
+
+
+class ImageNetResNet(layers.UnitRun):
+    """A contiguous run of the ImageNet ResNet's units (torchvision's layout): stage k has `width * 2**(k-1)`
+    planes (x4 outputs in bottleneck blocks) and strides 2 from stage2 on; `depth` picks the blocks."""
+    depth: int = 50
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        kind, counts = IMAGENET_DEPTHS[self.depth]
+        out = {}
+        for unit in self.units:
+            if unit == "stem":
+                x = layers.ConvBN(self.width, 7, 2, bn_momentum=self.bn_momentum, dtype=self.dtype,
+                                  name="stem")(x, train=train)
+                x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+                out["stem"] = x
+                continue
+            k = IMAGENET_UNITS.index(unit)
+            block = functools.partial(Bottleneck if kind == "bottleneck" else BasicBlock,
+                                      features=self.width * 2 ** (k - 1), bn_momentum=self.bn_momentum,
+                                      dtype=self.dtype)
+            x, inner = layers.Stage(block, counts[k - 1], stride=1 if k == 1 else 2, bn_momentum=self.bn_momentum,
+                                    dtype=self.dtype, name=unit)(x, train=train)
             layers.add_prefixed(out, unit, inner)
         return layers.finish(x, out, self.num_classes, self.dtype)

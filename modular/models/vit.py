@@ -5,6 +5,8 @@ Units: `embed` (non-overlapping patches -> tokens, plus learned position embeddi
 reports `blockI/pre_attention` (the normalised input attention sees), `blockI/attention` and `blockI/mlp`
 (each branch's output before its residual add) and `blockI` (the tokens leaving the block): the
 activations Head2Toe selects from (Evci et al. 2022, Sec. 4). No BatchNorm, so no batch_stats collection.
+`pool="tok"` prepends a learned class token after the position embeddings and classifies it instead of
+the tokens' mean (big_vision's `pool_type="tok"`, the original ViT's classifier).
 """
 from typing import Any, Optional, Sequence
 
@@ -12,6 +14,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from modular.models import layers
+
+
+POOLS = ("gap", "tok")
 
 
 def unit_names(depth: int) -> tuple:
@@ -47,6 +52,7 @@ class ViT(nn.Module):
     heads: int = 2
     mlp_ratio: int = 2
     num_classes: Optional[int] = None
+    pool: str = "gap"
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -62,6 +68,9 @@ class ViT(nn.Module):
                 x = x.reshape(x.shape[0], -1, x.shape[-1])
                 pos = self.param("position", nn.initializers.normal(0.02), (1,) + x.shape[1:])
                 x = x + pos.astype(x.dtype)
+                if self.pool == "tok":
+                    cls = self.param("cls", nn.initializers.zeros, (1, 1, x.shape[-1]))
+                    x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (x.shape[0], 1, x.shape[-1])), x], 1)
             elif unit == "final":
                 x = nn.LayerNorm(dtype=self.dtype, name="final")(x)
             else:
@@ -72,7 +81,7 @@ class ViT(nn.Module):
             out["features"] = x
             return x, out
         out["pre_logits_tokens"] = x
-        x = jnp.mean(x, axis=1)
+        x = x[:, 0] if self.pool == "tok" else jnp.mean(x, axis=1)
         out["pre_logits"] = x
         logits = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(x).astype(jnp.float32)
         out["logits"] = logits
