@@ -16,7 +16,10 @@ def check_arg(arg: str) -> str:
 
 
 def model_config(name: str = "resnet", **overrides) -> ml_collections.ConfigDict:
-    cfg = dict(name=name, depth=8, width=16, widen=1, split="stage3", bn_momentum=0.9)
+    # dtype: activations and matmuls (float32 | bfloat16); parameters, optimizer state, BN statistics and
+    # logits stay float32. init: weights to start from (modular.pretrained: a torchvision .pth, a big_vision
+    # .npz, this library's .msgpack or checkpoint folder); the source pretraining is then skipped.
+    cfg = dict(name=name, depth=8, width=16, widen=1, split="stage3", bn_momentum=0.9, dtype="float32", init="")
     cfg.update(overrides)
     return ml_collections.ConfigDict(cfg)
 

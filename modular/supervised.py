@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from modular import data, losses, models, parallel, train
+from modular import data, losses, models, parallel, pretrained, train
 from modular.platform import xla_cpu
 
 
@@ -35,7 +35,7 @@ class Classifier:
             raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
         if isinstance(ds, data.StreamingDataset):
             batches = ds.eval_batches(split, batch_size or 64 * jax.device_count(), max_examples=max_examples)
-            return streamed_accuracy(self.logits_fn(), self.variables, batches)
+            return streamed_accuracy(_eval_logits(self.model), self.variables, batches)
         images, labels = (ds.train_images, ds.train_labels) if split == "train" else (ds.test_images, ds.test_labels)
         return self.accuracy(images[:max_examples], labels[:max_examples])
 
@@ -44,12 +44,23 @@ def streamed_accuracy(logits_fn, variables: dict, batches) -> float:
     """Accuracy over global batches dict(image, label, mask) (mask 0: padding), summed over every process."""
     mesh = parallel.make_mesh()
     variables = parallel.replicate(variables, mesh)
-    counts = xla_cpu.jit(functools.partial(_correct_and_total, logits_fn))
+    counts = _counts_fn(logits_fn)
     correct = total = 0.0
     for batch in batches:
         c, t = parallel.to_host(counts(variables, batch))
         correct, total = correct + float(c), total + float(t)
     return correct / max(total, 1.0)
+
+
+@functools.lru_cache(maxsize=16)
+def _eval_logits(model):
+    """One logits function per model, so repeated streamed evaluations reuse one compiled program."""
+    return lambda v, b: models.apply(model, v, b["image"], mode="eval")[0]
+
+
+@functools.lru_cache(maxsize=16)
+def _counts_fn(logits_fn):
+    return xla_cpu.jit(functools.partial(_correct_and_total, logits_fn))
 
 
 def _correct_and_total(logits_fn, variables, batch):
@@ -95,14 +106,56 @@ def train_classifier(ds: data.Dataset | data.StreamingDataset, *, model_cfg: ml_
     return Classifier(model=model, variables={"params": trained.params, **trained.model_state}, fit=trained.fit)
 
 
+@functools.lru_cache(maxsize=64)
+def probe_loss(model):
+    """loss_fn for train.fit with BN on its running statistics: a linear probe leaves them as they are."""
+    def loss_fn(params, model_state, batch, rng):
+        logits, _, _ = models.apply(model, {"params": params, **model_state}, batch["image"], mode="eval")
+        loss = losses.cross_entropy(logits, batch["label"])
+        return loss, (model_state, {"accuracy": losses.accuracy(logits, batch["label"])})
+    return loss_fn
+
+
+def classifier_from_weights(path: str, ds: data.Dataset | data.StreamingDataset, *,
+                            model_cfg: ml_collections.ConfigDict, optim_cfg: ml_collections.ConfigDict,
+                            num_steps: int, batch_size: int, seed: int = 0, workdir: str | None = None,
+                            checkpoint_every: int = 0, log_every: int = 50, verbose: bool = True) -> Classifier:
+    """The classifier the weights at `path` give, instead of pretraining (modular.pretrained). When the file's
+    classifier has another class count, a fresh one is fitted on ds for num_steps with everything else
+    frozen and BN on the file's statistics, so the published backbone reaches the methods unchanged."""
+    model = models.build(model_cfg, ds.num_classes)
+    variables = models.init(model, jax.random.key(seed), (1,) + tuple(ds.image_shape))
+    variables, report = pretrained.load(variables, path, model_cfg)
+    if verbose and jax.process_index() == 0:
+        print(pretrained.describe(report, path), flush=True)
+    if not report["reinitialised"] or num_steps <= 0:
+        return Classifier(model=model, variables=variables, fit=None)
+    params, model_state = variables["params"], {k: v for k, v in variables.items() if k != "params"}
+    batches = train_batches(ds, batch_size, seed)
+    try:
+        trained = train.train_subtrees(
+            params, model_state, loss_fn=probe_loss(model), optim_cfg=optim_cfg, batch_fn=batches,
+            rules=[("head/classifier/.*", 1.0)], default_mult=0.0, num_steps=num_steps, seed=seed, workdir=workdir,
+            checkpoint_every=checkpoint_every, log_every=log_every, name="init_classifier", verbose=verbose,
+            show_table=True)
+    finally:
+        if isinstance(batches, data.streaming.TrainStream):
+            batches.close()
+    return Classifier(model=model, variables={"params": trained.params, **trained.model_state}, fit=trained.fit)
+
+
 def pretrained_backbone(config: ml_collections.ConfigDict, workdir: str, verbose: bool = True,
                         streaming: bool = False) -> tuple[Classifier, data.Dataset | data.StreamingDataset]:
-    """Pretrain on config.data.name with config.model / config.optim (resumes in workdir/pretrain).
+    """Pretrain on config.data.name with config.model / config.optim (resumes in workdir/pretrain); with
+    config.model.init, start from those weights instead (classifier_from_weights: no pretraining).
 
     streaming=True: the caller takes a `data.StreamingDataset` (evaluate with `Classifier.evaluate`), so a
     large `tfds:` set streams (`config.data.streaming`); otherwise the data is always read into memory."""
     ds = data.load_for_training(config.data, seed=config.seed, allow_streaming=streaming)
-    clf = train_classifier(ds, model_cfg=config.model, optim_cfg=config.optim, num_steps=config.num_steps,
+    start = train_classifier
+    if config.model.get("init"):
+        start = functools.partial(classifier_from_weights, config.model.init)
+    clf = start(ds, model_cfg=config.model, optim_cfg=config.optim, num_steps=config.num_steps,
                            batch_size=config.batch_size, seed=config.seed,
                            workdir=os.path.join(workdir, "pretrain") if workdir else None,
                            checkpoint_every=config.get("checkpoint_every", 0), log_every=config.get("log_every", 50),

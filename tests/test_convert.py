@@ -334,3 +334,33 @@ def test_big_vision_old_layouts_and_other_resolutions(tmp):
     np.savez(tmp / "prelogits.npz", **old, **{"pre_logits/kernel": np.zeros((32, 32), np.float32)})
     with pytest.raises(pretrained.ConversionError, match="'pre_logits/kernel' has no counterpart"):
         pretrained.load(big, str(tmp / "prelogits.npz"), cfg)
+
+
+# --- --config.model.init: the run starts from the file's weights ----------------------------------------
+
+def test_config_model_init_starts_from_the_weights_and_fits_only_a_new_classifier(tmp, capsys):
+    from flax import serialization
+
+    from configs import pretrain
+    from modular import params as P, supervised
+    config = pretrain.get_config("smoke")
+    config.model.update(name="resnet", depth=8, width=4)
+    config.data.max_train = 256
+    config.num_steps = 3
+    # "Published" weights: a 7-class model of the same architecture, as a .msgpack of its variables.
+    source_model = models.build(config.model, 7)
+    shape = (1, config.data.image_size, config.data.image_size, config.data.channels)
+    rng = np.random.default_rng(5)
+    shapes = jax.eval_shape(lambda: models.init(source_model, jax.random.key(5), shape))
+    source = jax.tree.map(lambda s: rng.uniform(0.5, 1.0, s.shape).astype(s.dtype), shapes)
+    path = tmp / "seven.msgpack"
+    path.write_bytes(serialization.msgpack_serialize(source))
+    config.model.init = str(path)
+    clf, ds = supervised.pretrained_backbone(config, "")   # no workdir: no checkpoints or event files
+    printed = capsys.readouterr().out
+    assert f"init from {path}: loaded" in printed and "re-initialised (another class count)" in printed
+    got, want = P.flatten(clf.variables), P.flatten(source)
+    frozen = [p for p in want if "classifier" not in p]
+    assert frozen and all(np.array_equal(got[p], want[p]) for p in frozen)   # BN statistics included
+    assert got["params/head/classifier/kernel"].shape[-1] == ds.num_classes == 10
+    assert clf.fit is not None and int(clf.fit.state.step) == 3
