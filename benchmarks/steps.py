@@ -68,10 +68,11 @@ def train_step(name: str, batch: int, size: int, *, compiler_options: dict | Non
     return run, flops
 
 
-def arg_parser(doc: str, *, models: str, steps: int, rounds: int, steps_help: str) -> argparse.ArgumentParser:
-    """The flags every model-comparing benchmark takes (models, batch, image size, steps, rounds)."""
+def arg_parser(doc: str, *, models: str | None, steps: int, rounds: int, steps_help: str) -> argparse.ArgumentParser:
+    """The flags every benchmark takes (batch, image size, steps, rounds; models where it compares models)."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
-    parser.add_argument("--models", default=models)
+    if models is not None:
+        parser.add_argument("--models", default=models)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=steps, help=steps_help)
