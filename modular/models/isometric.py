@@ -192,13 +192,15 @@ def _bn_affine(cfg, params: Mapping, weights: Mapping, task: str) -> dict:
 
 
 def _batch_norm(x, affine, stats, l, train: bool):
-    """BN over batch and space; returns (y, (mean, var)) with the batch moments in train mode."""
+    """BN over batch and space; returns (y, (mean, var)) with the batch moments in train mode. Moments and
+    normalisation in float32 whatever x's dtype (bfloat16 statistics drift); y in x's dtype."""
+    x32 = x.astype(jnp.float32)
     if train:
-        mean, var = jnp.mean(x, axis=(0, 1, 2)), jnp.var(x, axis=(0, 1, 2))
+        mean, var = jnp.mean(x32, axis=(0, 1, 2)), jnp.var(x32, axis=(0, 1, 2))
     else:
         mean, var = stats["mean"][l], stats["var"][l]
-    y = (x - mean) * jax.lax.rsqrt(var + BN_EPS) * affine["scale"][l] + affine["bias"][l]
-    return y, (mean, var)
+    y = (x32 - mean) * jax.lax.rsqrt(var + BN_EPS) * affine["scale"][l] + affine["bias"][l]
+    return y.astype(x.dtype), (mean, var)
 
 
 def _adapter_in(images, w_in: Mapping, stride: int):

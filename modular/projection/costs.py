@@ -1,0 +1,102 @@
+"""What one train step costs, from the compiler: FLOPs, bytes per device, and the step's lowered module.
+
+The step is the library's own (`train.make_train_step` on the supervised loss, the optimizer and the
+stop-gradient mask built from the same rules as `train.train_subtrees`), traced on abstract arrays so
+that nothing of the paper-sized model is allocated. Costs come from XLA's analyses of the program
+compiled for this host's CPU (`compiled.cost_analysis()`, `compiled.memory_analysis()`): the FLOP count
+of convolutions and matmuls does not depend on the backend, but elementwise work, fusion and the
+temporaries XLA keeps do, so the activation bytes are the CPU compiler's and an accelerator's differ.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from modular import models, optim, supervised, train
+
+
+def _nbytes(tree) -> int:
+    return int(sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))
+
+
+def _optim_cfg(optim_cfg, rules) -> ml_collections.ConfigDict:
+    """`optim_cfg` (default: optim's) with `rules` training and everything else frozen, as train_subtrees does."""
+    optim_cfg = optim_cfg or optim.default_config()
+    if rules is None:
+        return optim_cfg
+    return optim.override(optim_cfg, lr_mults=[tuple(r) for r in rules], default_mult=0.0)
+
+
+def train_step(model_cfg, *, num_classes: int, image_shape: tuple, batch_size: int,
+               optim_cfg: ml_collections.ConfigDict | None = None, rules=None, num_steps: int = 1000):
+    """(step, abstract args): the library's train step for `model_cfg` and its (state, batch, rng) shapes.
+
+    rules: `[(regex, lr multiplier)]` with everything else frozen (as `train_subtrees(rules=...,
+    default_mult=0)`); None trains every parameter with `optim_cfg`'s own rules."""
+    model = models.build(model_cfg, num_classes)
+    optim_cfg = _optim_cfg(optim_cfg, rules)
+    x = jax.ShapeDtypeStruct((batch_size,) + tuple(image_shape), jnp.float32)
+    variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
+                               jax.ShapeDtypeStruct((1,) + tuple(image_shape), jnp.float32))
+    params = variables["params"]
+    model_state = {k: v for k, v in variables.items() if k != "params"}
+    tx = optim.build(optim_cfg, params, num_steps)
+    mask = optim.trainable_mask(params, optim_cfg)
+    state = jax.eval_shape(lambda p, s: train.TrainState.create(p, s, tx), params, model_state)
+    batch = {"image": x, "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
+    rng = jax.eval_shape(lambda: jax.random.key(0))
+    return train.make_train_step(supervised.classification_loss(model), tx, mask), (state, batch, rng)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepCost:
+    """One train step of one device at `batch_size`, from XLA's analyses of the CPU-compiled program."""
+    flops: float                 # per step (XLA's count: 2 per multiply-add, plus elementwise work)
+    transcendentals: float
+    bytes_accessed: float        # XLA's estimate of memory traffic (CPU fusion)
+    param_bytes: int             # the parameters (what each data-parallel device holds in full)
+    optimizer_bytes: int         # optimizer state (frozen subtrees keep none)
+    model_state_bytes: int       # BatchNorm statistics
+    temp_bytes: int              # XLA's temporaries: activations kept for the backward pass, workspace
+    batch_bytes: int             # the input batch
+    trainable: int               # parameters that train
+    parameters: int
+
+    @property
+    def device_bytes(self) -> int:
+        """Parameters + optimizer state + BN statistics + batch + temporaries (XLA's peak is no larger)."""
+        return self.param_bytes + self.optimizer_bytes + self.model_state_bytes + self.batch_bytes + self.temp_bytes
+
+
+def _cost_dict(analysis) -> dict:
+    if isinstance(analysis, (list, tuple)):  # older jax: one dict per program
+        analysis = analysis[0] if analysis else {}
+    return dict(analysis or {})
+
+
+def analyse(fn, *args, donate_argnums=()) -> tuple[dict, int]:
+    """(XLA's cost analysis, temporary bytes) of `fn` compiled for this host's CPU on `args` (abstract or not)."""
+    compiled = jax.jit(fn, donate_argnums=donate_argnums).trace(*args).lower().compile()
+    cost = _cost_dict(compiled.cost_analysis())
+    memory = compiled.memory_analysis()
+    return cost, int(getattr(memory, "temp_size_in_bytes", 0) or 0) if memory is not None else 0
+
+
+def step_cost(model_cfg, *, num_classes: int, image_shape: tuple, batch_size: int,
+              optim_cfg: ml_collections.ConfigDict | None = None, rules=None) -> StepCost:
+    """Compile the train step for this host's CPU and read XLA's FLOP count and memory sizes."""
+    step, (state, batch, rng) = train_step(model_cfg, num_classes=num_classes, image_shape=image_shape,
+                                           batch_size=batch_size, optim_cfg=optim_cfg, rules=rules)
+    cost, temp = analyse(step, state, batch, rng, donate_argnums=(0,))
+    mask = optim.trainable_mask(state.params, _optim_cfg(optim_cfg, rules))
+    trainable = sum(math.prod(x.shape) for x, m in zip(jax.tree.leaves(state.params), jax.tree.leaves(mask)) if m)
+    return StepCost(flops=float(cost.get("flops", 0.0)), transcendentals=float(cost.get("transcendentals", 0.0)),
+                    bytes_accessed=float(cost.get("bytes accessed", 0.0)), param_bytes=_nbytes(state.params),
+                    optimizer_bytes=_nbytes(state.opt_state), model_state_bytes=_nbytes(state.model_state),
+                    temp_bytes=temp, batch_bytes=_nbytes(batch), trainable=int(trainable),
+                    parameters=int(sum(math.prod(x.shape) for x in jax.tree.leaves(state.params))))

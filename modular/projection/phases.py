@@ -1,0 +1,183 @@
+"""A `:full` config as the training phases it runs: which model, at which batch, for how many steps.
+
+Each experiment's training time is dominated by a few kinds of train step: pretraining the backbone,
+adapting it with some subtrees frozen (patches, fine-tuning) and training pairs or multi-task models. A
+phase names one kind, the number of steps and how many times the experiment repeats it (transfer modes,
+targets, sweep settings). The projection compiles one step per distinct phase and multiplies.
+
+Left out, and said so in each experiment's `uncounted`: evaluation and feature-extraction forward passes,
+Head2Toe's linear heads on cached features, the auxiliary heads of compatible components (DCC, rotation),
+template-mixture specific layers beyond the isometric trunk (the trunk is counted at the summed batch).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import ml_collections
+
+from modular.methods.patches import modes as patch_modes
+
+_KNOWN_CLASSES = {"mnist5k": 10, "digits": 10, "cifar10": 10, "cifar100": 100, "stl10": 10, "svhn_cropped": 10,
+                  "mnist": 10, "dtd": 47, "oxford_flowers102": 102, "eurosat": 10, "dmlab": 6,
+                  "imagenet2012": 1000, "smallnorb": 18}
+
+
+FULL_IMAGE = (32, 32, 3)  # configs without their own image size (adapt: the backbone's) get the :full pretrain's
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    name: str
+    model: ml_collections.ConfigDict
+    num_classes: int
+    image_size: int
+    channels: int
+    batch_size: int
+    steps: int
+    repeats: int = 1                 # how many times the experiment trains this phase
+    rules: tuple | None = None       # [(regex, lr multiplier)], the rest frozen; None: everything trains
+
+    @property
+    def image_shape(self) -> tuple:
+        return (self.image_size, self.image_size, self.channels)
+
+
+def num_classes(name: str) -> int:
+    """Classes of a dataset name, without reading the data (tensorflow-datasets' metadata for tfds names)."""
+    base = name[len("tfds:"):].split(":")[0] if name.startswith("tfds:") else name.split("/")[0]
+    if base in _KNOWN_CLASSES:
+        return _KNOWN_CLASSES[base]
+    if name.startswith("tfds:"):
+        import tensorflow_datasets as tfds
+        return int(tfds.builder(base).info.features["label"].num_classes)
+    raise ValueError(f"The projection knows no class count for dataset {name!r}.")
+
+
+def _phase(config, name, *, model=None, data=None, batch_size=None, steps=None, **kw) -> Phase:
+    d = config.data
+    return Phase(name=name, model=model or config.model, num_classes=kw.pop("num_classes", None) or num_classes(data or d.name),
+                 image_size=int(kw.pop("image_size", None) or d.get("image_size") or FULL_IMAGE[0]),
+                 channels=int(d.get("channels") or FULL_IMAGE[2]),
+                 batch_size=int(batch_size or config.batch_size), steps=int(steps or config.num_steps), **kw)
+
+
+def _pretrain(config) -> list[Phase]:
+    return [_phase(config, "pretrain")]
+
+
+def _rules(mode: str) -> tuple:
+    return tuple(patch_modes.lr_rules(mode))
+
+
+def _patches(config) -> list[Phase]:
+    t, m, r, target = config.transfer, config.multitask, config.multires, config.data.target
+    out = _pretrain(config)
+    out += [_phase(config, f"transfer {mode}", data=target, batch_size=t.batch_size, steps=t.num_steps,
+                   rules=_rules(mode)) for mode in t.modes]
+    if m.enabled:  # one S/B patch per task over the summed batch; independent: a full model per task
+        tasks = list(m.tasks)
+        out.append(_phase(config, "multitask S/B patches", data=tasks[0], batch_size=m.batch_size * len(tasks),
+                          steps=m.num_steps, rules=_rules("sb_last"), repeats=len(m.sharings)))
+        if m.independent:
+            out.append(_phase(config, "multitask independent models", data=tasks[0], batch_size=m.batch_size,
+                              steps=m.num_steps, repeats=len(tasks)))
+    if r.enabled:
+        out += [_phase(config, f"multires {size}px S/B", data=target, image_size=size, batch_size=r.batch_size,
+                       steps=r.num_steps, rules=_rules("sb_last")) for size in r.resolutions]
+    return out
+
+
+def _compat(config) -> list[Phase]:
+    d, cc = config.data, config.compat
+    settings = len(cc.settings) if "settings" in cc else (8 if cc.get("sweep", True) else 1)
+    controls = int(bool(cc.get("upper_bound"))) + int(bool(cc.get("harder_rp"))) + len(cc.get("same_data") or ())
+    schedules = len(cc.get("incremental_orders") or ()) or int(bool(cc.get("compare_schedules")))
+    pairs = settings + controls + schedules
+    return [_phase(config, f"network pairs a, b ({pairs} pairs)", data=d.task_a, repeats=2 * pairs)]
+
+
+def _templates(config) -> list[Phase]:
+    model = ml_collections.ConfigDict(dict(config.model.to_dict(), name="isometric"))
+    tasks = list(config.tasks) if config.mode != "single" else list(config.tasks[:1])
+    out = [_phase(config, f"{config.mode} ({len(tasks)} tasks)", model=model, data=tasks[0],
+                  batch_size=config.batch_size * len(tasks))]
+    if config.mode in ("transfer", "adapt"):
+        inits = len(config.get("transfer_inits", [])) if config.mode == "transfer" else len(config.adapt_methods)
+        out.append(_phase(config, "mixture weights", model=model, data=config.tasks[0], steps=config.transfer_steps,
+                          rules=_rules("mixture"), repeats=max(inits, 1)))
+    return out
+
+
+def _as_list(value) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _head2toe(config) -> list[Phase]:
+    h, d = config.head2toe, config.data
+    targets = [d.target] if d.get("target") else list(d.targets)
+    batch = h.get("finetune_batch_size") or h.get("batch_size") or config.batch_size
+    steps = h.get("finetune_steps") or max(_as_list(h.get("steps", config.num_steps)))
+    networks = int(bool(h.get("finetune", True))) + int(bool(h.get("head2toe_ft", True)))
+    out = _pretrain(config)
+    out += [_phase(config, f"fine-tune on {t}", data=t, batch_size=batch, steps=steps, repeats=networks)
+            for t in targets if networks]
+    return out
+
+
+def _tour(config) -> list[Phase]:
+    a, tc, cc, targets = config.adapt, config.templates, config.compat, list(config.data.targets)
+    out = _pretrain(config)
+    method_modes = {"linear": "last_layer", "sb_patch": "sb_last", "full_finetune": "full"}
+    for method, mode in method_modes.items():
+        if method in config.methods:
+            out += [_phase(config, f"{method} on {t}", data=t, batch_size=a.batch_size, steps=a.num_steps,
+                           rules=_rules(mode)) for t in targets]
+    if "mixture_weights" in config.methods:
+        model = ml_collections.ConfigDict(dict(tc.model.to_dict(), name="isometric"))
+        out.append(_phase(config, "template bank", model=model, batch_size=tc.batch_size, steps=tc.num_steps))
+        out += [_phase(config, f"mixture weights on {t}", model=model, data=t, batch_size=tc.batch_size,
+                       steps=tc.transfer_steps, rules=_rules("mixture")) for t in targets]
+    out.append(_phase(config, "compat network pairs", data=cc.task_a, batch_size=cc.batch_size, steps=cc.num_steps,
+                      repeats=2 * len(cc.settings)))
+    return out
+
+
+def _adapt(config) -> list[Phase]:
+    a = config.adapt
+    mode = {"linear": "last_layer", "sb_patch": "sb_last", "dw_patch": "dw_last", "mixture": "mixture"}.get(config.method)
+    if mode is None:  # head2toe: linear heads on cached features, not a network step
+        return []
+    return [_phase(config, f"{config.method} (validation grid + final)", batch_size=a.batch_size, steps=a.num_steps,
+                   rules=_rules(mode), repeats=len(a.lrs) + 1)]
+
+
+PHASES: dict[str, Callable] = dict(pretrain=_pretrain, patches=_patches, compat=_compat, templates=_templates,
+                                   head2toe=_head2toe, tour=_tour, adapt=_adapt)
+UNCOUNTED = {
+    "pretrain": "evaluation passes",
+    "patches": "evaluation passes; multi-task serving",
+    "compat": "the DCC and rotation heads' extra work; fast-transfer epochs; evaluation",
+    "templates": "evaluation; per-task mixing of the template bank (the trunk is counted at the summed batch)",
+    "head2toe": "feature extraction and the linear heads' grid on cached features; evaluation",
+    "tour": "Head2Toe heads on cached features; evaluation; serving",
+    "adapt": "evaluation; Head2Toe heads on cached features (method head2toe has no network step)",
+}
+
+
+# Experiments whose whole comparison repeats for each of `config.seeds` (protocol.seeds).
+SEEDED = ("compat", "templates", "patches", "head2toe", "tour")
+
+
+def seed_count(config) -> int:
+    """How many times the experiment runs its phases: its seeds, where it compares methods over seeds."""
+    from modular import protocol
+    return len(protocol.seeds(config)) if config.get("experiment") in SEEDED else 1
+
+
+def phases(config) -> list[Phase]:
+    """The training phases `config` runs once (per seed, see `seed_count`), by `config.experiment`."""
+    name = config.get("experiment")
+    if name not in PHASES:
+        raise ValueError(f"The projection knows no experiment {name!r}; known: {', '.join(PHASES)}.")
+    return PHASES[name](config)

@@ -1,0 +1,96 @@
+"""The projection's numbers: XLA's FLOP count against an analytic one, bytes and hours that add up."""
+import json
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+import pytest
+
+from configs import common
+from experiments import project as project_cmd
+from modular import projection
+from modular.projection import costs, phases
+
+WIDTHS = (256, 512, 256, 10)
+BATCH = 128
+
+
+def test_flops_of_a_dense_train_step_match_the_analytic_count():
+    # Forward 2*B*in*out per layer; backward twice that (input and weight gradients), except that the first
+    # layer's input gradient is not needed: 6*B*sum(in*out) - 2*B*in0*out0. Elementwise work (ReLU, softmax,
+    # SGD update) is the small rest.
+    shapes = list(zip(WIDTHS[:-1], WIDTHS[1:]))
+    params = [jax.ShapeDtypeStruct(s, jnp.float32) for s in shapes]
+    x = jax.ShapeDtypeStruct((BATCH, WIDTHS[0]), jnp.float32)
+    y = jax.ShapeDtypeStruct((BATCH,), jnp.int32)
+
+    def step(params, x, y):
+        def loss(params):
+            h = x
+            for i, w in enumerate(params):
+                h = h @ w if i == len(params) - 1 else jax.nn.relu(h @ w)
+            return optax.softmax_cross_entropy_with_integer_labels(h, y).mean()
+        grads = jax.grad(loss)(params)
+        return [w - 0.1 * g for w, g in zip(params, grads)]
+
+    cost, temp = costs.analyse(step, params, x, y)
+    analytic = 6 * BATCH * sum(a * b for a, b in shapes) - 2 * BATCH * shapes[0][0] * shapes[0][1]
+    assert analytic <= cost["flops"] <= 1.03 * analytic, (cost["flops"], analytic)
+    assert temp > 0
+
+
+def test_a_phase_costs_what_its_model_step_costs():
+    cfg = common.model_config("resnet", depth=8, width=4)
+    full = costs.step_cost(cfg, num_classes=10, image_shape=(8, 8, 3), batch_size=8)
+    head = costs.step_cost(cfg, num_classes=10, image_shape=(8, 8, 3), batch_size=8, rules=[("head/.*", 1.0)])
+    assert head.flops < full.flops                                 # a frozen trunk computes no weight gradients
+    assert head.trainable < full.trainable == full.parameters
+    assert head.optimizer_bytes < full.optimizer_bytes             # frozen subtrees keep no optimizer state
+    assert full.param_bytes == 4 * full.parameters
+    assert full.device_bytes > full.param_bytes + full.optimizer_bytes
+
+
+def test_projected_hours_are_flops_over_utilised_peak():
+    seconds = projection.projected_seconds(275e12 * 0.4 * 3600, "TPU v4", mfu=0.4)
+    assert seconds == pytest.approx(3600)
+    assert projection.projected_seconds(1e15, "A100", dtype="bfloat16") < projection.projected_seconds(1e15, "A100")
+    with pytest.raises(ValueError, match="Unknown accelerator"):
+        projection.peak_flops("abacus")
+
+
+LOAD_CONFIG = project_cmd.load_config
+
+
+def _tiny_pretrain():
+    config = LOAD_CONFIG("configs/pretrain.py:full")
+    config.model = common.model_config("resnet", depth=8, width=4)
+    config.data.image_size = 8
+    config.batch_size, config.num_steps = 8, 1000
+    return config
+
+
+def test_project_sums_phases():
+    config = _tiny_pretrain()
+    report = projection.project(config, progress=lambda _: None)
+    (row,) = report["phases"]
+    assert report["total_flops"] == pytest.approx(row["gflops_per_step"] * 1e9 * 1000)
+    assert report["projected_hours"]["TPU v4"] == pytest.approx(report["total_flops"] / (275e12 * 0.4) / 3600)
+
+
+@pytest.mark.parametrize("name", project_cmd.FULL_CONFIGS)
+def test_every_full_config_has_phases(name):
+    config = project_cmd.load_config(f"configs/{name}.py:full")
+    found = phases.phases(config)
+    if name == "adapt" and config.method == "head2toe":
+        assert found == []
+    else:
+        assert found and all(p.steps > 0 and p.batch_size > 0 and p.num_classes > 1 for p in found)
+
+
+def test_the_command_writes_a_readme_table(tmp_path, monkeypatch):
+    monkeypatch.setattr(project_cmd, "load_config", lambda spec: _tiny_pretrain())
+    assert project_cmd.main(["--config=configs/pretrain.py:full", f"--workdir={tmp_path}"]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert "configs/pretrain.py:full" in results["readme_tables"]["scale"]
+    assert results["projections"]["configs/pretrain.py:full"]["total_flops"] > 0
