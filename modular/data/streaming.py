@@ -36,9 +36,6 @@ import numpy as np
 from modular import parallel, rng
 from modular.data import tfds_source
 
-MODES = ("auto", True, False)
-
-
 def mode(value: Any) -> str | bool:
     """`config.data.streaming` as 'auto', True or False (strings such as 'true'/'off' from flags too)."""
     if isinstance(value, str):
@@ -55,7 +52,7 @@ def mode(value: Any) -> str | bool:
 def in_memory_bytes(spec: str, *, image_size: int, channels: int, data_dir: str | None = None) -> int | None:
     """Bytes the in-memory path would hold for `spec` (float32 images of every example it reads), or None
     when the dataset does not say how many examples it has (mocked builders)."""
-    name, split = tfds_source.parse(spec)
+    _, split = tfds_source.parse(spec)
     builder = tfds_source.prepared_builder(spec, data_dir=data_dir)
     if not builder.info.splits:
         return None
@@ -167,6 +164,7 @@ class StreamingDataset:
     shuffle_buffer: int = 10_000
     crop_fraction: float = 0.875
     area_range: tuple[float, float] = (0.08, 1.0)
+    _counts: dict = dataclasses.field(default_factory=dict, repr=False)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -193,11 +191,10 @@ class StreamingDataset:
 
     def count(self, split) -> int:
         """Examples in `split` (a name, a slice or a `tfds.even_splits` part)."""
-        counts = self.__dict__.setdefault("_counts", {})
-        if repr(split) not in counts:
+        if repr(split) not in self._counts:
             n = int(self._read(split, shuffle_seed=None).cardinality())
-            counts[repr(split)] = n if n >= 0 else int(self.builder.info.splits[split].num_examples)
-        return counts[repr(split)]
+            self._counts[repr(split)] = n if n >= 0 else int(self.builder.info.splits[split].num_examples)
+        return self._counts[repr(split)]
 
     def _shard(self, split, process_index: int, process_count: int, drop_remainder: bool):
         import tensorflow_datasets as tfds
@@ -329,17 +326,21 @@ class TrainStream:
                                                        process_index=jax.process_index(),
                                                        process_count=jax.process_count())
             for local in batches:
-                item = _global(local, self._sharding, self.batch_size)
-                while not stop.is_set():
-                    try:
-                        out.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not self._hand_over(_global(local, self._sharding, self.batch_size), out, stop):
                     return
         except BaseException as e:  # handed to the training loop, which raises it
-            out.put(e)
+            self._hand_over(e, out, stop)
+
+    @staticmethod
+    def _hand_over(item, out: queue.Queue, stop: threading.Event) -> bool:
+        """Puts `item` in the queue unless the stream is closed first (False then)."""
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def close(self) -> None:
         if self._thread is not None:
