@@ -38,7 +38,7 @@ def table(projections: dict, mfu: float, devices: int) -> str:
     rows = []
     for spec, p in projections.items():
         main = max(p["phases"], key=lambda r: r["total_flops"]) if p["phases"] else None
-        rows.append({"config": f"`{spec}`", "phases": len(p["phases"]),
+        rows.append({"config": f"`{spec}`", "phases": len(p["phases"]), "seeds": p["seeds"],
                      "largest phase": f"{main['phase']} ({main['model']}, batch {main['batch']})" if main else "-",
                      "GFLOP/step": f"{main['gflops_per_step']:.2f}" if main else "-",
                      "total PFLOP": f"{p['total_flops'] / 1e15:.2f}",
@@ -58,21 +58,23 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     from modular import projection, reporting
     specs = args.config or [f"configs/{name}.py:full" for name in FULL_CONFIGS]
-    start, projections = time.time(), {}
-    try:
-        for spec in specs:
+    start, projections, failed = time.time(), {}, {}
+    for spec in specs:
+        try:
             p = projections[spec] = projection.project(load_config(spec), mfu=args.mfu, devices=args.devices)
-            print(reporting.format_table(
-                [{"phase": r["phase"], "model": r["model"], "batch": r["batch"], "steps x repeats":
-                  f"{r['steps']} x {r['repeats']}", "GFLOP/step": f"{r['gflops_per_step']:.2f}",
-                  "MiB/device": f"{r['device_bytes']['total'] / 2**20:.0f}"} for r in p["phases"]],
-                title=f"{spec}: {p['total_flops'] / 1e15:.3f} PFLOP; not counted: {p['uncounted']}"), flush=True)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        except ValueError as e:  # one config that cannot be projected does not stop the others
+            failed[spec] = str(e)
+            print(f"error: {spec}: {e}", file=sys.stderr, flush=True)
+            continue
+        print(reporting.format_table(
+            [{"phase": r["phase"], "model": r["model"], "batch": r["batch"], "steps x repeats":
+              f"{r['steps']} x {r['repeats']}", "GFLOP/step": f"{r['gflops_per_step']:.2f}",
+              "MiB/device": f"{r['device_bytes']['total'] / 2**20:.0f}"} for r in p["phases"]],
+            title=f"{spec}: {p['total_flops'] / 1e15:.3f} PFLOP over {p['seeds']} seed(s); "
+                  f"not counted: {p['uncounted']}"), flush=True)
     text = table(projections, args.mfu, args.devices)
     print(text, flush=True)
-    results = dict(projections=projections, mfu=args.mfu, devices=args.devices,
+    results = dict(projections=projections, failed=failed, mfu=args.mfu, devices=args.devices,
                    accelerators_peak_flops=projection.ACCELERATORS, wall_seconds=time.time() - start,
                    readme_tables={"scale": text})
     out = args.out or (os.path.join(args.workdir, "results.json") if args.workdir else None)
@@ -80,7 +82,7 @@ def main(argv=None) -> int:
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
         reporting.write_json(out, results)
         print(f"wrote {out}")
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

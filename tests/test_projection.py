@@ -40,6 +40,19 @@ def test_flops_of_a_dense_train_step_match_the_analytic_count():
     assert temp > 0
 
 
+def test_depthwise_gradients_count_as_grouped_convolutions():
+    # Forward, input gradient and kernel gradient: three grouped convolutions of 2*B*H*W*k*k*C each (less the
+    # zero padding's border taps). XLA:CPU's compiled count expands them into dense convolutions.
+    from modular.models.depthwise import grouped_conv
+    b, h, c = 4, 16, 64
+    x = jax.ShapeDtypeStruct((b, h, h, c), jnp.float32)
+    k = jax.ShapeDtypeStruct((3, 3, c), jnp.float32)
+    cost, _ = costs.analyse(jax.grad(lambda x, k: jnp.sum(grouped_conv(x, k) ** 2), argnums=(0, 1)), x, k)
+    analytic = 3 * 2 * b * h * h * 9 * c
+    assert 0.85 * analytic <= cost["flops"] <= 1.05 * analytic, (cost["flops"], analytic)
+    assert cost["cpu_compiled_flops"] > 2 * cost["flops"]
+
+
 def test_a_phase_costs_what_its_model_step_costs():
     cfg = common.model_config("resnet", depth=8, width=4)
     full = costs.step_cost(cfg, num_classes=10, image_shape=(8, 8, 3), batch_size=8)

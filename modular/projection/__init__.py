@@ -3,7 +3,7 @@
     report = projection.project(config)          # phases, FLOPs, bytes per device, projected hours
     python -m experiments.project --config=configs/NAME.py:full [--out=FILE] [--mfu=0.4] [--devices=1]
 
-Each training phase's train step is compiled for this host's CPU (`costs.step_cost`); its FLOPs times the
+Each training phase's train step is lowered and compiled on this host (`costs.step_cost`); its FLOPs times the
 phase's steps and repeats, summed and times the seeds an experiment compares over, give the config's
 training FLOPs, and those over an accelerator's peak times the utilisation (model FLOPs utilisation, MFU)
 give the projected wall time. The peaks are the vendors' dense per-chip numbers for the precision the step
@@ -64,6 +64,7 @@ def project(config, *, mfu: float = DEFAULT_MFU, devices: int = 1, progress=prin
                          batch=phase.batch_size, steps=phase.steps, repeats=phase.repeats,
                          trainable=cost.trainable, parameters=cost.parameters,
                          gflops_per_step=cost.flops * devices / 1e9, total_flops=total,
+                         cpu_compiled_gflops_per_step=cost.cpu_compiled_flops * devices / 1e9,
                          device_bytes=dict(params=cost.param_bytes, optimizer=cost.optimizer_bytes,
                                            model_state=cost.model_state_bytes, batch=cost.batch_bytes,
                                            temporaries=cost.temp_bytes, total=cost.device_bytes)))
@@ -73,7 +74,10 @@ def project(config, *, mfu: float = DEFAULT_MFU, devices: int = 1, progress=prin
     return dict(experiment=config.experiment, dtype=dtype, mfu=mfu, devices=devices, seeds=seeds, phases=rows,
                 total_flops=total, peak_device_bytes=peak_bytes, projected_hours=hours,
                 uncounted=phases.UNCOUNTED[config.experiment],
-                cost_platform="cpu (XLA:CPU compiled train step; accelerators fuse differently, so bytes differ)")
+                flops_from=f"XLA cost analysis of the train step lowered for {costs.FLOPS_PLATFORM} "
+                           f"(before backend passes)",
+                bytes_from="parameters, optimizer state, BN statistics and batch from their shapes; temporaries "
+                           "(activations, workspace) from XLA:CPU's compiled program")
 
 
 __all__ = ["ACCELERATORS", "DEFAULT_MFU", "Phase", "StepCost", "costs", "peak_flops", "phases", "project",

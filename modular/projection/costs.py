@@ -2,10 +2,11 @@
 
 The step is the library's own (`train.make_train_step` on the supervised loss, the optimizer and the
 stop-gradient mask built from the same rules as `train.train_subtrees`), traced on abstract arrays so
-that nothing of the paper-sized model is allocated. Costs come from XLA's analyses of the program
-compiled for this host's CPU (`compiled.cost_analysis()`, `compiled.memory_analysis()`): the FLOP count
-of convolutions and matmuls does not depend on the backend, but elementwise work, fusion and the
-temporaries XLA keeps do, so the activation bytes are the CPU compiler's and an accelerator's differ.
+that nothing of the paper-sized model is allocated. Cost analysis is platform-dependent, so each number
+says whose it is: FLOPs are XLA's count on the module lowered for TPU (`lowered.cost_analysis()`, before
+backend passes; no TPU needed), bytes come from the program compiled for this host's CPU
+(`compiled.memory_analysis()`: its temporaries are the activations kept for the backward pass plus
+workspace, and an accelerator's fusion keeps a different set).
 """
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ import jax.numpy as jnp
 import ml_collections
 
 from modular import models, optim, supervised, train
+
+
+FLOPS_PLATFORM = "tpu"  # whose lowered module is counted (cuda's gives the same count before its passes)
 
 
 def _nbytes(tree) -> int:
@@ -55,8 +59,9 @@ def train_step(model_cfg, *, num_classes: int, image_shape: tuple, batch_size: i
 
 @dataclasses.dataclass(frozen=True)
 class StepCost:
-    """One train step of one device at `batch_size`, from XLA's analyses of the CPU-compiled program."""
-    flops: float                 # per step (XLA's count: 2 per multiply-add, plus elementwise work)
+    """One train step of one device at `batch_size`, from XLA's analyses (see the module docstring)."""
+    flops: float                 # per step, lowered for TPU (XLA's count: 2 per multiply-add, plus elementwise)
+    cpu_compiled_flops: float    # the same step compiled for CPU (grouped convolutions expanded: larger)
     transcendentals: float
     bytes_accessed: float        # XLA's estimate of memory traffic (CPU fusion)
     param_bytes: int             # the parameters (what each data-parallel device holds in full)
@@ -79,10 +84,16 @@ def _cost_dict(analysis) -> dict:
     return dict(analysis or {})
 
 
-def analyse(fn, *args, donate_argnums=()) -> tuple[dict, int]:
-    """(XLA's cost analysis, temporary bytes) of `fn` compiled for this host's CPU on `args` (abstract or not)."""
-    compiled = jax.jit(fn, donate_argnums=donate_argnums).trace(*args).lower().compile()
-    cost = _cost_dict(compiled.cost_analysis())
+def analyse(fn, *args, donate_argnums=(), platform: str = FLOPS_PLATFORM) -> tuple[dict, int]:
+    """(XLA's cost analysis of `fn` lowered for `platform`, temporary bytes of `fn` compiled for this CPU).
+
+    The FLOPs are counted on the module as lowered, before any backend's passes: XLA:CPU's compiler
+    expands grouped (depthwise) convolutions into dense ones, which would count a 256-channel depthwise
+    layer's gradient 80x over. `cpu_compiled_flops` in the result is that compiled count, for comparison."""
+    traced = jax.jit(fn, donate_argnums=donate_argnums).trace(*args)
+    cost = _cost_dict(traced.lower(lowering_platforms=(platform,)).cost_analysis())
+    compiled = traced.lower().compile()
+    cost["cpu_compiled_flops"] = float(_cost_dict(compiled.cost_analysis()).get("flops", 0.0))
     memory = compiled.memory_analysis()
     return cost, int(getattr(memory, "temp_size_in_bytes", 0) or 0) if memory is not None else 0
 
@@ -95,7 +106,8 @@ def step_cost(model_cfg, *, num_classes: int, image_shape: tuple, batch_size: in
     cost, temp = analyse(step, state, batch, rng, donate_argnums=(0,))
     mask = optim.trainable_mask(state.params, _optim_cfg(optim_cfg, rules))
     trainable = sum(math.prod(x.shape) for x, m in zip(jax.tree.leaves(state.params), jax.tree.leaves(mask)) if m)
-    return StepCost(flops=float(cost.get("flops", 0.0)), transcendentals=float(cost.get("transcendentals", 0.0)),
+    return StepCost(flops=float(cost.get("flops", 0.0)), cpu_compiled_flops=cost["cpu_compiled_flops"],
+                    transcendentals=float(cost.get("transcendentals", 0.0)),
                     bytes_accessed=float(cost.get("bytes accessed", 0.0)), param_bytes=_nbytes(state.params),
                     optimizer_bytes=_nbytes(state.opt_state), model_state_bytes=_nbytes(state.model_state),
                     temp_bytes=temp, batch_bytes=_nbytes(batch), trainable=int(trainable),

@@ -20,7 +20,7 @@ from modular.methods.patches import modes as patch_modes
 
 _KNOWN_CLASSES = {"mnist5k": 10, "digits": 10, "cifar10": 10, "cifar100": 100, "stl10": 10, "svhn_cropped": 10,
                   "mnist": 10, "dtd": 47, "oxford_flowers102": 102, "eurosat": 10, "dmlab": 6,
-                  "imagenet2012": 1000, "smallnorb": 18}
+                  "imagenet2012": 1000, "smallnorb#label_azimuth": 18, "smallnorb#label_elevation": 9}
 
 
 FULL_IMAGE = (32, 32, 3)  # configs without their own image size (adapt: the backbone's) get the :full pretrain's
@@ -45,12 +45,17 @@ class Phase:
 
 def num_classes(name: str) -> int:
     """Classes of a dataset name, without reading the data (tensorflow-datasets' metadata for tfds names)."""
-    base = name[len("tfds:"):].split(":")[0] if name.startswith("tfds:") else name.split("/")[0]
+    if name.startswith("tfds:"):
+        from modular.data import tfds_source
+        base, label = tfds_source.parse(name)[0], tfds_source.label_feature(name)
+        key = base if label == "label" else f"{base}#{label}"
+        if key in _KNOWN_CLASSES:
+            return _KNOWN_CLASSES[key]
+        import tensorflow_datasets as tfds
+        return int(tfds.builder(base).info.features[label].num_classes)
+    base = name.split("/")[0]
     if base in _KNOWN_CLASSES:
         return _KNOWN_CLASSES[base]
-    if name.startswith("tfds:"):
-        import tensorflow_datasets as tfds
-        return int(tfds.builder(base).info.features["label"].num_classes)
     raise ValueError(f"The projection knows no class count for dataset {name!r}.")
 
 
@@ -73,8 +78,9 @@ def _rules(mode: str) -> tuple:
 def _patches(config) -> list[Phase]:
     t, m, r, target = config.transfer, config.multitask, config.multires, config.data.target
     out = _pretrain(config)
+    lrs = len(t.get("lrs") or [None])  # every mode sweeps the learning-rate grid on validation
     out += [_phase(config, f"transfer {mode}", data=target, batch_size=t.batch_size, steps=t.num_steps,
-                   rules=_rules(mode)) for mode in t.modes]
+                   rules=_rules(mode), repeats=lrs) for mode in t.modes]
     if m.enabled:  # one S/B patch per task over the summed batch; independent: a full model per task
         tasks = list(m.tasks)
         out.append(_phase(config, "multitask S/B patches", data=tasks[0], batch_size=m.batch_size * len(tasks),
