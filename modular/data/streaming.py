@@ -6,15 +6,16 @@ central crop), batches its share of the global batch, and a background thread tu
 global arrays sharded over the mesh (`jax.make_array_from_process_local_data`) a few steps ahead of the
 training loop.
 
-Exact resume without iterator state. The stream is a pure function of (seed, process, step), like the
-in-memory `batch_at`: epoch `e` of a shard is read with the file order and the shuffle buffer seeded by
-(seed, process, e) and tf.data's deterministic ordering, its first `steps_per_epoch * local_batch`
-examples are numbered consecutively, and example `i`'s crop and flip come from stateless random ops
-seeded by (seed, process, i), never from global state. Restarting at step `s` rebuilds epoch `s // steps_per_epoch` and skips the examples of its
-earlier steps before anything is decoded, so a killed and restarted run sees exactly the batches of an
-uninterrupted one. The alternative, saving tf.data's iterator state beside each orbax checkpoint, would
-store the shuffle buffer (GBs of encoded images per host) and tie the data state to the checkpoint format;
-the price of recomputing is that a resume reads (without decoding) at most one epoch of its shard.
+Exact resume without iterator state. The stream is a pure function of (seed, process, step), like the in-
+memory `batch_at`: epoch `e` of a shard is read with the file order and the shuffle buffer seeded by (seed,
+process, e) and tf.data's deterministic ordering, its first `steps_per_epoch * local_batch` examples are
+numbered consecutively, and example `i`'s crop and flip come from stateless random ops seeded by (seed,
+process, i), never from global state. Restarting at step `s` rebuilds epoch `s // steps_per_epoch` and skips
+the examples of its earlier steps before anything is decoded, so a killed and restarted run sees exactly the
+batches of an uninterrupted one. The alternative, saving tf.data's iterator state beside each orbax
+checkpoint, would store the shuffle buffer (GBs of encoded images per host) and tie the data state to the
+checkpoint format; the price of recomputing is that a resume reads (without decoding) at most one epoch of
+its shard.
 
 Every process must see the same number of steps per epoch, so shards drop the remainder
 (`drop_remainder=True`) and each epoch drops the examples that do not fill a batch, as `batch_at` does.
