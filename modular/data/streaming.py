@@ -6,10 +6,10 @@ central crop), batches its share of the global batch, and a background thread tu
 global arrays sharded over the mesh (`jax.make_array_from_process_local_data`) a few steps ahead of the
 training loop.
 
-Exact resume without iterator state. The stream is a pure function of (seed, process, step), like the in-
-memory `batch_at`: epoch `e` of a shard is read with the file order and the shuffle buffer seeded by (seed,
-process, e) and tf.data's deterministic ordering, its first `steps_per_epoch * local_batch` examples are
-numbered consecutively, and example `i`'s crop and flip come from stateless random ops seeded by (seed,
+Exact resume without iterator state. The stream is a pure function of (seed, process, step), like the
+in-memory `batch_at`: epoch `e` of a shard is read with the file order and the shuffle buffer seeded by
+(seed, process, e) and tf.data's deterministic ordering, its first `steps_per_epoch * local_batch` examples
+are numbered consecutively, and example `i`'s crop and flip come from stateless random ops seeded by (seed,
 process, i), never from global state. Restarting at step `s` rebuilds epoch `s // steps_per_epoch` and skips
 the examples of its earlier steps before anything is decoded, so a killed and restarted run sees exactly the
 batches of an uninterrupted one. The alternative, saving tf.data's iterator state beside each orbax
