@@ -29,6 +29,10 @@ def toy_dir(tmp_path_factory):
     tfds.dataset_builders.store_as_tfds_dataset(name="stream_toy", version="1.0.0", features=features,
                                                 split_datasets={"train": examples(TOY_SIZE), "test": examples(11)},
                                                 data_dir=directory)
+    unlabelled = tf.data.Dataset.from_tensor_slices({"image": images[:4], "label": np.full(4, -1)})
+    tfds.dataset_builders.store_as_tfds_dataset(name="stream_toy_val", version="1.0.0", features=features,
+                                                split_datasets={"train": examples(12), "validation": examples(5),
+                                                                "test": unlabelled}, data_dir=directory)
     return directory
 
 
@@ -61,6 +65,11 @@ def test_split_spec_is_divided_by_test_fraction(toy_dir):
     train = {int(y) for b in ds.local_eval_batches("train", 8) for y, m in zip(b["label"], b["mask"]) if m}
     test = {int(y) for b in ds.local_eval_batches("test", 8) for y, m in zip(b["label"], b["mask"]) if m}
     assert not train & test and len(train | test) == TOY_SIZE
+
+
+def test_an_unlabelled_test_split_gives_way_to_validation(toy_dir):
+    ds = streaming.open_dataset("tfds:stream_toy_val", image_size=4, channels=3, data_dir=toy_dir)
+    assert (ds.train_split, ds.test_split, ds.num_train, ds.num_test) == ("train", "validation", 12, 5)
 
 
 def _assert_same(a, b):

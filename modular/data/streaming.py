@@ -191,6 +191,11 @@ class StreamingDataset:
         options.deterministic = True
         return ds.with_options(options)
 
+    def labelled(self, split) -> bool:
+        """Whether `split` has labels (its first example's label is not -1, the tfds mark of none)."""
+        first = next(iter(self._read(split, shuffle_seed=None).take(1)), None)
+        return first is not None and int(first[1]) >= 0
+
     def count(self, split) -> int:
         """Examples in `split` (a name, a slice or a `tfds.even_splits` part)."""
         if repr(split) not in self._counts:
@@ -363,32 +368,32 @@ def open_dataset(spec: str, *, image_size: int, channels: int, test_fraction: fl
     """A `StreamingDataset` for `tfds:NAME[:SPLIT]`.
 
     Splits: with SPLIT, that split is the pool, divided into train/test by `test_fraction` (as the
-    in-memory path does); without, 'train' is trained on and the dataset's 'test' split is the test set,
-    or its 'validation' split where it has no 'test' (ImageNet; the in-memory path would carve one from
-    'train'), or a `test_fraction` part of 'train' where it has neither.
+    in-memory path does); without, 'train' is trained on and the dataset's 'test' split is the test set
+    where it has labels, else its 'validation' split (ImageNet, whose 'test' labels are all -1; the
+    in-memory path would carve one from 'train'), else a `test_fraction` part of 'train'.
     """
     import tensorflow_datasets as tfds
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}.")
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}.")
-    name, split = tfds_source.parse(spec)
+    _, split = tfds_source.parse(spec)
     builder = tfds_source.prepared_builder(spec, data_dir=data_dir)
-    known = set(builder.info.splits)
-    if split is None and (not known or "test" in known):  # mocked builders serve any split name
-        train_split, test_split = "train", "test"
-    elif split is None and "validation" in known:
-        train_split, test_split = "train", "validation"
-    else:
-        pool = split or "train"
-        fraction = fractions.Fraction(test_fraction).limit_denominator(20)
-        parts = tfds.even_splits(pool, n=fraction.denominator)
-        cut = fraction.denominator - fraction.numerator
-        train_split, test_split = sum(parts[1:cut], parts[0]), sum(parts[cut + 1:], parts[cut])
     ds = StreamingDataset(name=spec, num_classes=int(builder.info.features["label"].num_classes),
                           image_size=int(image_size), channels=int(channels), num_train=0, num_test=0,
-                          train_split=train_split, test_split=test_split, builder=builder,
+                          train_split="train", test_split="test", builder=builder,
                           shuffle_buffer=int(shuffle_buffer), crop_fraction=float(crop_fraction),
                           area_range=tuple(area_range))
-    ds.num_train, ds.num_test = ds.count(train_split), ds.count(test_split)
+    known = set(builder.info.splits)  # empty for mocked builders, which serve any split name
+    if split is None and known and not ("test" in known and ds.labelled("test")):
+        if "validation" in known:
+            ds.test_split = "validation"
+        else:
+            split = "train"
+    if split is not None:
+        fraction = fractions.Fraction(test_fraction).limit_denominator(20)
+        parts = tfds.even_splits(split, n=fraction.denominator)
+        cut = fraction.denominator - fraction.numerator
+        ds.train_split, ds.test_split = sum(parts[1:cut], parts[0]), sum(parts[cut + 1:], parts[cut])
+    ds.num_train, ds.num_test = ds.count(ds.train_split), ds.count(ds.test_split)
     return ds
