@@ -2,12 +2,14 @@
 
 The target task gets its own xi [L, K], BN patch and head; templates, adapters and the source tasks are
 frozen. `TRANSFER_INITS` names each way to start xi:
-  source / bn_logits: the best source task's xi (bn_logits then freezes it: only BN + head train);
+  source / bn_logits: the xi of the source whose model does best on the target's validation split
+    (bn_logits then freezes it: only BN + head train, the paper's "BN + logits" baseline);
   random: the target's fresh xi;
   accuracy_interp: a convex combination of all S source tasks' mixtures,
       xi_tgt = sum_s w_s * xi_s,   w = softmax(score_s / T) (or score_s / sum score for T = 0),
-    where score_s is how well source model s does on the target's *training* data (its own head when the
-    label spaces agree, else a nearest-class-mean probe on its pooled features);
+    where score_s is how well source model s does on the target's validation split (its own head when the
+    label spaces agree, else a nearest-class-mean probe on its pooled features); T = 0 (the paper's
+    normalised accuracies) is the default;
   learned_interp: w = softmax(alpha) with only the S coefficients alpha (plus BN + head) trained; the loss
     rebuilds the target's xi from alpha on every step, and `materialize` then stores it as the mixture;
   learned_interp_tuned: learned_interp's result trained further with xi free.
@@ -25,7 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from modular import data, params as P, rng, train
+from modular import data, params as P, protocol, rng, train
 from modular.methods.templates.multitask import (Outcome, Recipe, evaluate, logits_fn, multitask_loss,
                                                  param_counts, summary, train_multitask, train_tasks)
 from modular.models import isometric
@@ -168,12 +170,13 @@ class TransferContext:
     target: str                       # the new task's name
     target_ds: data.Dataset
     sources: dict                     # source task name -> dataset name
-    best_source: str                  # the source task with the best test accuracy
+    best_source: str                  # the source whose model does best on the target's validation split
     num_steps: int
     interp_temperature: float
     interp_score_examples: int
     interp_lr_mult: float
     interp_tune_steps: int
+    validation_scores: np.ndarray | None = None  # [S] each source model's accuracy on the target's validation
     finished: dict = dataclasses.field(default_factory=dict)       # init -> its trained (params, stats)
     interpolation: dict = dataclasses.field(default_factory=dict)  # init -> chosen weights (and scores)
 
@@ -209,16 +212,23 @@ def _best_source_xi(ctx: TransferContext) -> jax.Array:
 
 
 def _accuracy_interp(ctx: TransferContext) -> TransferStart:
-    # a class-balanced draw (the stored training split is sorted by index, and mnist5k by class)
-    seed = ctx.recipe.seed
-    scoring = ctx.target_ds.subset(max_train=int(ctx.interp_score_examples), seed=seed)
-    params, stats = ctx.start
-    scored = source_scores(ctx.model_cfg, params, stats, scoring.train_images, scoring.train_labels,
-                           list(ctx.sources), ctx.target_ds.num_classes, seed)
-    w = interpolation_weights(scored["scores"], ctx.interp_temperature)
-    ctx.interpolation["accuracy_interp"] = dict(scores=ctx.by_source(scored["scores"]), score_kind=scored["kind"],
+    scores = ctx.validation_scores
+    w = interpolation_weights(scores["scores"], ctx.interp_temperature)
+    ctx.interpolation["accuracy_interp"] = dict(scores=ctx.by_source(scores["scores"]), score_kind=scores["kind"],
                                                 weights=ctx.by_source(w), temperature=ctx.interp_temperature)
     return _start_with(ctx, interpolate_logits(ctx.source_logits(), w))
+
+
+def choose_source(cfg, params: Mapping, batch_stats: Mapping, validation: data.Dataset, sources: Sequence[str],
+                  max_examples: int, seed: int) -> tuple[str, dict]:
+    """(best source task, its `source_scores` dict): every source model scored on (at most `max_examples` of,
+    class-balanced) the target's validation split, held out from the target's training data. The test
+    arrays are never read, so the choice cannot depend on test labels."""
+    scoring = dataclasses.replace(validation, train_images=validation.test_images, train_labels=validation.test_labels)
+    scoring = scoring.subset(max_train=int(max_examples), seed=seed)
+    scored = source_scores(cfg, params, batch_stats, scoring.train_images, scoring.train_labels, list(sources),
+                           validation.num_classes, seed)
+    return list(sources)[int(np.argmax(scored["scores"]))], scored
 
 
 def _learned_interp(ctx: TransferContext) -> TransferStart:
@@ -255,26 +265,31 @@ TRANSFER_INITS: dict[str, Callable[[TransferContext], TransferStart]] = {
 
 def compare_transfer_inits(model_cfg, recipe: Recipe, sources: Sequence[data.Dataset], target: data.Dataset, *,
                            inits: Sequence[str], num_steps: int, interp_temperature: float,
-                           interp_score_examples: int, interp_lr_mult: float, interp_tune_steps: int) -> Outcome:
-    """Train the sources jointly, then the target task from each of `inits` (run in order, each from the
-    same start). extra: source_accuracy, source_task, steps per init, interpolation weights."""
+                           interp_score_examples: int, interp_lr_mult: float, interp_tune_steps: int,
+                           val_fraction: float = 0.2, trained_sources: tuple | None = None) -> Outcome:
+    """Train the sources jointly (or take `trained_sources` = (Outcome, train.Trained) of that), then the target
+    task from each of `inits` (run in order, each from the same start) on the target's training data minus a
+    validation split; the validation split alone chooses the source and the interpolation weights; the test
+    set gives the reported accuracies. extra: source_accuracy, source_task, validation_scores, steps per
+    init, interpolation weights."""
     inits = list(inits)
     unknown = [k for k in inits if k not in TRANSFER_INITS]
     if unknown:
         raise ValueError(f"Unknown transfer init {unknown[0]!r}; known: {', '.join(TRANSFER_INITS)}.")
     if "learned_interp_tuned" in inits and "learned_interp" not in inits[:inits.index("learned_interp_tuned")]:
         raise ValueError("Transfer init 'learned_interp_tuned' must come after 'learned_interp' in the list of inits.")
-    multi, trained = train_multitask(model_cfg, recipe, sources)
+    multi, trained = trained_sources or train_multitask(model_cfg, recipe, sources)
     names = {isometric.task_name(i): ds.name for i, ds in enumerate(sources)}
     params, stats, task = new_task_start(model_cfg, trained.params, trained.model_state, target.num_classes,
                                          target.image_shape[-1], recipe.seed)
-    ctx = TransferContext(model_cfg, recipe, (params, stats), task, target, names,
-                          max(names, key=lambda t: multi.accuracy[names[t]]), num_steps, interp_temperature,
-                          interp_score_examples, interp_lr_mult, interp_tune_steps)
+    fit, validation = protocol.validation_split(target, val_fraction, recipe.seed)
+    best, scored = choose_source(model_cfg, params, stats, validation, list(names), interp_score_examples, recipe.seed)
+    ctx = TransferContext(model_cfg, recipe, (params, stats), task, fit, names, best, num_steps, interp_temperature,
+                          interp_score_examples, interp_lr_mult, interp_tune_steps, validation_scores=scored)
     accuracy, steps, summaries = {}, {}, {}
     for kind in inits:
         start = TRANSFER_INITS[kind](ctx)
-        run = train_tasks(model_cfg, recipe, {task: target}, stage=f"transfer_{kind}", start=(start.params, start.stats),
+        run = train_tasks(model_cfg, recipe, {task: fit}, stage=f"transfer_{kind}", start=(start.params, start.stats),
                           rules=start.rules, default_mult=0.0, num_steps=start.num_steps, loss_fn=start.loss_fn)
         params, stats = run.params, run.model_state
         if start.finish is not None:
@@ -285,4 +300,4 @@ def compare_transfer_inits(model_cfg, recipe: Recipe, sources: Sequence[data.Dat
         summaries[kind] = summary(params, {task: None})[task]
     return Outcome(accuracy, summaries, param_counts(params),
                    dict(source_accuracy=multi.accuracy, source_task=names[ctx.best_source], steps=steps,
-                        interpolation=ctx.interpolation))
+                        validation_scores=ctx.by_source(scored["scores"]), interpolation=ctx.interpolation))
