@@ -51,6 +51,11 @@ def default_config(**overrides) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(cfg)
 
 
+def trunk_width(cfg) -> int:
+    """Channels C of the blocks' output (the 'trunk' entry of `apply`'s out)."""
+    return _dims(cfg)[0]
+
+
 def task_name(index: int) -> str:
     """The name of the index-th task of a tree built by `init` from a list of class counts."""
     return f"task{index}"
@@ -240,13 +245,14 @@ def _moving_stats(stats: Mapping, moments: Mapping, momentum: float) -> dict:
 
 def apply(cfg, params: Mapping, batch_stats: Mapping, images: jax.Array, *, task: str = "task0", train: bool = False,
           signature: Sequence[int] | None = None) -> tuple[jax.Array, dict, dict]:
-    """(logits, out, new_batch_stats) of `task` on NHWC images; `out` holds 'features' (after the output
-    adapter, before the head) and 'logits'. In train mode BN uses batch moments and updates the task's
-    moving statistics."""
+    """(logits, out, new_batch_stats) of `task` on NHWC images; `out` holds 'trunk' (the last block's NHWC
+    output, before the output adapter), 'features' (after the output adapter, before the head) and
+    'logits'. In train mode BN uses batch moments and updates the task's moving statistics."""
     x = _adapter_in(images, params["shared"]["adapter_in"], int(cfg.stride))
     w = layer_weights(cfg, params, task, signature)
     stats = batch_stats["tasks"][task]
     x, _, moments = _blocks(cfg, x, w, _bn_affine(cfg, params, w, task), stats, train)
+    trunk = x
     act = jax.nn.hard_swish
     w_out = params["shared"]["adapter_out"]
     f = act(jnp.einsum("bhwc,cd->bhwd", x, w_out["kernel1"]) + w_out["bias1"])
@@ -258,7 +264,7 @@ def apply(cfg, params: Mapping, batch_stats: Mapping, images: jax.Array, *, task
     if train:
         new_stats = dict(batch_stats, tasks=dict(batch_stats["tasks"], **{
             task: _moving_stats(stats, moments, float(cfg.bn_momentum))}))
-    return logits, dict(features=f, logits=logits), new_stats
+    return logits, dict(trunk=trunk, features=f, logits=logits), new_stats
 
 
 def one_hotness(xi: jax.Array) -> float:

@@ -19,8 +19,9 @@ import ml_collections
 import numpy as np
 import optax
 
-from modular import data, params as P, rng, train
+from modular import data, params as P, protocol, rng, train
 from modular.methods.templates.multitask import Outcome, Recipe, evaluate, param_counts, summary, train_tasks
+from modular.methods.templates.transfer import choose_source
 from modular.models import isometric
 
 REFERENCE = "reference"   # {'params', 'batch_stats'} of the frozen source model
@@ -44,14 +45,15 @@ def model_params(params: Mapping) -> dict:
     return {k: v for k, v in params.items() if k not in (REFERENCE, ADVERSARY)}
 
 
-def _features(cfg, params, batch_stats, batch, source_task: str, target_task: str):
-    """(source features from the frozen reference in eval mode, target features, new batch_stats): the target
-    runs in train mode, so its moving BN statistics follow the target domain."""
+def _features(cfg, params, batch_stats, batch, source_task: str, target_task: str, where: str = "features"):
+    """(source `where` activations from the frozen reference in eval mode, the target's, new batch_stats):
+    'features' are the pooled output-adapter features, 'trunk' the blocks' NHWC maps before the output adapter.
+    The target runs in train mode, so its moving BN statistics follow the target domain."""
     ref = params[REFERENCE]
     _, src, _ = isometric.apply(cfg, ref["params"], ref["batch_stats"], batch["source"]["image"], task=source_task)
     _, tgt, batch_stats = isometric.apply(cfg, params, batch_stats, batch["target"]["image"], task=target_task,
                                           train=True)
-    return jax.lax.stop_gradient(src["features"]), tgt["features"], batch_stats
+    return jax.lax.stop_gradient(src[where]), tgt[where], batch_stats
 
 
 def moment_matching_loss(cfg, source_task: str, target_task: str):
@@ -80,7 +82,25 @@ def _moment_matching_loss(cfg, source_task: str, target_task: str):
 #   grl:  DANN's gradient reversal. One BCE domain loss; D descends it and xi, behind a gradient-reversal
 #         layer, ascends it (the minimax form; weaker gradients once D is confident).
 
+PLACEMENTS = ("trunk", "features")   # where the discriminator looks: the paper's CNN on the trunk, or an MLP
+
+
+def conv_discriminator_init(key: jax.Array, channels: int, hidden: int = 32) -> dict:
+    """A 3-layer CNN discriminator (3x3 convs, ReLU, the last to one channel, averaged over space) on NHWC maps."""
+    k1, k2, k3 = jax.random.split(key, 3)
+    he = lambda k, shape: jnp.sqrt(2.0 / (9 * shape[2])) * jax.random.normal(k, shape)
+    return dict(conv1=dict(kernel=he(k1, (3, 3, channels, hidden)), bias=jnp.zeros((hidden,))),
+                conv2=dict(kernel=he(k2, (3, 3, hidden, hidden)), bias=jnp.zeros((hidden,))),
+                conv3=dict(kernel=0.01 * jax.random.normal(k3, (3, 3, hidden, 1)), bias=jnp.zeros((1,))))
+
+
+def _conv(x, layer):
+    return jax.lax.conv_general_dilated(x, layer["kernel"], (1, 1), "SAME",
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC")) + layer["bias"]
+
+
 def discriminator_init(key: jax.Array, in_dim: int, hidden: int = 64) -> dict:
+    """A 2-layer MLP discriminator on pooled [B, D] features."""
     k1, k2 = jax.random.split(key)
     he = lambda k, shape: jnp.sqrt(2.0 / shape[0]) * jax.random.normal(k, shape)
     return dict(dense1=dict(kernel=he(k1, (in_dim, hidden)), bias=jnp.zeros((hidden,))),
@@ -88,7 +108,11 @@ def discriminator_init(key: jax.Array, in_dim: int, hidden: int = 64) -> dict:
 
 
 def discriminator_apply(d_params, features: jax.Array) -> jax.Array:
-    """[B, D] features -> [B] logits of 'comes from the source domain'."""
+    """[B, D] features (MLP) or [B, H, W, C] maps (CNN) -> [B] logits of 'comes from the source domain'."""
+    if "conv1" in d_params:
+        h = jax.nn.relu(_conv(features, d_params["conv1"]))
+        h = jax.nn.relu(_conv(h, d_params["conv2"]))
+        return jnp.mean(_conv(h, d_params["conv3"]), axis=(1, 2, 3))
     h = jax.nn.relu(features @ d_params["dense1"]["kernel"] + d_params["dense1"]["bias"])
     return (h @ d_params["dense2"]["kernel"] + d_params["dense2"]["bias"])[:, 0]
 
@@ -138,22 +162,34 @@ def adversarial_terms(d_params, f_src: jax.Array, f_tgt: jax.Array, formulation:
     return total, dict(disc_loss=d_loss, confusion_loss=g_loss, domain_accuracy=acc)
 
 
-def add_discriminator(params, key: jax.Array, feature_dim: int, hidden: int = 64) -> dict:
-    """params with a fresh discriminator under `adversary/...` (ignored by isometric.apply)."""
-    return dict(params, **{ADVERSARY: discriminator_init(key, feature_dim, hidden)})
+def add_discriminator(params, key: jax.Array, feature_dim: int, hidden: int = 64, placement: str = "features") -> dict:
+    """params with a fresh discriminator under `adversary/...` (ignored by isometric.apply): a CNN over
+    `feature_dim` channels for placement 'trunk', an MLP over `feature_dim` features for 'features'."""
+    _check_placement(placement)
+    init = conv_discriminator_init if placement == "trunk" else discriminator_init
+    return dict(params, **{ADVERSARY: init(key, feature_dim, hidden)})
 
 
-def adversarial_loss(cfg, source_task: str, target_task: str, formulation: str = "adda", weight: float = 1.0):
-    """loss_fn for train.fit on batches {'source', 'target'}; params must hold `reference/...` and `adversary/...`."""
+def _check_placement(placement: str) -> None:
+    if placement not in PLACEMENTS:
+        raise ValueError(f"Unknown discriminator placement {placement!r}; known: {', '.join(PLACEMENTS)}.")
+
+
+def adversarial_loss(cfg, source_task: str, target_task: str, formulation: str = "adda", weight: float = 1.0,
+                     placement: str = "features"):
+    """loss_fn for train.fit on batches {'source', 'target'}; params must hold `reference/...` and `adversary/...`
+    (a discriminator made for the same `placement`)."""
     _check_formulation(formulation)
-    return _adversarial_loss(ml_collections.FrozenConfigDict(cfg), source_task, target_task, formulation, float(weight))
+    _check_placement(placement)
+    return _adversarial_loss(ml_collections.FrozenConfigDict(cfg), source_task, target_task, formulation, float(weight),
+                             placement)
 
 
 @functools.lru_cache(maxsize=16)
-def _adversarial_loss(cfg, source_task: str, target_task: str, formulation: str, weight: float):
+def _adversarial_loss(cfg, source_task: str, target_task: str, formulation: str, weight: float, placement: str):
     def loss_fn(params, batch_stats, batch, key):
         del key
-        src, tgt, batch_stats = _features(cfg, params, batch_stats, batch, source_task, target_task)
+        src, tgt, batch_stats = _features(cfg, params, batch_stats, batch, source_task, target_task, placement)
         total, metrics = adversarial_terms(params[ADVERSARY], src, tgt, formulation, weight)
         return total, (batch_stats, metrics)
     return loss_fn
@@ -168,11 +204,13 @@ def discriminator_rule(lr_mult: float = 1.0) -> tuple[str, float]:
 
 @dataclasses.dataclass(frozen=True)
 class Adversarial:
-    """Settings of the adversarial method."""
+    """Settings of the adversarial method; placement 'trunk' is the paper's (a 3-layer CNN on the blocks'
+    output, before the output adapter), 'features' an MLP on the pooled features after it."""
     formulation: str = "adda"
     weight: float = 1.0
     hidden: int = 64
     discriminator_lr_mult: float = 1.0
+    placement: str = "trunk"
 
 
 def adapt_unsupervised(model_cfg, recipe: Recipe, params, stats, source: data.Dataset, target: data.Dataset, *,
@@ -190,9 +228,10 @@ def adapt_unsupervised(model_cfg, recipe: Recipe, params, stats, source: data.Da
         loss_fn = moment_matching_loss(model_cfg, source_task, target_task)
     else:
         a = adversarial
-        start = add_discriminator(start, rng.key(recipe.seed, "discriminator"), int(model_cfg.out_dim), int(a.hidden))
+        dim = isometric.trunk_width(model_cfg) if a.placement == "trunk" else int(model_cfg.out_dim)
+        start = add_discriminator(start, rng.key(recipe.seed, "discriminator"), dim, int(a.hidden), a.placement)
         rules.append(discriminator_rule(a.discriminator_lr_mult))
-        loss_fn = adversarial_loss(model_cfg, source_task, target_task, a.formulation, a.weight)
+        loss_fn = adversarial_loss(model_cfg, source_task, target_task, a.formulation, a.weight, a.placement)
     images = {"source": (source.train_images, None), "target": (target.train_images, None)}
     trained = train_tasks(model_cfg, recipe, {target_task: target}, stage=stage, start=(start, stats), rules=rules,
                           default_mult=0.0, num_steps=num_steps, loss_fn=loss_fn,
@@ -209,67 +248,84 @@ def _method_key(prefix: str, method: str, adversarial: Adversarial) -> str:
     return f"{prefix}_moment_matching" if method == "moment_matching" else f"{prefix}_{method}_{adversarial.formulation}"
 
 
-def compare_adaptation(model_cfg, recipe: Recipe, source: data.Dataset, target: data.Dataset, *,
+def compare_adaptation(model_cfg, recipe: Recipe, sources, target: data.Dataset, *,
                        methods: Sequence[str], num_steps: int, adversarial: Adversarial,
-                       bn_stats_baseline: bool) -> Outcome:
-    """Source task0 supervised; the target without labels (labels only for the supervised upper bound).
+                       bn_stats_baseline: bool, val_fraction: float = 0.2, score_examples: int = 1000) -> Outcome:
+    """Sources (one Dataset or several) supervised and jointly; the target without labels (labels only for
+    the supervised upper bound and a validation split carved from its training data).
 
-    Every method is reported as target test accuracy before (the source model as is) and after tuning.
-    'target BN statistics only' runs the same loop with nothing trainable: it isolates how much of a
-    gain comes from the target's moving BN statistics (which every unsupervised run also re-estimates).
-    The baseline is a plain isometric net of equal depth whose input adapter alone adapts.
-    extra: source, target, adapt_log, source_accuracy_on_source, before_after rows (accuracy in %).
+    The target task starts as a copy of the source task whose model does best on the target's validation
+    split (the paper pretrains on several sources and copies the best); the unsupervised losses pull the
+    target towards that frozen source on the source's images. Every method is reported as target test
+    accuracy before (that source model as is) and after tuning. 'target BN statistics only' runs the same
+    loop with nothing trainable: it isolates how much of a gain comes from the target's moving BN
+    statistics (which every unsupervised run also re-estimates). The baseline is a plain isometric net of
+    equal depth, pretrained on the same sources, whose input adapter alone adapts.
+    extra: source (the chosen one), sources, validation_scores, target, adapt_log, source_accuracy_on_source,
+    before_after rows (accuracy in %).
     """
     if not model_cfg.num_templates:
         raise ValueError("Adapting mixture weights needs templates (model.num_templates > 0).")
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"Unknown adaptation method {unknown[0]!r}; known: {', '.join(METHODS)}.")
+    sources = [sources] if isinstance(sources, data.Dataset) else list(sources)
+    named = {isometric.task_name(i): ds for i, ds in enumerate(sources)}
+    fit, validation = protocol.validation_split(target, val_fraction, recipe.seed)
     accuracy, adapt_log, rows = {}, {}, []
-    # 1. mixture model on the source; the target task starts as a copy of it
-    src = train_tasks(model_cfg, recipe, {"task0": source}, stage="adapt_source", num_classes=[source.num_classes] * 2)
-    params = P.replace_subtree(src.params, "tasks/task1", src.params["tasks"]["task0"])
-    stats = P.replace_subtree(src.model_state, "tasks/task1", src.model_state["tasks"]["task0"])
-    before = accuracy["source_only"] = evaluate(model_cfg, params, stats, target, "task0")
-    on_source = evaluate(model_cfg, params, stats, source, "task0")
-    summaries = {"source": summary(params, {"task0": None})["task0"]}
-    xi, n_xi = "tasks/task1/mixture", int(np.size(params["tasks"]["task1"]["mixture"]))
-    common = dict(source_task="task0", target_task="task1", num_steps=num_steps, adversarial=adversarial)
+    # 1. mixture model on the sources; the target task starts as a copy of the best one on validation
+    src = train_tasks(model_cfg, recipe, named, stage="adapt_source",
+                      num_classes=[ds.num_classes for ds in sources] + [target.num_classes])
+    best, scored = choose_source(model_cfg, src.params, src.model_state, validation, list(named), score_examples,
+                                 recipe.seed)
+    source, tgt_task = named[best], isometric.task_name(len(sources))
+    params = P.replace_subtree(src.params, f"tasks/{tgt_task}", src.params["tasks"][best])
+    stats = P.replace_subtree(src.model_state, f"tasks/{tgt_task}", src.model_state["tasks"][best])
+    before = accuracy["source_only"] = evaluate(model_cfg, params, stats, target, best)
+    on_source = evaluate(model_cfg, params, stats, source, best)
+    summaries = {f"source ({source.name})": summary(params, {best: None})[best]}
+    xi, n_xi = f"tasks/{tgt_task}/mixture", int(np.size(params["tasks"][tgt_task]["mixture"]))
+    common = dict(source_task=best, target_task=tgt_task, num_steps=num_steps, adversarial=adversarial)
     if bn_stats_baseline:
-        run = adapt_unsupervised(model_cfg, recipe, params, stats, source, target, method="moment_matching",
+        run = adapt_unsupervised(model_cfg, recipe, params, stats, source, fit, method="moment_matching",
                                  tunable=None, stage="adapt_bn_stats_only", **common)
-        after = accuracy["target_bn_stats_only"] = evaluate(model_cfg, params, run.model_state, target, "task1")
+        after = accuracy["target_bn_stats_only"] = evaluate(model_cfg, params, run.model_state, target, tgt_task)
         rows.append(dict(method="target BN statistics only", tuned="-", params=0, before=before, after=after))
     for method in methods:
-        run = adapt_unsupervised(model_cfg, recipe, params, stats, source, target, method=method, tunable=xi,
+        run = adapt_unsupervised(model_cfg, recipe, params, stats, source, fit, method=method, tunable=xi,
                                  stage=f"adapt_mixture_{method}", **common)
         key = _method_key("mixture", method, adversarial)
-        after = accuracy[key] = evaluate(model_cfg, run.params, run.model_state, target, "task1")
+        after = accuracy[key] = evaluate(model_cfg, run.params, run.model_state, target, tgt_task)
         adapt_log[key] = _last_metrics(run.fit)
         rows.append(dict(method=key, tuned="target xi", params=n_xi, before=before, after=after))
-        summaries[f"target ({method})"] = summary(run.params, {"task1": None})["task1"]
-    run = train_tasks(model_cfg, recipe, {"task1": target}, stage="adapt_mixture_supervised", start=(params, stats),
+        summaries[f"target ({method})"] = summary(run.params, {tgt_task: None})[tgt_task]
+    run = train_tasks(model_cfg, recipe, {tgt_task: fit}, stage="adapt_mixture_supervised", start=(params, stats),
                       rules=[(xi, recipe.mixture_lr_mult)], default_mult=0.0, num_steps=num_steps)
-    after = accuracy["mixture_supervised_upper_bound"] = evaluate(model_cfg, run.params, run.model_state, target, "task1")
+    after = accuracy["mixture_supervised_upper_bound"] = evaluate(model_cfg, run.params, run.model_state, target,
+                                                                  tgt_task)
     rows.append(dict(method="mixture_supervised_upper_bound (labels)", tuned="target xi", params=n_xi,
                      before=before, after=after))
-    summaries["target (supervised)"] = summary(run.params, {"task1": None})["task1"]
+    summaries["target (supervised)"] = summary(run.params, {tgt_task: None})[tgt_task]
     # 2. baseline: a plain isometric net of equal depth, only its input adapter adapts
     plain = ml_collections.ConfigDict(dict(model_cfg.items(), num_templates=0, bn="shared"))
-    base = train_tasks(plain, recipe, {"task0": source}, stage="adapt_plain_source", rules=[])
-    before = accuracy["plain_source_only"] = evaluate(plain, base.params, base.model_state, target, "task0")
+    base = train_tasks(plain, recipe, named, stage="adapt_plain_source", rules=[])
+    plain_best, _ = choose_source(plain, base.params, base.model_state, validation, list(named), score_examples,
+                                  recipe.seed)
+    before = accuracy["plain_source_only"] = evaluate(plain, base.params, base.model_state, target, plain_best)
     n_in = P.count(base.params["shared"]["adapter_in"])
     for method in methods:
-        run = adapt_unsupervised(plain, recipe, base.params, base.model_state, source, target, method=method,
+        run = adapt_unsupervised(plain, recipe, base.params, base.model_state, named[plain_best], fit, method=method,
                                  tunable=r"shared/adapter_in/.*", stage=f"adapt_plain_input_adapter_{method}",
-                                 **dict(common, target_task="task0"))
+                                 **dict(common, source_task=plain_best, target_task=plain_best))
         key = _method_key("plain_input_adapter", method, adversarial)
-        after = accuracy[key] = evaluate(plain, run.params, run.model_state, target, "task0")
+        after = accuracy[key] = evaluate(plain, run.params, run.model_state, target, plain_best)
         adapt_log[key] = _last_metrics(run.fit)
         rows.append(dict(method=key, tuned="plain input adapter", params=n_in, before=before, after=after))
     for r in rows:
         r["before"], r["after"] = 100 * r["before"], 100 * r["after"]
         r["delta"] = r["after"] - r["before"]
     return Outcome(accuracy, summaries, param_counts(params),
-                   dict(source=source.name, target=target.name, adapt_log=adapt_log,
+                   dict(source=source.name, sources=[ds.name for ds in sources], plain_source=named[plain_best].name,
+                        validation_scores={named[t].name: float(v) for t, v in zip(named, scored["scores"])},
+                        target=target.name, adapt_log=adapt_log,
                         source_accuracy_on_source=on_source, before_after=rows))
