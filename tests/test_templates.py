@@ -161,8 +161,16 @@ def test_smoke_multitask_end_to_end(tmp_path):
     assert all(1 / config.model.num_templates - 1e-6 <= h <= 1 + 1e-6 for h in results["one_hotness"].values())
     counts = results["params"]
     assert counts["shared"] > counts["per_task"]["task0"] > 0
-    assert "paper" in results and results["table"]
-    assert all(os.path.exists(p) for p in results["plots"])
+    assert "paper" in results
+    # claims decided by the protocol (one smoke seed: no interval), tables for the README, heatmaps on disk
+    claims = {c["claim"] for c in results["claims"]}
+    assert any("one-hot" in c for c in claims) and any("Table 2" in c for c in claims)
+    assert all(c["verdict"] == "inconclusive" for c in results["claims"])
+    assert {"templates", "templates_layers", "templates_signatures", "templates_transfer"} <= set(results["readme_tables"])
+    assert len(results["per_seed"]) == config.seeds == 1
+    assert set(results["per_seed"][0]) == {"seed", "regularised", "unregularised"}
+    assert set(results["transfer"]["accuracy"]) == set(config.transfer_inits)
+    assert len(results["plots"]) == 3 and all(p.endswith(".png") and os.path.exists(p) for p in results["plots"])
     assert os.path.exists(tmp_path / "results.json")
 
 

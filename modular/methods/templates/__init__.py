@@ -9,11 +9,14 @@ Trees: `{"shared": {templates, adapter_in, adapter_out}, "tasks": {"task0": {mix
 (BN statistics `{"tasks": {...}}`); what trains is a rule list over those paths.
 
   regularizers.py  entropy and clustering penalties on xi
-  signatures.py    fixed one-hot signatures (sequential, cyclic, random) vs learned mixtures
+  signatures.py    fixed one-hot signatures (sequential, cyclic, random) vs learned mixtures; runs and
+                   progressiveness of an argmax signature
   multitask.py     the summed loss, rules, joint training (`Recipe`, `train_tasks`), evaluation, summaries
   transfer.py      a new task on frozen templates: the table of xi inits, interpolating the sources' xi
   adaptation.py    unsupervised adaptation of xi: moment matching, ADDA / gradient reversal
   bank.py          the task-bank adapter: train the source, add a task, export its private subtree
+  study.py         the experiment over seeds: with vs without the regulariser, transfer from the regularised
+                   sources, and the paper's claims decided by `modular.protocol`
   report.py        heatmaps and tables of the experiment
 """
 from modular.methods.templates import report
