@@ -25,17 +25,16 @@ def get_config(arg: str = ""):
     config.data.max_test_target = 1000
     h = ml_collections.ConfigDict()
     h.target_size = 512                   # T: features per layer after pooling
-    h.fractions = [0.01, 0.05, 0.2]       # F grid (paper 0.0005 ... 0.2)
-    h.coefs = [1e-4, 1e-3]                # group-lasso coefficient grid
-    h.lrs = [0.01, 0.1]                   # paper {0.1, 0.01}
-    h.steps = 200                         # full-batch Adam steps per head (paper {500, 5000})
-    h.folds = 3                           # paper 5
-    h.baseline_coef = {"l1": 1e-4, "l2": 1e-3, "l21": 1e-3}
-    h.baseline_lr = 0.01
-    h.finetune_steps = 150                # ~10 epochs of the 1000 examples
-    h.finetune_batch_size = 64
-    h.finetune_lr = 1e-3
-    h.finetune = True
+    # The budget every method gets (heads, fine-tuning, scratch, Head2Toe-FT): Adam, cosine decay,
+    # minibatches of batch_size; paper lr {0.1, 0.01} x steps {500, 5000} at batch 128.
+    h.lrs = [0.1, 0.01, 0.001]
+    h.steps = [30, 120]
+    h.batch_size = 64
+    h.fractions = [0.01, 0.05, 0.2]       # Head2Toe's F grid (paper 0.0005 ... 0.2)
+    h.coefs = [1e-4, 1e-3]                # group-lasso coefficient grid (Head2Toe and the layer-wise scorers)
+    h.baseline_coefs = ml_collections.ConfigDict(dict(l1=[1e-5, 1e-4], l2=[1e-4, 1e-3], l21=[1e-4, 1e-3]))
+    h.folds = 3                           # k-fold CV of the bank adapter only (the comparison uses validation)
+    h.finetune = True                     # fine-tuning and training from scratch
     h.head2toe_ft = True                  # fine-tune backbone + Head2Toe head on the selected features
     config.head2toe = h
     if arg == "smoke":
@@ -46,20 +45,22 @@ def get_config(arg: str = ""):
         h.target_size = 64
         h.fractions = [0.05, 0.2]
         h.coefs = [1e-3]
-        h.lrs = [0.05]
-        h.steps = 40
+        h.baseline_coefs = ml_collections.ConfigDict(dict(l1=[1e-4], l2=[1e-3], l21=[1e-3]))
+        h.lrs = [0.05, 0.005]
+        h.steps = [10]
+        h.batch_size = 32
         h.folds = 2
-        h.finetune_steps = 10
-        h.finetune_batch_size = 32
     elif arg == "full":
         config.data.targets = ["tfds:cifar100", "tfds:dtd", "tfds:oxford_flowers102", "tfds:svhn_cropped",
-                               "tfds:eurosat", "tfds:dmlab", "tfds:smallnorb"]
+                               "tfds:eurosat", "tfds:dmlab", "tfds:smallnorb#label_azimuth",
+                               "tfds:smallnorb#label_elevation"]   # VTAB's sNORB-Azim/Elev
         h.target_size = 8192
         h.fractions = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2]
         h.coefs = [1e-5, 1e-4, 1e-3, 1e-2]
         h.lrs = [0.1, 0.01]
-        h.steps = 5000
+        h.steps = [500, 5000]
+        h.batch_size = 128
+        h.baseline_coefs = ml_collections.ConfigDict(dict(l1=[1e-5, 1e-4, 1e-3], l2=[1e-4, 1e-3, 1e-2],
+                                                          l21=[1e-5, 1e-4, 1e-3, 1e-2]))
         h.folds = 5
-        h.finetune_steps = 5000
-        h.finetune_batch_size = 64
     return config

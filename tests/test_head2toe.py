@@ -37,9 +37,25 @@ def test_pool_layer_averages_disjoint_patches():
     ref = x[:, :15, :15].reshape(2, 5, 3, 5, 3, 16).mean(axis=(2, 4)).reshape(2, -1)
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
     assert feats.pool_layer(jnp.ones((2, 4, 4, 600)), 512).shape == (2, 600)   # global pool
-    assert feats.pool_layer(jnp.ones((3, 16, 8)), 32).shape == (3, 8 * 2)      # tokens: n=2 -> pool 8
+    assert feats.pool_layer(jnp.ones((3, 16, 8)), 32).shape == (3, 4 * 8)      # tokens: 32/8 = 4 groups of 4
     with pytest.raises(ValueError, match="Cannot pool"):
         feats.pool_layer(jnp.ones((2, 2, 2, 2, 2)), 8)
+
+
+def test_token_pooling_worked_example():
+    """The official 1-D rule by hand: N=7 tokens of C=2, T=6 -> T/C = 3 groups, window int(7/3) = 2, the 7th
+    token dropped; C >= T pools globally; fewer values than T keeps every token (the official code's window
+    would be 0, which it pools globally: our one documented difference)."""
+    x = np.array([[[1, 10], [3, 20], [5, 30], [7, 40], [9, 50], [11, 60], [100, 100]]], np.float32)
+    assert feats.token_pool_size(7, 2, 6) == 2
+    np.testing.assert_allclose(np.asarray(feats.pool_layer(jnp.asarray(x), 6)),
+                               [[2, 15, 6, 35, 10, 55]])          # token pairs (1,3), (5,7), (9,11), window-major
+    np.testing.assert_allclose(np.asarray(feats.pool_layer(jnp.asarray(x), 2)), [[136 / 7, 310 / 7]], rtol=1e-6)
+    assert feats.token_pool_size(7, 2, 2) == 7                     # C >= T: one window over every token
+    assert feats.token_pool_size(3, 2, 64) == 1                    # 6 values < T: official window 0 -> ours 1
+    np.testing.assert_allclose(np.asarray(feats.pool_layer(jnp.asarray(x[:, :3]), 64)), [[1, 10, 3, 20, 5, 30]])
+    with pytest.raises(ValueError, match="token_pool_size"):
+        feats.token_pool_size(0, 2, 6)
 
 
 def test_l2_normalise_keeps_zero_vectors_zero():
@@ -89,7 +105,7 @@ def test_vit_tokens_pool_in_one_dimension():
     cache = feats.cache_features(model, variables, x[:4], x[4:], target=64)
     assert {"block1/pre_attention", "block1/attention", "block1/mlp", "block2"} <= set(cache.layers)
     a, b = cache.layers["block1/attention"]
-    assert b - a == 16     # 16 tokens x C=8 < T=64: n = int(sqrt(64 // 8)) = 2, windows of 16 // 2 = 8 tokens
+    assert b - a == 64     # 16 tokens x C=8 < T=64: T / C = 8 groups, windows of int(16 / 8) = 2 tokens
     assert cache.layers["pre_logits"][1] - cache.layers["pre_logits"][0] == 8
 
 
@@ -161,8 +177,9 @@ def test_head2toe_ft_loss_trains_kept_rows_only_and_updates_bn(tiny):
     params = {"extractor": variables["params"], "head": {"w": np.full((d, 3), 0.1, np.float32),
                                                          "b": np.zeros(3, np.float32)}}
     state = {"extractor": {"batch_stats": variables["batch_stats"]}, "head": {"feature_mask": mask}}
-    loss_fn = ft.head2toe_ft_loss(model, names, 16)
-    assert ft.head2toe_ft_loss(model, names, 16) is loss_fn                # memoised: one compiled step
+    slices = tuple(cache.layers.values())
+    loss_fn = ft.head2toe_ft_loss(model, names, 16, slices)
+    assert ft.head2toe_ft_loss(model, names, 16, slices) is loss_fn        # memoised: one compiled step
     batch = {"image": jnp.asarray(x), "label": jnp.asarray(np.arange(8) % 3, jnp.int32)}
     grads, (new_state, metrics) = jax.jit(jax.grad(loss_fn, has_aux=True))(params, state, batch, jax.random.key(0))
     w_grad = np.asarray(grads["head"]["w"])
@@ -231,14 +248,24 @@ def test_structured_suite_tasks():
 def test_smoke_run_end_to_end(tmp_path):
     from configs import head2toe as cfg_module
     from experiments import run as run_module
+    from modular import protocol
     config = cfg_module.get_config("smoke")
     res = run_module.run(config, str(tmp_path))
-    assert set(res["accuracy"]) == {"linear", "all_l1", "all_l2", "all_l21", "layerwise", "head2toe", "finetune",
-                                    "head2toe_ft"}
+    assert set(res["accuracy"]) == set(head2toe.METHODS)
     assert all(0 <= v <= 1 for v in res["accuracy"].values())
-    assert res["total_features"] > 0 and all(0 < v <= res["total_features"] for v in res["selected_features"].values())
-    assert set(res["kept_per_layer"]) == set(config.data.targets)
-    assert "affinity_gain_correlation" in res and res["cost_ratios"]["bytes_head2toe_over_finetune"] < 1
+    budget = sorted((b["lr"], b["steps"]) for b in protocol.budget(config.head2toe))
+    for method, points in res["grids"].items():          # the recorded grids: the same lr x steps for all
+        assert sorted({(p["lr"], p["steps"]) for p in points}) == budget, method
+    for target in config.data.targets:
+        for method, chosen in res["chosen"]["0"][target].items():
+            assert chosen in [dict(p, fraction=chosen["fraction"]) if "fraction" in chosen and "fraction" not in p
+                              else p for p in res["grids"][method]], (target, method)
+    task = res["per_task"][0][0]
+    assert 0 < task["selected_features"] <= task["total_features"]
+    assert task["num_fit"] + task["num_validation"] == task["num_train"]
+    assert {c["verdict"] for c in res["claims"]} <= {"holds", "does not hold", "inconclusive"}
+    assert all(c["verdict"] == "inconclusive" for c in res["claims"])     # one seed: never a verdict
+    assert "head2toe" in res["readme_tables"] and "share the Linear term" in res["affinity_gain_correlation"]["note"]
     for plot in ("kept_per_layer.png", "gain_vs_affinity.png"):
         assert os.path.exists(tmp_path / "plots" / plot)
     assert os.path.exists(tmp_path / "results.json")

@@ -7,6 +7,7 @@ same columns differentiably, for the variant that fine-tunes the backbone too.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import flax.linen as nn
@@ -24,6 +25,7 @@ def pool_size(channels: int, width: int, target: int) -> int:
     """Side of the disjoint average-pool window for a [H, W, C] map (Evci et al. 2022, Sec. 3).
 
     C >= T: global pooling (window = W). Otherwise n = int(sqrt(T // C)) patches per side, window W // n.
+    Where n > W the official code's window is 0 and it pools globally; we keep every pixel (window 1).
     """
     if channels <= 0 or width <= 0 or target <= 0:
         raise ValueError(f"pool_size needs positive channels, width and target, got {channels}, {width}, {target}.")
@@ -33,12 +35,27 @@ def pool_size(channels: int, width: int, target: int) -> int:
     return max(1, width // n)
 
 
+def token_pool_size(tokens: int, channels: int, target: int) -> int:
+    """Window of the disjoint 1-D average pool over N tokens of width C (the official Head2Toe code).
+
+    C >= T: global pooling (window = N). Otherwise the tokens form T / C groups, window int(N / (T / C)),
+    so the output has about T values. Where that window is 0 (fewer than T values in the layer) the
+    official code pools globally; we keep every token (window 1), as for conv maps."""
+    if channels <= 0 or tokens <= 0 or target <= 0:
+        raise ValueError(f"token_pool_size needs positive tokens, channels and target, got {tokens}, {channels}, "
+                         f"{target}.")
+    if channels >= target:
+        return tokens
+    return max(1, int(tokens / (target / channels)))
+
+
 def pool_layer(x: jax.Array, target: int) -> jax.Array:
     """One activation -> [B, ~target] features: conv maps pooled in 2-D, token maps in 1-D, vectors as they are."""
     if x.ndim == 2:
         return x
     if x.ndim == 3:  # [B, N, C] tokens: 1-D pooling over tokens
-        window = pool_size(x.shape[-1], x.shape[1], target)
+        window = token_pool_size(x.shape[1], x.shape[-1], target)
+        # Disjoint windows (stride = window, no padding): remainder tokens are dropped, as in the official code.
         x = nn.avg_pool(x, (window,), strides=(window,), padding="VALID")
         return x.reshape(x.shape[0], -1)
     if x.ndim == 4:  # [B, H, W, C]
@@ -80,12 +97,18 @@ class FeatureCache:
         return np.concatenate([np.arange(*self.layers[n]) for n in names])
 
 
-def all_layer_features(model, variables, images: np.ndarray, target: int, batch_size: int = 500) -> dict:
-    """name -> [N, d] pooled and normalised features of every activation the model reports."""
+@functools.lru_cache(maxsize=16)
+def _all_layers_fn(model, target: int):
+    """One function per (model, T), so that every task after the first reuses its compilation."""
     def fn(v, batch):
         _, out, _ = models.apply(model, v, batch["image"], mode="eval")
         return {k: layer_features(a, target) for k, a in out.items() if k not in SKIPPED}
-    return train.predict(fn, variables, images, batch_size=batch_size)
+    return fn
+
+
+def all_layer_features(model, variables, images: np.ndarray, target: int, batch_size: int = 500) -> dict:
+    """name -> [N, d] pooled and normalised features of every activation the model reports."""
+    return train.predict(_all_layers_fn(model, int(target)), variables, images, batch_size=batch_size)
 
 
 def forward_order(model, variables, example: np.ndarray) -> list:

@@ -3,7 +3,7 @@
 Head2Toe-FT (Evci et al. 2022, Sec. 4) fine-tunes the backbone *and* the Head2Toe head on the selected
 features of every layer. Its tree follows the SplitModel layout: `extractor` is the whole source network
 (every layer feeds the head, its own classifier included), `head` the linear head {'w', 'b'} over all D
-columns; the kept-feature mask is model state beside the BatchNorm statistics
+columns, which sees each layer's kept subset re-normalised as Head2Toe's refit does; the kept-feature mask is model state beside the BatchNorm statistics
 (`{'extractor': {'batch_stats': ...}, 'head': {'feature_mask': [D]}}`), so tasks with the same shapes
 share one compiled step.
 """
@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from modular import data, losses, models, params as P, supervised, train
+from modular.methods.head2toe import grid
 from modular.methods.head2toe.features import features_fn
 
 # The task classifier never transfers: its label space is the source's.
@@ -37,24 +38,31 @@ def train_model(ds: data.Dataset, *, model_cfg, optim_cfg, num_steps: int, batch
                                    optim_cfg=optim_cfg, rules=[], default_mult=1.0,
                                    batch_fn=_batches(ds, batch_size, seed), num_steps=num_steps, seed=seed,
                                    name=name, verbose=False, log_every=max(num_steps, 1))
-    clf = supervised.Classifier(model=model, variables={"params": trained.params, **trained.model_state},
-                                fit=trained.fit)
-    return clf.accuracy(ds.test_images, ds.test_labels), trained.fit.seconds, P.count(params)
-
-
-def masked_logits(features: jax.Array, head: dict, feature_mask: jax.Array) -> jax.Array:
-    """The Head2Toe head on the kept columns only (masked columns get no gradient, their rows stay as they are)."""
-    return (features * feature_mask) @ head["w"] + head["b"]
+    variables = {"params": trained.params, **trained.model_state}
+    return train.accuracy(_eval_logits(model), variables, ds.test_images, ds.test_labels), trained.fit.seconds, \
+        P.count(params)
 
 
 @functools.lru_cache(maxsize=16)
-def head2toe_ft_loss(model, layer_names: tuple, target: int):
+def _eval_logits(model):
+    """One evaluation function per model, so that every evaluation after the first reuses its compilation."""
+    return lambda v, b: models.apply(model, v, b["image"], mode="eval")[0]
+
+
+def masked_logits(features: jax.Array, head: dict, feature_mask: jax.Array, slices: tuple) -> jax.Array:
+    """The Head2Toe head on the kept columns only, each layer's kept subset re-normalised as in the refit
+    (masked columns get no gradient, their rows stay as they are)."""
+    return grid.logits(head, features, feature_mask, slices, renormalise=True)
+
+
+@functools.lru_cache(maxsize=16)
+def head2toe_ft_loss(model, layer_names: tuple, target: int, slices: tuple):
     """loss_fn for train_subtrees on a Head2Toe-FT tree: cross-entropy of the masked head, BN in train mode."""
     features = features_fn(model, layer_names, target, "train")
 
     def loss_fn(params, state, batch, rng):
         x, backbone_state = features({"params": params["extractor"], **state["extractor"]}, batch["image"])
-        logits = masked_logits(x, params["head"], state["head"]["feature_mask"])
+        logits = masked_logits(x, params["head"], state["head"]["feature_mask"], slices)
         return losses.cross_entropy(logits, batch["label"]), (
             dict(state, extractor=backbone_state), {"accuracy": losses.accuracy(logits, batch["label"])})
     return loss_fn
@@ -65,16 +73,22 @@ def head2toe_ft(ds: data.Dataset, clf: supervised.Classifier, *, layers: dict, m
     """Fine-tune the source backbone and the Head2Toe head together, starting from that head, on the
     features of `layers` (a FeatureCache's column layout) kept by `mask`. Returns (test accuracy, seconds)."""
     layer_names = tuple(layers)
+    slices = tuple(tuple(int(i) for i in layers[n]) for n in layer_names)
     params = {"extractor": clf.variables["params"], "head": {"w": np.asarray(head["w"]), "b": np.asarray(head["b"])}}
     state = {"extractor": {k: v for k, v in clf.variables.items() if k != "params"},
              "head": {"feature_mask": np.asarray(mask, np.float32)}}
-    trained = train.train_subtrees(params, state, loss_fn=head2toe_ft_loss(clf.model, layer_names, target),
+    trained = train.train_subtrees(params, state, loss_fn=head2toe_ft_loss(clf.model, layer_names, target, slices),
                                    optim_cfg=optim_cfg, rules=[], default_mult=1.0,
                                    batch_fn=_batches(ds, batch_size, seed), num_steps=num_steps, seed=seed,
                                    name="head2toe_ft", verbose=False, log_every=max(num_steps, 1))
-    features = features_fn(clf.model, layer_names, target, "eval")
     variables = ({"params": trained.params["extractor"], **trained.model_state["extractor"]},
                  trained.params["head"], trained.model_state["head"]["feature_mask"])
-    accuracy = train.accuracy(lambda v, b: masked_logits(features(v[0], b["image"])[0], v[1], v[2]),
-                              variables, ds.test_images, ds.test_labels)
+    accuracy = train.accuracy(_head2toe_ft_eval(clf.model, layer_names, target, slices), variables,
+                              ds.test_images, ds.test_labels)
     return accuracy, trained.fit.seconds
+
+
+@functools.lru_cache(maxsize=16)
+def _head2toe_ft_eval(model, layer_names: tuple, target: int, slices: tuple):
+    features = features_fn(model, layer_names, target, "eval")
+    return lambda v, b: masked_logits(features(v[0], b["image"])[0], v[1], v[2], slices)

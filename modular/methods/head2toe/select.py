@@ -31,16 +31,30 @@ def top_fraction_mask(scores: np.ndarray, fraction: float) -> np.ndarray:
     return mask
 
 
-def layerwise_mask(scores: np.ndarray, layers: dict, fraction: float) -> np.ndarray:
-    """Whole layers ranked by mean score, added until at least round(F * D) features are kept."""
-    k = num_kept(len(scores), fraction)
-    order = sorted(layers, key=lambda n: -float(np.mean(scores[slice(*layers[n])])))
-    mask = np.zeros(len(scores), np.float32)
+def layer_ranking_mask(layer_scores, layers: dict, kept: int) -> np.ndarray:
+    """Exactly `kept` features taken layer by layer, best-scored layer first; the last layer taken is cut in
+    column order (the official code's top-k over features that all carry their layer's score)."""
+    total = max(b for _, b in layers.values())
+    if not 0 < kept <= total:
+        raise ValueError(f"Layer-wise selection needs 0 < kept <= {total} features, got {kept}.")
+    order = sorted(layers, key=lambda n: -float(layer_scores[n]))
+    mask = np.zeros(total, np.float32)
+    left = kept
     for name in order:
-        if mask.sum() >= k:
+        a, b = layers[name]
+        take = min(left, b - a)
+        mask[a:a + take] = 1.0
+        left -= take
+        if left == 0:
             break
-        mask[slice(*layers[name])] = 1.0
     return mask
+
+
+def layerwise_mask(scores: np.ndarray, layers: dict, fraction: float) -> np.ndarray:
+    """round(F * D) features, whole layers ranked by the mean of their features' scores (the official
+    'connectivity_l2layer' scoring), so the count equals feature-wise selection's at the same F."""
+    k = num_kept(len(scores), fraction)
+    return layer_ranking_mask({n: np.mean(scores[slice(*ab)]) for n, ab in layers.items()}, layers, k)
 
 
 def feature_scores(x: np.ndarray, y: np.ndarray, num_classes: int, *, coef: float, lr: float, steps: int,

@@ -1,0 +1,119 @@
+"""Head2Toe's comparison protocol: the vmapped grid equals training one setting alone, the refit
+re-normalises each layer's kept subset, every method gets the same lr x steps grid, and the test labels
+never reach a choice (chosen settings and kept features are the same with the test labels shuffled)."""
+import dataclasses
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import common
+from modular import models, protocol, rng, supervised
+from modular.data.dataset import Dataset
+from modular.methods import head2toe
+from modular.methods.head2toe import grid
+
+
+def _informative(n=200, d=24, k=3, seed=0):
+    r = np.random.default_rng(seed)
+    y = r.integers(0, k, n).astype(np.int32)
+    x = r.normal(size=(n, d)).astype(np.float32)
+    x[:, :6] += 2.0 * np.eye(k)[y].repeat(2, axis=1)
+    return x, y
+
+
+@pytest.mark.parametrize("renormalise", [False, True])
+def test_vmapped_grid_equals_each_setting_alone(renormalise):
+    x, y = _informative()
+    layers = ((0, 8), (8, 16), (16, 24))
+    masks = np.ones((3, 24), np.float32)
+    masks[1, ::3] = 0
+    masks[2, 8:16] = 0
+    kw = dict(steps=30, reg="l21", layers=layers, renormalise=renormalise, batch_size=32, batch_seed=3)
+    keys = [rng.key(0, "a"), rng.key(1, "a"), rng.key(2, "a")]
+    together = grid.train_grid(x, y, 3, lrs=[0.1, 0.03, 0.01], coefs=[1e-3, 1e-2, 0.0], keys=keys, masks=masks, **kw)
+    for g, (lr, coef) in enumerate([(0.1, 1e-3), (0.03, 1e-2), (0.01, 0.0)]):
+        alone = grid.train_grid(x, y, 3, lrs=[lr], coefs=[coef], keys=[keys[g]], masks=masks[g:g + 1], **kw)
+        np.testing.assert_allclose(together["w"][g], alone["w"][0], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(together["b"][g], alone["b"][0], rtol=1e-4, atol=1e-6)
+    acc = grid.grid_accuracy(together, x, y, masks=masks, layers=layers, renormalise=renormalise)
+    assert acc.shape == (3,) and np.all(acc > 0.6)
+    assert np.all(together["w"][1][masks[1] == 0] == 0)                     # dropped features keep no weight
+
+
+def test_refit_renormalises_each_layers_kept_subset():
+    """The re-normalised head equals a plain head on features whose kept subset of each layer has unit norm,
+    which in turn equals normalising the kept columns of the raw (un-normalised) activations."""
+    r = np.random.default_rng(1)
+    raw = r.normal(size=(5, 10)).astype(np.float32)
+    layers = ((0, 4), (4, 10))
+    cache = np.concatenate([raw[:, a:b] / np.linalg.norm(raw[:, a:b], axis=1, keepdims=True) for a, b in layers], 1)
+    mask = np.array([1, 0, 1, 0, 0, 0, 0, 0, 0, 0], np.float32)           # the second layer keeps nothing
+    head = {"w": r.normal(size=(10, 3)).astype(np.float32), "b": r.normal(size=3).astype(np.float32)}
+    by_hand = np.zeros_like(raw)
+    kept = raw[:, [0, 2]]
+    by_hand[:, [0, 2]] = kept / np.linalg.norm(kept, axis=1, keepdims=True)
+    np.testing.assert_allclose(grid.renormalised(cache, mask, layers), by_hand, rtol=1e-5, atol=1e-6)
+    ours = np.asarray(grid.logits(head, cache, mask, layers, renormalise=True))
+    np.testing.assert_allclose(ours, by_hand @ (head["w"] * mask[:, None]) + head["b"], rtol=1e-4, atol=1e-5)
+
+
+def test_layer_ranking_takes_exactly_the_matched_count():
+    layers = {"a": (0, 3), "b": (3, 5), "c": (5, 9)}
+    mask = head2toe.select.layer_ranking_mask({"a": 0.1, "b": 0.9, "c": 0.5}, layers, 5)
+    np.testing.assert_array_equal(mask, [0, 0, 0, 1, 1, 1, 1, 1, 0])      # b whole, then c cut in column order
+    with pytest.raises(ValueError, match="kept"):
+        head2toe.select.layer_ranking_mask({"a": 0, "b": 0, "c": 0}, layers, 10)
+
+
+def _settings():
+    from configs import head2toe as cfg_module
+    h = cfg_module.get_config("smoke").head2toe
+    h.steps = [5, 10]
+    return h
+
+
+def test_every_method_gets_the_same_lr_steps_grid():
+    h = _settings()
+    grids = head2toe.settings_grids(h)
+    budget = protocol.budget(h)
+    assert set(grids) == set(head2toe.METHODS)
+    for method, points in grids.items():
+        assert sorted({(p["lr"], p["steps"]) for p in points}) == sorted((b["lr"], b["steps"]) for b in budget), method
+    assert {p["fraction"] for p in grids["head2toe"]} == set(h.fractions)
+    assert {p["coef"] for p in grids["all_l1"]} == set(h.baseline_coefs.l1)
+
+
+@pytest.fixture(scope="module")
+def source():
+    model = models.build(common.model_config(width=4), 10)
+    return supervised.Classifier(model=model, variables=models.init(model, jax.random.key(0), (1, 8, 8, 1)), fit=None)
+
+
+def _task(seed=0):
+    r = np.random.default_rng(seed)
+    y, yt = r.integers(0, 4, 80).astype(np.int32), r.integers(0, 4, 40).astype(np.int32)
+    img = lambda lab: (r.uniform(size=(len(lab), 8, 8, 1)) * 0.5 + lab[:, None, None, None] / 8).astype(np.float32)
+    return Dataset("toy", img(y), y, img(yt), yt, 4)
+
+
+def test_test_labels_never_reach_a_choice(source):
+    """Two comparisons that differ only in the test labels choose the same settings and the same features,
+    for every method (fine-tuning, scratch and Head2Toe-FT included); every method saw the same grid."""
+    h = _settings()
+    h.target_size = 16
+    ds = _task()
+    shuffled = dataclasses.replace(ds, test_labels=np.random.default_rng(5).permutation(ds.test_labels))
+    model_cfg = common.model_config(width=4)
+    a = head2toe.compare_on_task(ds, source, h, model_cfg=model_cfg, seed=0, val_fraction=0.25)
+    b = head2toe.compare_on_task(shuffled, source, h, model_cfg=model_cfg, seed=0, val_fraction=0.25)
+    assert set(a["methods"]) == set(head2toe.METHODS)
+    for m in head2toe.METHODS:
+        assert a["methods"][m]["chosen"] == b["methods"][m]["chosen"], m
+        assert a["methods"][m]["grid_validation"] == b["methods"][m]["grid_validation"], m
+        assert len(a["methods"][m]["grid_validation"]) == len(head2toe.settings_grids(h)[m])
+    assert a["kept_features"] == b["kept_features"] and a["layerwise_features"] == b["layerwise_features"]
+    assert a["layerwise_features"] == {"layerwise": a["selected_features"], "layerwise_group": a["selected_features"]}
+    assert a["accuracy"] != b["accuracy"]                                     # the test labels were read
+    assert a["num_fit"] + a["num_validation"] == a["num_train"] == 80
