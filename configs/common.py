@@ -19,7 +19,13 @@ def model_config(name: str = "resnet", **overrides) -> ml_collections.ConfigDict
     # dtype: activations and matmuls (float32 | bfloat16); parameters, optimizer state, BN statistics and
     # logits stay float32. init: weights to start from (modular.pretrained: a torchvision .pth, a big_vision
     # .npz, this library's .msgpack or checkpoint folder); the source pretraining is then skipped.
-    cfg = dict(name=name, depth=8, width=16, widen=1, split="stage3", bn_momentum=0.9, dtype="float32", init="")
+    # input_norm: '' (images in [0, 1]), 'imagenet' (torchvision's weights) or 'symmetric' (big_vision's).
+    cfg = dict(name=name, depth=8, width=16, widen=1, split="stage3", bn_momentum=0.9, dtype="float32", init="",
+               input_norm="")
+    # ViT keys, unset (None: the architecture's default) but settable from the command line, e.g.
+    # --config.model.name=vit --config.model.heads=12 --config.model.pool=tok.
+    for key, kind in (("patch", int), ("heads", int), ("mlp_ratio", int), ("pool", str)):
+        cfg[key] = ml_collections.FieldReference(None, field_type=kind)
     cfg.update(overrides)
     return ml_collections.ConfigDict(cfg)
 

@@ -4,14 +4,15 @@ from __future__ import annotations
 import jax
 import ml_collections
 
-from modular import data, params as P, supervised
+from modular import data, params as P, supervised, train
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     clf, ds = supervised.pretrained_backbone(config, workdir, streaming=True)  # large tfds sets stream
     params = clf.variables["params"]
-    fit = clf.fit
-    steps_run = config.num_steps - (fit.resumed_from or 0)
+    # With --config.model.init and a classifier that fits, nothing trains (supervised.classifier_from_weights).
+    fit = clf.fit or train.FitResult(state=None, history=[], resumed_from=None, seconds=0.0)
+    steps_run = config.num_steps - (fit.resumed_from or 0) if clf.fit else 0
     results = dict(
         accuracy=clf.evaluate(ds, "test"),
         train_accuracy=clf.evaluate(ds, "train", max_examples=2000),

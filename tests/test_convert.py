@@ -143,6 +143,7 @@ def like(model, image_size=32, fill=7.0):
 
 def _library_logits(name, path, num_classes, x_nchw, split=None):
     cfg = models.default_config(name)
+    cfg.input_norm = "imagenet"
     if split:
         cfg.split = split
     model = models.build(cfg, num_classes)
@@ -159,9 +160,10 @@ def test_torchvision_weights_give_torchvision_logits(tmp, name, net, params, spl
     net = randomised(net())
     # torchvision publishes 25,557,032 (ResNet-50) and 3,504,872 (MobileNetV2) parameters at 1000 classes.
     assert sum(p.numel() for p in net.parameters()) == params
-    x = np.random.default_rng(0).normal(size=(2, 3, 32, 32)).astype(np.float32)
-    with torch.no_grad():
-        expected = net(torch.from_numpy(x)).numpy()
+    x = np.random.default_rng(0).uniform(size=(2, 3, 32, 32)).astype(np.float32)   # images in [0, 1]
+    mean, std = (np.array(v, np.float32)[:, None, None] for v in ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]))
+    with torch.no_grad():   # torchvision's preprocessing; the library's model normalises (input_norm='imagenet')
+        expected = net(torch.from_numpy((x - mean) / std)).numpy()
     path = tmp / f"{name}.pth"
     torch.save(net.state_dict(), path)
     # A split inside the network: the head's stages load too, wherever the split falls.
@@ -179,7 +181,8 @@ def test_another_class_count_reinitialises_only_the_classifier(tmp):
     cfg = models.default_config("mobilenet_v2_imagenet")
     variables, report = pretrained.load(like(models.build(cfg, 3)), str(path), cfg)
     assert report["reinitialised"] == ["params/head/classifier/bias", "params/head/classifier/kernel"]
-    assert "re-initialised" in pretrained.describe(report, str(path))
+    described = pretrained.describe(report, str(path))
+    assert "re-initialised" in described and "set --config.model.input_norm=imagenet" in described
     head = variables["params"]["head"]["classifier"]
     assert head["kernel"].shape == (1280, 3) and np.all(head["kernel"] == 7.0) and np.all(head["bias"] == 7.0)
     np.testing.assert_array_equal(variables["params"]["extractor"]["final"]["conv"]["kernel"][0, 0],
@@ -300,9 +303,9 @@ def test_big_vision_vit_npz_gives_big_vision_logits(tmp, pool):
     p = random_big_vision_vit(rng, width=32, depth=2, heads=4, mlp=128, patch=8, tokens=16, classes=6, pool=pool)
     path = tmp / f"vit_{pool}.npz"
     np.savez(path, **_flat(p))
-    image = rng.normal(size=(2, 32, 32, 3)).astype(np.float32)
-    expected = big_vision_vit_forward(p, image, 8, pool)
-    cfg = _vit_cfg(pool, split="block1")
+    image = rng.uniform(size=(2, 32, 32, 3)).astype(np.float32)
+    expected = big_vision_vit_forward(p, 2 * image - 1, 8, pool)   # big_vision feeds [-1, 1]
+    cfg = _vit_cfg(pool, split="block1", input_norm="symmetric")
     model = models.build(cfg, 6)
     variables, report = pretrained.load(like(model), str(path), cfg)
     assert not report["kept"] and not report["unused"]
@@ -313,15 +316,15 @@ def test_big_vision_vit_npz_gives_big_vision_logits(tmp, pool):
 def test_big_vision_old_layouts_and_other_resolutions(tmp):
     rng = np.random.default_rng(4)
     p = random_big_vision_vit(rng, width=32, depth=1, heads=4, mlp=128, patch=8, tokens=16, classes=6, pool="tok")
-    image = rng.normal(size=(2, 32, 32, 3)).astype(np.float32)
-    expected = big_vision_vit_forward(p, image, 8, "tok")
+    image = rng.uniform(size=(2, 32, 32, 3)).astype(np.float32)
+    expected = big_vision_vit_forward(p, 2 * image - 1, 8, "tok")
     # The pre-2022 layout: posemb inside Transformer, with the class token's embedding as its first row.
     old = _flat(p)
     cls_pos = rng.normal(size=(1, 1, 32)).astype(np.float32)
     old["Transformer/posembed_input/pos_embedding"] = np.concatenate([cls_pos, old.pop("pos_embedding")], 1)
     old["cls"] = old["cls"] - cls_pos
     np.savez(tmp / "old.npz", **old)
-    cfg = _vit_cfg("tok", depth=1)
+    cfg = _vit_cfg("tok", depth=1, input_norm="symmetric")
     model = models.build(cfg, 6)
     variables, _ = pretrained.load(like(model), str(tmp / "old.npz"), cfg)
     np.testing.assert_allclose(_logits(model, variables, image), expected, rtol=2e-4, atol=2e-4 * np.abs(expected).max())

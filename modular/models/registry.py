@@ -10,9 +10,9 @@ import jax.numpy as jnp
 import ml_collections
 
 from modular.models import isometric, mobilenet, resnet, vit
-from modular.models.split import SplitModel
+from modular.models.split import INPUT_NORMS, SplitModel
 
-_COMMON = dict(width=16, bn_momentum=0.9, dtype="float32")
+_COMMON = dict(width=16, bn_momentum=0.9, dtype="float32", input_norm="")
 _DEFAULTS = {
     "resnet": dict(depth=20, widen=1, split=resnet.UNITS[-1]),
     "resnet_imagenet": dict(depth=50, width=64, split=resnet.IMAGENET_UNITS[-1]),
@@ -70,6 +70,9 @@ def _resolve(cfg) -> dict:
     for key in ("width", "widen", "expansion", "patch", "heads", "mlp_ratio") + sized:
         if key in spec and (not isinstance(spec[key], int) or spec[key] < 1):
             raise ValueError(f"Model config {key} must be a positive integer; got {spec[key]!r}.")
+    if spec["input_norm"] not in INPUT_NORMS:
+        raise ValueError(f"Model config input_norm {spec['input_norm']!r} is not one of: "
+                         f"{', '.join(repr(k) for k in INPUT_NORMS)}.")
     if name == "vit" and spec["pool"] not in vit.POOLS:
         raise ValueError(f"ViT pool {spec['pool']!r} is not one of: {', '.join(vit.POOLS)}.")
     if name == "vit" and spec["width"] % spec["heads"]:
@@ -139,5 +142,8 @@ def build_head(cfg, num_classes: int) -> nn.Module:
 
 
 def build(cfg, num_classes: int) -> SplitModel:
-    """The whole classifier: params subtrees 'extractor' (shareable) and 'head' (task-private)."""
-    return SplitModel(extractor=build_extractor(cfg), head=build_head(cfg, num_classes))
+    """The whole classifier: params subtrees 'extractor' (shareable) and 'head' (task-private); images are
+    first normalised as `input_norm` says (published weights: 'imagenet' for torchvision's, 'symmetric' for
+    big_vision's)."""
+    spec = _resolve(cfg)
+    return SplitModel(extractor=build_extractor(cfg), head=build_head(cfg, num_classes), input_norm=spec["input_norm"])

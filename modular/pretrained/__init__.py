@@ -21,6 +21,7 @@ from modular.pretrained.loading import PretrainedMismatchError, describe, load_c
 from modular.pretrained.torchvision import ConversionError
 
 TORCHVISION = {"resnet_imagenet": torchvision.resnet, "mobilenet_v2_imagenet": torchvision.mobilenet_v2}
+EXPECTED_INPUT = {"torch": "imagenet", "big_vision": "symmetric"}   # the normalisation each source trained with
 
 
 def convert(kind: str, arrays: Mapping[str, np.ndarray], model_name: str, source: str = "the file") -> dict:
@@ -45,7 +46,12 @@ def load(variables: Mapping, path: str, model_cfg) -> tuple[dict, dict]:
     kind, arrays = read(path)
     name = model_cfg.get("name") if hasattr(model_cfg, "get") else model_cfg
     converted = convert(kind, arrays, name, source=path)
-    return load_converted(variables, converted, source=path, model=f"model {name}")
+    variables, report = load_converted(variables, converted, source=path, model=f"model {name}")
+    source = "big_vision" if kind == "npz" and big_vision.is_big_vision_vit(arrays) else kind
+    expected, given = EXPECTED_INPUT.get(source), (model_cfg.get("input_norm") if hasattr(model_cfg, "get") else "")
+    report["notes"] = ([f"these {source} weights expect input_norm={expected!r}, the model has {given or ''!r} "
+                        f"(set --config.model.input_norm={expected})"] if expected and given != expected else [])
+    return variables, report
 
 
 __all__ = ["load", "convert", "read", "describe", "load_converted", "unit_path", "big_vision", "files",

@@ -100,6 +100,7 @@ def describe(report: Mapping, source: str) -> str:
         lines.append(f"  re-initialised (another class count): {', '.join(report['reinitialised'])}")
     if report.get("resampled"):
         lines.append(f"  resampled to the model's token grid: {', '.join(report['resampled'])}")
+    lines += [f"  note: {note}" for note in report.get("notes", ())]
     for key in ("kept", "unused"):
         if report.get(key):
             lines.append(f"  {key}: {', '.join(report[key])}")
