@@ -4,6 +4,8 @@
   python -m experiments.run --config=configs/head2toe.py:smoke --workdir=/tmp/h2t_s    # seconds (tests)
   python -m experiments.run --config=configs/head2toe.py --config.data.target=rotation --workdir=/tmp/h2t_rot
   python -m experiments.run --config=configs/head2toe.py:full --workdir=...            # tfds VTAB-1k, accelerators
+  ... :full --config.model.init=resnet50.pth (a published backbone instead of pretraining; the README's
+  "Published backbones" has the exact commands for ResNet-50 and ViT-B/16)
   python -m experiments.run --config=configs/head2toe.py --workdir=/tmp/h2t_vit \
       --config.model.name=vit --config.model.split=final --config.model.width=32   # a ViT's token features
 

@@ -3,6 +3,8 @@
   python -m experiments.run --config=configs/patches.py --workdir=/tmp/patches            # CPU, ~10 min
   python -m experiments.run --config=configs/patches.py:smoke --workdir=/tmp/patches_s    # seconds (tests)
   python -m experiments.run --config=configs/patches.py:full --workdir=gs://.../patches   # accelerators
+  ... :full --config.model.init=mobilenet_v2.pth (torchvision's ImageNet MobileNetV2 instead of pretraining;
+  the README's "Published backbones" has the exact command)
 
 The source backbone is pretrained under WORKDIR/pretrain (the same layout as configs/pretrain.py, so a
 pretrain run's workdir is reused).
