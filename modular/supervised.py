@@ -126,7 +126,7 @@ def classifier_from_weights(path: str, ds: data.Dataset | data.StreamingDataset,
     model = models.build(model_cfg, ds.num_classes)
     variables = models.init(model, jax.random.key(seed), (1,) + tuple(ds.image_shape))
     variables, report = pretrained.load(variables, path, model_cfg)
-    if verbose and jax.process_index() == 0:
+    if jax.process_index() == 0:   # even when quiet: what a run starts from belongs in its log
         print(pretrained.describe(report, path), flush=True)
     if not report["reinitialised"] or num_steps <= 0:
         return Classifier(model=model, variables=variables, fit=None)
