@@ -186,7 +186,8 @@ class StreamingDataset:
             else None
         ds = self.builder.as_dataset(split=split, shuffle_files=shuffle_seed is not None, read_config=read_config,
                                      decoders=decoders)
-        ds = ds.map(lambda ex: (ex["image"], tf.cast(ex["label"], tf.int32)))
+        label = tfds_source.label_feature(self.name)
+        ds = ds.map(lambda ex: (ex["image"], tf.cast(ex[label], tf.int32)))
         options = tf.data.Options()
         options.deterministic = True
         return ds.with_options(options)
@@ -379,7 +380,8 @@ def open_dataset(spec: str, *, image_size: int, channels: int, test_fraction: fl
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}.")
     _, split = tfds_source.parse(spec)
     builder = tfds_source.prepared_builder(spec, data_dir=data_dir)
-    ds = StreamingDataset(name=spec, num_classes=int(builder.info.features["label"].num_classes),
+    label = builder.info.features[tfds_source.label_feature(spec)]
+    ds = StreamingDataset(name=spec, num_classes=int(label.num_classes),
                           image_size=int(image_size), channels=int(channels), num_train=0, num_test=0,
                           train_split="train", test_split="test", builder=builder,
                           shuffle_buffer=int(shuffle_buffer), crop_fraction=float(crop_fraction),

@@ -1,4 +1,7 @@
-"""`tfds:NAME[:SPLIT]` datasets from tensorflow-datasets, converted to the in-memory format.
+"""`tfds:NAME[:SPLIT][#LABEL]` datasets from tensorflow-datasets, converted to the in-memory format.
+
+`#LABEL` names the class-label feature where a dataset has no `label` (VTAB's sNORB tasks:
+`tfds:smallnorb#label_azimuth`, `tfds:smallnorb#label_elevation`).
 
 tensorflow_datasets (and TensorFlow) are imported only here, inside the function, because
 they take seconds to import and the offline sets never need them.
@@ -14,16 +17,21 @@ from modular.data import images as images_lib
 from modular.data import splits
 
 
+def label_feature(spec: str) -> str:
+    """'tfds:smallnorb#label_azimuth' -> 'label_azimuth'; 'label' when the spec names none."""
+    return spec.partition("#")[2] or "label"
+
+
 def parse(spec: str) -> tuple[str, str | None]:
-    """'tfds:svhn_cropped:train[:10%]' -> ('svhn_cropped', 'train[:10%]')."""
-    body = spec[len("tfds:"):]
+    """'tfds:svhn_cropped:train[:10%]' -> ('svhn_cropped', 'train[:10%]') (a '#LABEL' suffix is dropped)."""
+    body = spec.partition("#")[0][len("tfds:"):]
     name, _, split = body.partition(":")
     if not name:
         raise ValueError(f"Dataset {spec!r} names no tensorflow-datasets dataset; write tfds:NAME[:SPLIT].")
     return name, split or None
 
 
-def _to_numpy(ds, image_size: int, batch: int = 512) -> tuple[np.ndarray, np.ndarray]:
+def _to_numpy(ds, image_size: int, label: str = "label", batch: int = 512) -> tuple[np.ndarray, np.ndarray]:
     """Resizes in the tf.data pipeline (images may differ in size) and stacks to numpy."""
     import tensorflow as tf
     import tensorflow_datasets as tfds
@@ -31,7 +39,7 @@ def _to_numpy(ds, image_size: int, batch: int = 512) -> tuple[np.ndarray, np.nda
     def prep(ex):
         img = tf.image.convert_image_dtype(ex["image"], tf.float32)  # scales by the dtype's max
         img = tf.image.resize(img, (image_size, image_size), method="bilinear", antialias=True)
-        return tf.clip_by_value(img, 0.0, 1.0), tf.cast(ex["label"], tf.int32)
+        return tf.clip_by_value(img, 0.0, 1.0), tf.cast(ex[label], tf.int32)
 
     xs, ys = [], []
     for x, y in tfds.as_numpy(ds.map(prep, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -71,10 +79,10 @@ def prepared_builder(spec: str, *, data_dir: str | None = None):
     except tfds.core.registered.DatasetNotFoundError as e:
         raise ValueError(f"Unknown tensorflow-datasets dataset {name!r} in {spec!r}; "
                          f"tfds.list_builders() lists the known names.") from e
-    features = builder.info.features
-    if "image" not in features or "label" not in features:
-        raise ValueError(f"Dataset {spec!r} needs 'image' and 'label' features but has "
-                         f"{sorted(features.keys())}.")
+    features, label = builder.info.features, label_feature(spec)
+    if "image" not in features or label not in features:
+        raise ValueError(f"Dataset {spec!r} needs 'image' and {label!r} features but has "
+                         f"{sorted(features.keys())}; name its class label with tfds:NAME#FEATURE.")
     try:
         with _quiet_downloads():
             builder.download_and_prepare()
@@ -103,11 +111,11 @@ def load(spec: str, *, image_size: int, channels: int, seed: int, test_fraction:
     except tfds.core.registered.DatasetNotFoundError as e:
         raise ValueError(f"Unknown tensorflow-datasets dataset {name!r} in {spec!r}; "
                          f"tfds.list_builders() lists the known names.") from e
-    features = builder.info.features
-    if "image" not in features or "label" not in features:
-        raise ValueError(f"Dataset {spec!r} needs 'image' and 'label' features but has "
-                         f"{sorted(features.keys())}.")
-    num_classes = int(features["label"].num_classes)
+    features, label = builder.info.features, label_feature(spec)
+    if "image" not in features or label not in features:
+        raise ValueError(f"Dataset {spec!r} needs 'image' and {label!r} features but has "
+                         f"{sorted(features.keys())}; name its class label with tfds:NAME#FEATURE.")
+    num_classes = int(features[label].num_classes)
 
     def read(split_name):
         try:
@@ -117,7 +125,7 @@ def load(spec: str, *, image_size: int, channels: int, seed: int, test_fraction:
             first = (str(e).strip().splitlines() or [""])[0][:200]
             raise ValueError(f"Dataset {spec!r} (split {split_name!r}) could not be loaded ({type(e).__name__}: "
                              f"{first}); tensorflow-datasets needs the network the first time.") from e
-        return _to_numpy(ds, image_size), info
+        return _to_numpy(ds, image_size, label), info
 
     if split is None:
         (train_x, train_y), info = read("train")
