@@ -367,3 +367,27 @@ def test_config_model_init_starts_from_the_weights_and_fits_only_a_new_classifie
     assert frozen and all(np.array_equal(got[p], want[p]) for p in frozen)   # BN statistics included
     assert got["params/head/classifier/kernel"].shape[-1] == ds.num_classes == 10
     assert clf.fit is not None and int(clf.fit.state.step) == 3
+
+
+def test_library_weights_load_from_orbax_folders_and_npz_across_splits(tmp):
+    import orbax.checkpoint as ocp
+
+    from modular import params as P
+    cfg = models.default_config("resnet")
+    cfg.update(depth=8, width=4, split="stage3")
+    rng = np.random.default_rng(6)
+    saved = jax.tree.map(lambda a: rng.normal(size=a.shape).astype(np.float32), like(models.build(cfg, 5), 16))
+    with ocp.CheckpointManager(str(tmp / "run" / "checkpoints")) as mngr:
+        mngr.save(3, args=ocp.args.StandardSave({"params": saved["params"], "model_state": {
+            "batch_stats": saved["batch_stats"]}}))
+        mngr.wait_until_finished()
+    np.savez(tmp / "library.npz", **P.flatten(saved))
+    cfg.split = "stage1"   # the same network split elsewhere: stage2 and stage3 now live in the head
+    model = models.build(cfg, 5)
+    for path in (tmp / "run", tmp / "library.npz"):
+        variables, report = pretrained.load(like(model, 16), str(path), cfg)
+        assert not report["kept"] and not report["unused"] and not report["notes"]
+        np.testing.assert_array_equal(variables["params"]["head"]["stage3"]["block0"]["conv1"]["kernel"],
+                                      saved["params"]["extractor"]["stage3"]["block0"]["conv1"]["kernel"])
+        np.testing.assert_array_equal(variables["batch_stats"]["head"]["stage2"]["block0"]["bn1"]["var"],
+                                      saved["batch_stats"]["extractor"]["stage2"]["block0"]["bn1"]["var"])
