@@ -1,6 +1,6 @@
 """Paper scale on paper: FLOPs, bytes per device and projected accelerator hours of `:full` configs.
 
-  python -m experiments.project --workdir=/tmp/scale                     # every configs/*.py:full
+  python -m experiments.project --workdir=/tmp/scale     # every configs/*.py:full and HEADLINE_SETUPS
   python -m experiments.project --config=configs/patches.py:full --out=patches.json --mfu=0.3 --devices=8
 
 Compiles one train step per training phase for this host's CPU (no accelerator needed; a few minutes for
@@ -11,11 +11,27 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import sys
 import time
 
 FULL_CONFIGS = ("pretrain", "compat", "templates", "patches", "head2toe", "tour", "adapt")
+_IMAGENET_224 = {"model.input_norm": "imagenet", "data.image_size": 224, "data.channels": 3}
+# The papers' headline setups from published weights (README "Published backbones"), with --config.model.init
+# set: the projection needs only the architecture, so the weights file is not read.
+HEADLINE_SETUPS = {
+    "head2toe, ResNet-50 224 px": ("configs/head2toe.py:full", {
+        "model.name": "resnet_imagenet", "model.depth": 50, "model.width": 64, "model.split": "stage4",
+        "model.init": "resnet50-19c8e357.pth", **_IMAGENET_224}),
+    "head2toe, ViT-B/16 224 px": ("configs/head2toe.py:full", {
+        "model.name": "vit", "model.width": 768, "model.depth": 12, "model.heads": 12, "model.mlp_ratio": 4,
+        "model.patch": 16, "model.pool": "tok", "model.split": "final", "model.init": "vit_b16.npz",
+        **_IMAGENET_224, "model.input_norm": "symmetric"}),
+    "patches, MobileNetV2 224 px": ("configs/patches.py:full", {
+        "model.name": "mobilenet_v2_imagenet", "model.width": 16, "model.expansion": 6, "model.split": "final",
+        "model.init": "mobilenet_v2-b0353104.pth", **_IMAGENET_224}),
+}
 
 
 def load_config(spec: str):
@@ -29,6 +45,17 @@ def load_config(spec: str):
     return module.get_config(arg)
 
 
+def with_overrides(config, overrides: dict):
+    """`config` with dotted KEY: VALUE overrides (as --config.KEY=VALUE would set them)."""
+    for key, value in overrides.items():
+        *path, last = key.split(".")
+        node = config
+        for part in path:
+            node = node[part]
+        node[last] = value
+    return config
+
+
 def _hours(h: float) -> str:
     return f"{h * 60:.1f} min" if h < 1 else f"{h:.1f} h"
 
@@ -38,7 +65,7 @@ def table(projections: dict, mfu: float, devices: int) -> str:
     rows = []
     for spec, p in projections.items():
         main = max(p["phases"], key=lambda r: r["total_flops"]) if p["phases"] else None
-        rows.append({"config": f"`{spec}`", "phases": len(p["phases"]), "seeds": p["seeds"],
+        rows.append({"config": f"`{spec}`" if spec.startswith("configs/") else spec, "phases": len(p["phases"]), "seeds": p["seeds"],
                      "largest phase": f"{main['phase']} ({main['model']}, batch {main['batch']})" if main else "-",
                      "GFLOP/step": f"{main['gflops_per_step']:.2f}" if main else "-",
                      "total PFLOP": f"{p['total_flops'] / 1e15:.2f}",
@@ -50,18 +77,29 @@ def table(projections: dict, mfu: float, devices: int) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", action="append", help="configs/NAME.py:full (repeat; default: every :full)")
+    parser.add_argument("--config", action="append",
+                        help="configs/NAME.py:full or a HEADLINE_SETUPS name (repeat; default: every :full and "
+                             "every headline setup)")
     parser.add_argument("--workdir", help="write WORKDIR/results.json")
     parser.add_argument("--out", help="write this JSON file instead")
+    parser.add_argument("--add", action="store_true",
+                        help="keep the other projections already in the output file (the table shows all)")
     parser.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation (default 0.4)")
     parser.add_argument("--devices", type=int, default=1, help="chips the global batch is split over (default 1)")
     args = parser.parse_args(argv)
     from modular import projection, reporting
-    specs = args.config or [f"configs/{name}.py:full" for name in FULL_CONFIGS]
+    specs = {spec: HEADLINE_SETUPS.get(spec, (spec, {})) for spec in args.config} if args.config else {
+        **{f"configs/{name}.py:full": (f"configs/{name}.py:full", {}) for name in FULL_CONFIGS}, **HEADLINE_SETUPS}
+    out = args.out or (os.path.join(args.workdir, "results.json") if args.workdir else None)
     start, projections, failed = time.time(), {}, {}
-    for spec in specs:
+    if args.add and out and os.path.isfile(out):  # keep the file's other projections; these are redone
+        with open(out) as f:
+            projections = {k: v for k, v in json.load(f).get("projections", {}).items() if k not in specs}
+    for spec, (path, overrides) in specs.items():
         try:
-            p = projections[spec] = projection.project(load_config(spec), mfu=args.mfu, devices=args.devices)
+            config = with_overrides(load_config(path), overrides)
+            p = projections[spec] = projection.project(config, mfu=args.mfu, devices=args.devices)
+            p["config"], p["overrides"] = path, overrides
         except ValueError as e:  # one config that cannot be projected does not stop the others
             failed[spec] = str(e)
             print(f"error: {spec}: {e}", file=sys.stderr, flush=True)
@@ -77,7 +115,6 @@ def main(argv=None) -> int:
     results = dict(projections=projections, failed=failed, mfu=args.mfu, devices=args.devices,
                    accelerators_peak_flops=projection.ACCELERATORS, wall_seconds=time.time() - start,
                    readme_tables={"scale": text})
-    out = args.out or (os.path.join(args.workdir, "results.json") if args.workdir else None)
     if out:
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
         reporting.write_json(out, results)

@@ -68,6 +68,8 @@ def _phase(config, name, *, model=None, data=None, batch_size=None, steps=None, 
 
 
 def _pretrain(config) -> list[Phase]:
+    if config.model.get("init"):  # published weights: only a classifier is fitted, the rest frozen
+        return [_phase(config, "classifier on the loaded weights", rules=(("head/classifier/.*", 1.0),))]
     return [_phase(config, "pretrain")]
 
 
@@ -106,12 +108,16 @@ def _compat(config) -> list[Phase]:
 def _templates(config) -> list[Phase]:
     model = ml_collections.ConfigDict(dict(config.model.to_dict(), name="isometric"))
     tasks = list(config.tasks) if config.mode != "single" else list(config.tasks[:1])
+    # multitask trains the tasks with and without the clustering regulariser, then transfers from them
+    runs = 2 if config.mode == "multitask" else 1
     out = [_phase(config, f"{config.mode} ({len(tasks)} tasks)", model=model, data=tasks[0],
-                  batch_size=config.batch_size * len(tasks))]
-    if config.mode in ("transfer", "adapt"):
-        inits = len(config.get("transfer_inits", [])) if config.mode == "transfer" else len(config.adapt_methods)
-        out.append(_phase(config, "mixture weights", model=model, data=config.tasks[0], steps=config.transfer_steps,
-                          rules=_rules("mixture"), repeats=max(inits, 1)))
+                  batch_size=config.batch_size * len(tasks), repeats=runs)]
+    transfers = {"transfer": len(config.get("transfer_inits") or []),
+                 "multitask": len(config.get("transfer_inits") or []) if config.get("multitask_transfer") else 0,
+                 "adapt": len(config.get("adapt_methods") or [])}.get(config.mode, 0)
+    if transfers:
+        out.append(_phase(config, "mixture weights on the target", model=model, data=config.tasks[0],
+                          steps=config.transfer_steps, rules=_rules("mixture"), repeats=transfers))
     return out
 
 
