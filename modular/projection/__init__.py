@@ -12,6 +12,8 @@ gives (one bfloat16 pass on TPU, TF32 on A100/H100).
 """
 from __future__ import annotations
 
+import dataclasses
+
 from modular.projection import costs, phases
 from modular.projection.costs import StepCost, step_cost, train_step
 from modular.projection.phases import Phase
@@ -47,24 +49,33 @@ def project(config, *, mfu: float = DEFAULT_MFU, devices: int = 1, progress=prin
     """Phases, per-step costs and projected hours of `config` (one device holds batch/devices examples)."""
     if int(devices) < 1:
         raise ValueError(f"devices must be a positive integer; got {devices}.")
-    dtype, compiled, rows, seeds = _dtype(config), {}, [], phases.seed_count(config)
+    dtype, compiled, temporaries, rows = _dtype(config), {}, {}, []
+    seeds = phases.seed_count(config)
     for phase in phases.phases(config):
         per_device = -(-phase.batch_size // devices)
-        key = (repr(sorted(phase.model.to_dict().items())), phase.num_classes, phase.image_shape, per_device,
-               phase.rules)
+        shape_key = (repr(sorted(phase.model.to_dict().items())), phase.image_shape, per_device, phase.rules)
+        key = shape_key + (phase.num_classes,)
         if key not in compiled:
-            progress(f"[project] compiling {phase.name}: {phase.model.get('name')} at batch {per_device}, "
-                     f"{'x'.join(map(str, phase.image_shape))}")
-            compiled[key] = step_cost(phase.model, num_classes=phase.num_classes, image_shape=phase.image_shape,
-                                      batch_size=per_device, optim_cfg=config.get("optim"),
-                                      rules=list(phase.rules) if phase.rules else None)
+            # Phases that differ only in their class count share the first one's compiled temporaries.
+            known = temporaries.get(shape_key)
+            progress(f"[project] {'lowering' if known else 'compiling'} {phase.name}: {phase.model.get('name')} "
+                     f"at batch {per_device}, {'x'.join(map(str, phase.image_shape))}")
+            cost = step_cost(phase.model, num_classes=phase.num_classes, image_shape=phase.image_shape,
+                             batch_size=per_device, optim_cfg=config.get("optim"),
+                             rules=list(phase.rules) if phase.rules else None, compile=known is None)
+            if known is None:
+                temporaries[shape_key] = cost
+            else:
+                cost = dataclasses.replace(cost, temp_bytes=known.temp_bytes)
+            compiled[key] = cost
         cost = compiled[key]
         total = cost.flops * devices * phase.steps * phase.repeats * seeds
         rows.append(dict(phase=phase.name, model=phase.model.get("name"), image=list(phase.image_shape),
                          batch=phase.batch_size, steps=phase.steps, repeats=phase.repeats,
                          trainable=cost.trainable, parameters=cost.parameters,
                          gflops_per_step=cost.flops * devices / 1e9, total_flops=total,
-                         cpu_compiled_gflops_per_step=cost.cpu_compiled_flops * devices / 1e9,
+                         cpu_compiled_gflops_per_step=None if cost.cpu_compiled_flops is None
+                         else cost.cpu_compiled_flops * devices / 1e9,
                          device_bytes=dict(params=cost.param_bytes, optimizer=cost.optimizer_bytes,
                                            model_state=cost.model_state_bytes, batch=cost.batch_bytes,
                                            temporaries=cost.temp_bytes, total=cost.device_bytes)))

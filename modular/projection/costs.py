@@ -61,13 +61,13 @@ def train_step(model_cfg, *, num_classes: int, image_shape: tuple, batch_size: i
 class StepCost:
     """One train step of one device at `batch_size`, from XLA's analyses (see the module docstring)."""
     flops: float                 # per step, lowered for TPU (XLA's count: 2 per multiply-add, plus elementwise)
-    cpu_compiled_flops: float    # the same step compiled for CPU (grouped convolutions expanded: larger)
+    cpu_compiled_flops: float | None  # the same step compiled for CPU (grouped convolutions expanded: larger)
     transcendentals: float
     bytes_accessed: float        # XLA's estimate of memory traffic (CPU fusion)
     param_bytes: int             # the parameters (what each data-parallel device holds in full)
     optimizer_bytes: int         # optimizer state (frozen subtrees keep none)
     model_state_bytes: int       # BatchNorm statistics
-    temp_bytes: int              # XLA's temporaries: activations kept for the backward pass, workspace
+    temp_bytes: int | None       # XLA's temporaries: activations kept for the backward pass, workspace
     batch_bytes: int             # the input batch
     trainable: int               # parameters that train
     parameters: int
@@ -75,7 +75,7 @@ class StepCost:
     @property
     def device_bytes(self) -> int:
         """Parameters + optimizer state + BN statistics + batch + temporaries (XLA's peak is no larger)."""
-        return self.param_bytes + self.optimizer_bytes + self.model_state_bytes + self.batch_bytes + self.temp_bytes
+        return self.param_bytes + self.optimizer_bytes + self.model_state_bytes + self.batch_bytes + (self.temp_bytes or 0)
 
 
 def _cost_dict(analysis) -> dict:
@@ -84,14 +84,18 @@ def _cost_dict(analysis) -> dict:
     return dict(analysis or {})
 
 
-def analyse(fn, *args, donate_argnums=(), platform: str = FLOPS_PLATFORM) -> tuple[dict, int]:
+def analyse(fn, *args, donate_argnums=(), platform: str = FLOPS_PLATFORM, compile: bool = True) -> tuple[dict, int]:
     """(XLA's cost analysis of `fn` lowered for `platform`, temporary bytes of `fn` compiled for this CPU).
 
     The FLOPs are counted on the module as lowered, before any backend's passes: XLA:CPU's compiler
     expands grouped (depthwise) convolutions into dense ones, which would count a 256-channel depthwise
-    layer's gradient 80x over. `cpu_compiled_flops` in the result is that compiled count, for comparison."""
+    layer's gradient 80x over. `cpu_compiled_flops` in the result is that compiled count, for comparison.
+    compile=False skips the CPU compile: no temporaries (None) and no compiled count."""
     traced = jax.jit(fn, donate_argnums=donate_argnums).trace(*args)
     cost = _cost_dict(traced.lower(lowering_platforms=(platform,)).cost_analysis())
+    if not compile:  # the FLOPs only: lowering takes seconds, compiling a paper-sized step minutes
+        cost["cpu_compiled_flops"] = None
+        return cost, None
     compiled = traced.lower().compile()
     cost["cpu_compiled_flops"] = float(_cost_dict(compiled.cost_analysis()).get("flops", 0.0))
     memory = compiled.memory_analysis()
@@ -99,11 +103,12 @@ def analyse(fn, *args, donate_argnums=(), platform: str = FLOPS_PLATFORM) -> tup
 
 
 def step_cost(model_cfg, *, num_classes: int, image_shape: tuple, batch_size: int,
-              optim_cfg: ml_collections.ConfigDict | None = None, rules=None) -> StepCost:
-    """Compile the train step for this host's CPU and read XLA's FLOP count and memory sizes."""
+              optim_cfg: ml_collections.ConfigDict | None = None, rules=None, compile: bool = True) -> StepCost:
+    """Lower the train step for TPU and compile it for this host's CPU; XLA's FLOP count and memory sizes.
+    compile=False: FLOPs and the state's bytes only (`temp_bytes` None)."""
     step, (state, batch, rng) = train_step(model_cfg, num_classes=num_classes, image_shape=image_shape,
                                            batch_size=batch_size, optim_cfg=optim_cfg, rules=rules)
-    cost, temp = analyse(step, state, batch, rng, donate_argnums=(0,))
+    cost, temp = analyse(step, state, batch, rng, donate_argnums=(0,), compile=compile)
     mask = optim.trainable_mask(state.params, _optim_cfg(optim_cfg, rules))
     trainable = sum(math.prod(x.shape) for x, m in zip(jax.tree.leaves(state.params), jax.tree.leaves(mask)) if m)
     return StepCost(flops=float(cost.get("flops", 0.0)), cpu_compiled_flops=cost["cpu_compiled_flops"],

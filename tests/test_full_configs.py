@@ -1,0 +1,127 @@
+"""Every `configs/NAME.py:full` runs end to end on tensorflow-datasets' mock data, offline.
+
+The models are the configs' own (paper-sized widths, depths and image sizes); only what sets the run's
+length is cut: two steps, small batches, tiny evaluation sets and grids, one seed. So the path a user
+takes on an accelerator cannot silently break. `tfds.testing.mock_data` fakes each dataset from its
+builder's feature spec (random images and labels, no files, no network).
+
+Pretraining, adapt and the datasets run in every suite. The method configs (patches, compat, templates,
+Head2Toe, the tour) compile tens of paper-sized programs each, minutes of CPU apiece (the patches run:
+over 3 CPU minutes on 2 cores), more than the suite's budget: they run with MODULAR_TEST_FULL_CONFIGS=1.
+"""
+import importlib
+import os
+
+import pytest
+import tensorflow_datasets as tfds
+
+from experiments import project, run as runner
+from modular import data
+
+MOCK_EXAMPLES = 24
+
+
+def full_config(name):
+    return importlib.import_module(f"configs.{name}").get_config("full")
+
+
+def shrink(node, **values):
+    """Set the keys this config has (configs grow and rename keys; a missing one is not this test's concern)."""
+    for key, value in values.items():
+        if key in node:
+            node[key] = value
+
+
+def tiny(name):
+    """`name`'s :full config with its paper-sized model and run lengths cut to seconds."""
+    c = full_config(name)
+    shrink(c, seeds=1, num_steps=2, batch_size=8, log_every=1, checkpoint_every=0)
+    shrink(c.optim, warmup_steps=0)
+    if name == "compat":
+        shrink(c.compat, sweep=False, compare_schedules=False, settings=("IIW+RP+DCC",), upper_bound=False,
+               harder_rp="", same_data=(), incremental_orders=(), eval_points=1, transfer_epochs=1)
+    if name == "templates":
+        shrink(c, transfer_steps=2, interp_score_examples=16, interp_tune_steps=2)
+        c.tasks = list(c.tasks)[:2]
+    if name == "patches":
+        shrink(c.transfer, num_steps=2, batch_size=8, lrs=[1e-2], modes=["sb_last", "dw_last"])
+        shrink(c.multitask, num_steps=2, batch_size=4, max_train=16)
+        c.multitask.tasks = list(c.multitask.tasks)[:2]
+        shrink(c.multires, num_steps=2, batch_size=4, baselines=False)
+        c.multires.resolutions = list(c.multires.resolutions)[:2]
+    if name == "head2toe":
+        c.data.targets = list(c.data.targets)[:1]   # every target's data: test_full_config_datasets_load
+        shrink(c.data, max_train_target=16, max_test_target=16)
+        shrink(c.head2toe, target_size=32, fractions=[0.1], coefs=[1e-3], lrs=[0.1], steps=[2], folds=2,
+               finetune_steps=2, finetune_batch_size=8, batch_size=8,
+               baseline_coefs=dict(l1=[1e-3], l2=[1e-3], l21=[1e-3]))
+    if name == "tour":
+        c.data.targets = list(c.data.targets)[:1]
+        shrink(c.data, max_train_target=16, max_test_target=16)
+        shrink(c.adapt, num_steps=2, batch_size=8)
+        shrink(c.templates, num_steps=2, batch_size=8, transfer_steps=2)
+        shrink(c.head2toe, target_size=32, fractions=[0.1], coefs=[1e-3], lrs=[0.1], steps=2, folds=2)
+        shrink(c.compat, num_steps=2, batch_size=8, settings=["IIW+RP+DCC"])
+        shrink(c.serve, examples_per_task=8)
+    if name == "adapt":
+        shrink(c.adapt, num_steps=2, batch_size=8, lrs=(1e-2,))
+    return c
+
+
+def tfds_names(config) -> set:
+    """Every `tfds:` dataset a config names, anywhere in it."""
+    found, stack = set(), [config.to_dict()]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, (list, tuple)):
+            stack.extend(node)
+        elif isinstance(node, str) and node.startswith("tfds:"):
+            found.add(node)
+    return found
+
+
+def test_full_config_datasets_load():
+    # Every tfds dataset of every :full config loads (its builder's metadata is offline) at that size.
+    configs = [full_config(c) for c in project.FULL_CONFIGS]
+    wanted = {(name, c.data.get("image_size", 32)) for c in configs for name in tfds_names(c)}
+    assert {"tfds:cifar10", "tfds:svhn_cropped", "tfds:cifar100"} <= {n for n, _ in wanted}
+    with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+        for name, size in sorted(wanted):
+            ds = data.load(name, image_size=size, channels=3, seed=0)
+            assert ds.train_images.shape[1:] == (size, size, 3) and ds.num_classes > 1, name
+            assert ds.train_labels.max() < ds.num_classes, name
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """The :full pretraining run (ResNet-20 on CIFAR-10 shapes), the backbone configs/adapt.py:full starts from."""
+    workdir = str(tmp_path_factory.mktemp("pretrain_full"))
+    with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+        results = runner.run(tiny("pretrain"), workdir)
+    return workdir, results
+
+
+def test_pretrain_full(pretrained):
+    _, results = pretrained
+    assert results["dataset"] == "tfds:cifar10" and results["params"]["total"] > 250_000   # ResNet-20
+
+
+def test_adapt_full(pretrained, tmp_path):
+    config = tiny("adapt")
+    config.backbone = pretrained[0]
+    config.data.name = "tfds:svhn_cropped"
+    with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+        results = runner.run(config, str(tmp_path))
+    assert 0.0 <= results["accuracy"] <= 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("MODULAR_TEST_FULL_CONFIGS") != "1",
+                    reason="minutes of CPU each; set MODULAR_TEST_FULL_CONFIGS=1")
+@pytest.mark.parametrize("name", ["patches", "compat", "templates", "head2toe", "tour"])
+def test_full_config_runs(name, tmp_path):
+    with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+        results = runner.run(tiny(name), str(tmp_path))
+    assert results and "attempts" in results
