@@ -29,8 +29,8 @@ def get_config(arg: str = ""):
     h.target_size = 512                   # T: features per layer after pooling
     # The budget every method gets (heads, fine-tuning, scratch, Head2Toe-FT): Adam, cosine decay,
     # minibatches of batch_size; paper lr {0.1, 0.01} x steps {500, 5000} at batch 128.
-    h.lrs = [0.1, 0.01, 0.001]
-    h.steps = [30, 120]
+    h.lrs = [0.1, 0.01]
+    h.steps = [25, 100]
     h.batch_size = 64
     h.fractions = [0.01, 0.05, 0.2]       # Head2Toe's F grid (paper 0.0005 ... 0.2)
     h.coefs = [1e-4, 1e-3]                # group-lasso coefficient grid (Head2Toe and the layer-wise scorers)

@@ -263,6 +263,23 @@ def test_smoke_run_end_to_end(tmp_path):
     task = res["per_task"][0][0]
     assert 0 < task["selected_features"] <= task["total_features"]
     assert task["num_fit"] + task["num_validation"] == task["num_train"]
+    assert task["layerwise_features"] == {"layerwise": task["selected_features"],
+                                          "layerwise_group": task["selected_features"]}
+    # Test data never reaches a choice: the same comparison with the test labels shuffled chooses the same
+    # setting for every method (fine-tuning, scratch and Head2Toe-FT included) and keeps the same features.
+    import dataclasses
+    from experiments import head2toe as driver
+    from modular import supervised
+    clf, _ = supervised.pretrained_backbone(config, str(tmp_path), verbose=False)
+    ds = driver._load_target(task["task"], config, 0)
+    shuffled = dataclasses.replace(ds, test_labels=np.random.default_rng(5).permutation(ds.test_labels))
+    again = head2toe.compare_on_task(shuffled, clf, config.head2toe, model_cfg=config.model, seed=0,
+                                     val_fraction=config.data.val_fraction)
+    for m in head2toe.METHODS:
+        assert again["methods"][m]["chosen"] == task["methods"][m]["chosen"], m
+        assert again["methods"][m]["grid_validation"] == task["methods"][m]["grid_validation"], m
+    assert again["kept_features"] == task["kept_features"]
+    assert again["accuracy"] != task["accuracy"]                            # the shuffled labels were read
     assert {c["verdict"] for c in res["claims"]} <= {"holds", "does not hold", "inconclusive"}
     assert all(c["verdict"] == "inconclusive" for c in res["claims"])     # one seed: never a verdict
     assert "head2toe" in res["readme_tables"] and "share the Linear term" in res["affinity_gain_correlation"]["note"]
