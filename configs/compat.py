@@ -1,15 +1,16 @@
-"""Compatible components (Gygli et al. 2020): DCC / RP / IIW, recombination accuracy (Fig. 2).
+"""Compatible components (Gygli et al. 2020): Fig. 2 over seeds with its controls, then the applications.
 
-  python -m experiments.run --config=configs/compat.py --workdir=/tmp/compat          # 8-way sweep, ~10 min CPU
-  python -m experiments.run --config=configs/compat.py:smoke --workdir=/tmp/c_smoke   # seconds (tests)
-  python -m experiments.run --config=configs/compat.py --workdir=/tmp/c1 --config.compat.sweep=False \
-      --config.compat.schedule=incremental                                              # one setting
+  python -m experiments.run --config=configs/compat.py --workdir=/tmp/compat/cpu       # the study, 3 seeds
+  python -m experiments.run --config=configs/compat.py:smoke --workdir=/tmp/c_smoke    # seconds (tests)
+  python -m experiments.run --config=configs/compat.py --workdir=/tmp/c1 --config.seeds=1 \
+      --config.compat.settings='("independent", "RP")' --config.compat.same_data='()'  # a smaller study
 
-The default runs the sweep (all 8 DCC/RP/IIW combinations, joint schedule); the top-level metrics of
-results.json are those of the setting named by compat.dcc/rp/iiw (all on by default). It then trains that
-setting with the other schedule too (`schedules`) and runs the applications (`applications`: unsupervised
-domain adaptation through the frozen RP head, faster transfer with a compatible head). Only those:
-  python -m experiments.run --config=configs/compat.py --workdir=/tmp/compat_apps --config.compat.sweep=False
+The study trains `compat.settings` (the paper's 8 by default) jointly, the two networks' minibatches
+alternating, plus the upper bound (`upper_bound`: each network its own RP head), a harder pretext
+(`harder_rp`: rotation + mirror) and the same-data controls (`same_data`); follows recombination on
+validation every num_steps/eval_points steps and chooses the step count there; trains the setting named by
+compat.dcc/rp/iiw incrementally in both orders (`incremental_orders`) for that many steps. num_steps counts
+updates per network. The applications run on the first seed's pair of that setting.
 """
 import ml_collections
 
@@ -22,18 +23,18 @@ def get_config(arg: str = ""):
     config = common.base_config(arg, experiment="compat")
     # Two tasks of one shape (compat.common_classes None: every label id both have, all 10 digits here).
     config.data = ml_collections.ConfigDict(dict(task_a="mnist5k", task_b="digits", image_size=16, channels=1,
-                                                 max_train=ml_collections.FieldReference(None, field_type=int)))
-    config.model = common.model_config(depth=8, width=16, split="stage2")  # compat.split wins
+                                                 max_train=ml_collections.FieldReference(None, field_type=int),
+                                                 val_fraction=0.2))
+    config.model = common.model_config(depth=8, width=8, split="stage2")  # compat.split wins
     config.compat = compat.default_options()  # schedule, split, DCC/RP loss weights, RP fraction
+    config.compat.update(compat.study.study_options())  # settings, controls, evaluation points, step choice
     config.compat.update(dict(
         dcc=True, rp=True, iiw=True,         # the setting whose metrics lead results.json
-        sweep=True,                          # all 8 DCC/RP/IIW combinations
-        compare_schedules=True,              # also train the chosen setting with the other schedule
         # Applications (paper Sec. 5) on the chosen setting's networks: 'uda' adapts a's extractor to
         # unlabeled `uda_target` images through the frozen RP head and reuses a's frozen task head;
         # 'fast_transfer' puts b's head on a's extractor (vs a re-initialised head), 0..transfer_epochs;
         # 'cross_arch' trains a pair whose extractors differ in architecture (see cross_arch_model).
-        applications=("uda", "fast_transfer", "cross_arch"),  # a tuple, so --config.compat.applications='("uda",)' works
+        applications=("uda", "fast_transfer"),  # a tuple, so --config.compat.applications='("uda",)' works
         uda_target="mnist5k/edges",           # source classifier: ~27% here with stored BN stats
         uda_steps=150,
         uda_lr=1e-3,
@@ -46,20 +47,19 @@ def get_config(arg: str = ""):
                                                         bn_momentum=0.9)),
         adapter_width=32,
     ))
-    config.batch_size = 64                   # per task
-    config.num_steps = 300
+    config.batch_size = 32                   # per network step
+    config.num_steps = 300                   # updates per network (the two alternate)
+    config.compat.update(dict(eval_points=3, same_data=("independent",)))  # CPU time: ~10 CPU-minutes
     config.log_every = 100
     config.checkpoint_every = 0
     config.verbose = True
     if arg == "smoke":
         config.data.max_train = 256
-        config.model.width = 8
-        config.compat.sweep = False
-        config.compat.compare_schedules = False
+        config.compat.update(dict(settings=("IIW+RP+DCC",), upper_bound=False, harder_rp="",
+                                  same_data=("IIW+RP+DCC",), eval_points=2))  # one compiled group + 2 orders
         config.compat.uda_steps = 3
         config.compat.applications = ("uda", "fast_transfer")  # cross_arch: covered by a unit test
-        config.batch_size = 32
-        config.num_steps = 30
+        config.num_steps = 20
         config.log_every = 10
     elif arg == "full":
         config.data = ml_collections.ConfigDict(dict(task_a="tfds:cifar10", task_b="tfds:stl10", image_size=32,
@@ -69,6 +69,10 @@ def get_config(arg: str = ""):
         config.num_steps = 20_000
         config.log_every = 500
         config.checkpoint_every = 2_000
+        # The paper's optimiser: Adam 0.01, weight decay 1e-7 (L2), learning rate x0.1 at 50% and 75% of training.
+        config.optim = common.optim_config(name="adam", lr=0.01, weight_decay=1e-7, schedule="step",
+                                           decay_at=(0.5, 0.75), decay_factor=0.1)
+        config.data.val_fraction = 0.1
         # UDA needs a target domain with cifar10's label space; none is wired offline, so only transfer.
         config.compat.applications = ("fast_transfer",)
         config.compat.transfer_epochs = 3

@@ -1,30 +1,24 @@
-"""Compatible components (Gygli et al. 2020), Fig. 2 at CPU scale: how DCC, RP and IIW make the extractor
-of one network work with the head of another.
+"""Compatible components (Gygli et al. 2020), Fig. 2 at CPU scale over seeds: how DCC, RP and IIW make the
+extractor of one network work with the head of another, with the paper's controls.
 
-  python -m experiments.run --config=configs/compat.py --workdir=/tmp/compat              # 8-way sweep, ~10 min
-  python -m experiments.run --config=configs/compat.py --workdir=/tmp/c1 --config.compat.sweep=False \
-      --config.compat.dcc=True --config.compat.rp=False --config.compat.iiw=False         # one setting
+  python -m experiments.run --config=configs/compat.py --workdir=/tmp/compat/cpu          # the study
   python -m experiments.run --config=configs/compat.py:smoke --workdir=/tmp/c_smoke       # seconds (tests)
 
 Task a is `config.data.task_a` (mnist5k), task b `config.data.task_b` (digits), both 16x16x1 and the
-same architecture. Recombination (extractor of one + head of the other, no fine-tuning) is measured on
-the extractor's task test set over the common classes, BatchNorm with test-batch statistics (paper
-App. C.1) and, for comparison, with the stored training statistics.
-
-On top (paper Sec. 5, `compat.applications`, on the networks of the chosen setting): `uda` adapts a's
-extractor to unlabeled `compat.uda_target` images through the frozen RP head and reuses a's frozen task
-head (with a control that only re-estimates the extractor's BN statistics on the target); `fast_transfer`
-fine-tunes b's compatible head on a's extractor for `compat.transfer_epochs` epochs against a re-initialised
-head (and against the independently trained pair's head when the sweep trained it); `cross_arch` gives b
-another architecture. `compat.compare_schedules` also trains the chosen setting with the other schedule
-(`results['schedules']`: joint vs incremental). The method lives in `modular.methods.compat`.
+same architecture. The study (`compat.study`) trains every variant over `config.seeds` with the two
+networks' minibatches alternating, follows recombination on validation data, chooses the step count there,
+trains the chosen setting (compat.dcc/rp/iiw) incrementally in both orders, and reads the test sets once:
+recombination (extractor of one + head of the other, no fine-tuning, BN with test-batch statistics as in
+App. C.1; stored statistics beside), own accuracy and the extractors' feature similarity. Claims are
+judged from the per-seed intervals. The applications (`compat.applications`) run on the first seed's
+pair of the chosen setting.
 """
 from __future__ import annotations
 
 import jax
 import ml_collections
 
-from modular import data, optim
+from modular import data, optim, protocol
 from modular.methods import compat
 
 
@@ -47,7 +41,12 @@ def _load(config, name: str):
 
 
 def _app_optim(config, lr) -> ml_collections.ConfigDict:
-    return optim.override(config.optim, **({"lr": float(lr)} if lr else {}))
+    """The applications' optimiser: the run's, at their own learning rate; the library's loop knows no
+    step decay, so a 'step' schedule becomes constant there (the applications' runs are short)."""
+    fields = {"lr": float(lr)} if lr else {}
+    if config.optim.get("schedule") == "step":
+        fields["schedule"] = "constant"
+    return optim.override(config.optim, **fields)
 
 
 def _pair_kw(config, workdir: str) -> dict:
@@ -82,32 +81,38 @@ def run_applications(config, ds_a, ds_b, pair, independent, workdir: str) -> dic
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     _check(config)
     ds_a, ds_b = _load(config, config.data.task_a), _load(config, config.data.task_b)
-    cc = config.compat
-    chosen = (bool(cc.dcc), bool(cc.rp), bool(cc.iiw))
-    main = compat.setting_name(*chosen)
-    rows, per_setting, pairs = [], {}, {}
-    for setting in compat.SETTINGS if cc.sweep else [chosen]:
-        name = compat.setting_name(*setting)
-        pairs[name], per_setting[name] = compat.train_and_evaluate(ds_a, ds_b, setting=setting, name=name,
-                                                                   **_pair_kw(config, workdir))
-        rows.append(compat.report.setting_row(name, per_setting[name]))
-    table = compat.report.settings_table(rows, schedule=cc.schedule, task_a=ds_a.name, task_b=ds_b.name)
-    matrices = {name: res["matrix_batch_stats"] for name, res in per_setting.items()}
-    plots = compat.report.plots(workdir, rows, matrices) if jax.process_index() == 0 else []
-    results = {k: v for k, v in per_setting[main].items() if k != "history"}
-    results.update(setting=main, schedule=cc.schedule, task_a=ds_a.name, task_b=ds_b.name,
-                   paper_fig2=compat.PAPER_FIG2, settings=per_setting, plots=plots, steps=config.num_steps,
-                   table=[{c: r.get(c) for c in compat.report.TABLE_COLUMNS} for r in rows])
-    if cc.get("compare_schedules"):
-        results["schedules"] = compat.compare_schedules(ds_a, ds_b, per_setting[main], setting=chosen,
-                                                        **_pair_kw(config, workdir))
+    cc, seeds = config.compat, protocol.seeds(config)
+    verbose = config.get("verbose", True) and jax.process_index() == 0
+    study = compat.study.run(ds_a, ds_b, cc, seeds=seeds, val_fraction=float(config.data.val_fraction),
+                             model_cfg=config.model, optim_cfg=config.optim, num_steps=config.num_steps,
+                             batch_size=config.batch_size, log=(lambda m: print(m, flush=True)) if verbose else
+                             (lambda m: None))
+    per_seed = compat.study.per_seed_summary(study["per_seed"])
+    estimates = {n: protocol.aggregate(runs) for n, runs in per_seed.items()}
+    order, target = list(per_seed), study["target"]
+    table = compat.report.study_table(estimates, order, title=(
+        f"Recombination (%), a={ds_a.name} b={ds_b.name}, mean ± SE over seeds {seeds}, "
+        f"{study['chosen_step']} steps per network (chosen on validation: {study['choice_reason']}); "
+        f"a_to_b = extractor a + head b; stored_bn = recombination with stored BN statistics; "
+        f"cka / unit_corr = linear CKA / per-unit correlation of the two extractors (x100)"))
+    claims = compat.claims.study_claims(study["per_seed"], target)
+    plots = (compat.report.study_plots(workdir, estimates, order, study["mean_curves"], study["chosen_step"])
+             if jax.process_index() == 0 else [])
+    results = {k: e.mean for k, e in estimates[target].items()}
+    results.update(
+        setting=target, seeds=seeds, task_a=ds_a.name, task_b=ds_b.name, paper_fig2=compat.PAPER_FIG2,
+        chosen_step=study["chosen_step"], choice_reason=study["choice_reason"], eval_steps=study["eval_steps"],
+        settings={n: protocol.to_dicts(e) for n, e in estimates.items()}, per_seed=per_seed,
+        curves=study["curves"], train_seconds=study["train_seconds"], plots=plots, claims=claims,
+        readme_tables={"compat": table, "compat_claims": protocol.claims_table(claims)})
     if cc.get("applications"):
-        results["applications"] = run_applications(config, ds_a, ds_b, pairs[main], pairs.get("independent"),
-                                                   workdir)
+        step = study["chosen_step"]
+        independent = study["trained"].get("independent")
+        results["applications"] = run_applications(
+            config, ds_a, ds_b, compat.study.chosen_pair(study, seeds[0]),
+            independent.pair(seeds[0], step) if independent is not None else None, workdir)
     if jax.process_index() == 0:
         print(table, flush=True)
-        if "schedules" in results:
-            print(compat.report.schedules_table(results["schedules"]), flush=True)
         if "applications" in results:
             print(compat.report.applications_table(results["applications"]), flush=True)
     return results

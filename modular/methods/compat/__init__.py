@@ -11,14 +11,20 @@ A pair lives in the library's multi-task layout (BatchNorm statistics in a tree 
 
   modules.py    the Flax modules, the pair's variables, BatchNorm-mode forward passes
   losses.py     task + DCC + RP objectives, the rotation loss for adaptation, common classes
-  schedule.py   settings (DCC/RP/IIW), options, joint/incremental training: `train_pair` -> `Pair`
+  schedule.py   settings (DCC/RP/IIW), options, summed-step joint/incremental training: `train_pair` -> `Pair`
+  pretext.py    RP's transforms (rotation; rotation + mirror as a harder pretext)
+  optimizer.py  one part's optimiser (the paper's Adam + L2 weight decay + step decay available)
+  members.py    variants x seeds in one compiled program, the networks' minibatches alternating
+  sweep.py      validation curves while training, the step count chosen on them, test metrics once
+  similarity.py linear CKA and per-unit correlation between two extractors (App. C.2)
+  study.py      Fig. 2 with its controls over seeds; claims.py the claims judged from intervals
   recombine.py  the recombination protocol (`evaluate`) and the paper's Fig. 2
   uda.py        domain adaptation through the frozen RP head, with a BN-statistics control
   transfer.py   a compatible head on another extractor vs a re-initialised head
   apps.py       joint vs incremental, heads shared across architectures, the applications' claims
   report.py     tables and plots
 """
-from modular.methods.compat import report
+from modular.methods.compat import claims, members, pretext, report, similarity, study, sweep
 from modular.methods.compat.apps import (APPLICATIONS, PAPER_APPLICATIONS, compare_schedules, run_cross_arch)
 from modular.methods.compat.losses import (common_label_map, make_loss_fn, make_rp_adaptation_loss,
                                            resolve_common_classes)
@@ -47,5 +53,5 @@ __all__ = [
     "APPLICATIONS", "PAPER_APPLICATIONS", "run_uda", "adapt_extractor_rp", "reestimate_extractor_stats",
     "rotation_accuracy", "run_fast_transfer", "transfer_head", "with_fresh_head", "compare_schedules",
     "run_cross_arch",
-    "report",
+    "report", "claims", "members", "pretext", "similarity", "study", "sweep",
 ]

@@ -9,11 +9,13 @@ from __future__ import annotations
 import functools
 from typing import Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from modular import losses
 from modular.data import rotation_views
+from modular.methods.compat import pretext
 from modular.methods.compat.modules import CompatModules, run_module
 
 
@@ -39,18 +41,18 @@ def resolve_common_classes(common: Sequence[int] | None, num_a: int, num_b: int)
 @functools.lru_cache(maxsize=64)
 def make_loss_fn(mods: CompatModules, tasks: tuple[str, ...], *, dcc: bool = False, rp: bool = False,
                  common: tuple[int, ...] = (), num_classes: int = 0, dcc_weight: float = 1.0,
-                 rp_weight: float = 1.0, rp_fraction: float = 0.25):
+                 rp_weight: float = 1.0, rp_fraction: float = 1.0):
     """loss_fn(params, stats, batch, rng) over the pair trees; `batch[t]` holds 'image'/'label' per task t.
 
     Each task adds its head's cross-entropy, DCC's cross-entropy on its examples of the `common` classes
-    (labels 0..num_classes-1) and the RP cross-entropy on rotated copies of (the first `rp_fraction` of)
-    its batch. The rotated pass normalises with its own batch statistics but does not move the running
-    ones, which stay those of real images.
+    (labels 0..num_classes-1) and the RP cross-entropy on (the first `rp_fraction` of) its batch, each image
+    rotated by a quarter-turn count drawn from `rng` (without an rng: image i turns i % 4 times). The
+    rotated pass normalises with its own batch statistics but does not move the running ones, which stay
+    those of real images.
     """
     label_map = jnp.asarray(common_label_map(common, num_classes)) if dcc else None
 
     def loss_fn(params, stats, batch, rng):
-        del rng
         shared, nets = params["shared"], params["tasks"]
         new_shared, new_nets = dict(stats["shared"]), dict(stats["tasks"])
         total, metrics = 0.0, {}
@@ -74,7 +76,9 @@ def make_loss_fn(mods: CompatModules, tasks: tuple[str, ...], *, dcc: bool = Fal
                 metrics[f"dcc_{t}"] = dcc_loss
             if rp:
                 n = max(1, int(round(x.shape[0] * rp_fraction)))
-                views, rot = rotation_views(x[:n])
+                rot = (jnp.arange(n, dtype=jnp.int32) % 4 if rng is None else
+                       jax.random.randint(jax.random.fold_in(rng, ord(t)), (n,), 0, 4, jnp.int32))
+                views = pretext.apply(x[:n], rot, "rot4")
                 r_feats, _ = run_module(mods.ext(t), nets[t]["extractor"], ext_stats, views, "batch_stats")
                 rp_logits, new_shared["rp"] = run_module(mods.rp_head, shared["rp"], new_shared["rp"], r_feats, "train")
                 rp_loss = losses.cross_entropy(rp_logits, rot)

@@ -100,3 +100,44 @@ def applications_table(apps: dict) -> str:
             f"Heads shared across architectures via 1x1 adapters ({x['model_a']['name']} vs {x['model_b']['name']}, "
             f"width {x['adapter_width']}; %, BN batch statistics)")))
     return "\n".join(lines)
+
+
+STUDY_COLUMNS = ("recombination", "a_to_b", "b_to_a", "stored_bn", "own", "cka", "unit_corr")
+_STUDY_KEYS = dict(recombination="recombination_accuracy", a_to_b="recombination_a_ext_b_head",
+                   b_to_a="recombination_b_ext_a_head", stored_bn="recombination_accuracy_train_stats",
+                   own="own_accuracy", cka="cka", unit_corr="unit_correlation")
+
+
+def study_table(estimates: dict, order: list[str], *, title: str) -> str:
+    """Mean ± SE over seeds per variant (accuracies in %, similarities x100), the paper's Fig. 2 beside."""
+    from modular import protocol
+    rows = {n: {c: estimates[n][k] for c, k in _STUDY_KEYS.items() if k in estimates[n]} for n in order}
+    return protocol.mean_se_table(rows, rows=order, columns=list(STUDY_COLUMNS), paper=PAPER_FIG2,
+                                  row_title="setting", title=title)
+
+
+def study_plots(workdir: str, estimates: dict, order: list[str], mean_curves: dict, chosen_step: int) -> list[str]:
+    """recombination_matrix.png (setting x direction, mean over seeds) and recombination_curves.png
+    (validation recombination vs steps per network, the chosen step marked)."""
+    paths = []
+    cols = [("a_to_b", "ext a + head b"), ("b_to_a", "ext b + head a"), ("own", "own (mean)")]
+    m = np.array([[100 * estimates[n][_STUDY_KEYS[c]].mean for c, _ in cols] for n in order])
+    fig, ax = reporting.new_figure(figsize=(5.2, 0.42 * len(order) + 1.4))
+    ax.imshow(m, vmin=0, vmax=100, cmap="viridis", aspect="auto")
+    for i, j in itertools.product(range(m.shape[0]), range(m.shape[1])):
+        ax.text(j, i, f"{m[i, j]:.0f}", ha="center", va="center", color="w" if m[i, j] < 60 else "k", fontsize=8)
+    ax.set_xticks(range(len(cols)), [c for _, c in cols], fontsize=8)
+    ax.set_yticks(range(len(order)), order, fontsize=8)
+    ax.set_title("test accuracy (%), BN batch statistics, mean over seeds", fontsize=9)
+    paths.append(reporting.save_figure(fig, reporting.figure_path(workdir, "recombination_matrix.png")))
+    fig, ax = reporting.new_figure(figsize=(7, 4))
+    for name, curve in mean_curves.items():
+        steps = sorted(curve)
+        if len(steps) > 1:
+            ax.plot(steps, [100 * curve[s] for s in steps], marker="o", ms=3, label=name)
+    ax.axvline(chosen_step, color="k", ls="--", lw=0.8, label="chosen on validation")
+    ax.set_xlabel("steps per network")
+    ax.set_ylabel("validation recombination (%)")
+    ax.legend(fontsize=7, ncol=2)
+    paths.append(reporting.save_figure(fig, reporting.figure_path(workdir, "recombination_curves.png")))
+    return paths

@@ -28,7 +28,7 @@ def default_options() -> ml_collections.ConfigDict:
         split="stage2",                      # last extractor unit; the heads hold the rest + pool + classifier
         common_classes=ml_collections.FieldReference(None, field_type=list),  # None: every shared label id
         dcc_weight=1.0, rp_weight=1.0,
-        rp_fraction=0.25,                    # rotate this share of each batch (x4 views) for the RP loss
+        rp_fraction=1.0,                     # rotate this share of each batch (the paper: every image)
     ))
 
 

@@ -1,0 +1,100 @@
+"""The paper's Fig. 2 study and its controls over seeds: which variants run, in which order, and what each
+seed's test numbers are.
+
+1. The *main* variants train jointly (alternating minibatches) with recombination followed on validation:
+   the Fig. 2 settings, the upper bound (each network its own RP head), a harder pretext (rotation + mirror),
+   and the same-data controls (App. C.3).
+2. The step count is chosen on the Fig. 2 settings' validation curves (`sweep.choose_steps`).
+3. The chosen setting trains incrementally in both orders (a then b, b then a) for that many steps.
+4. Every variant's test metrics (both BN modes, feature similarity) at the chosen step, per seed.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import ml_collections
+import numpy as np
+
+from modular.methods.compat import members as M
+from modular.methods.compat import sweep
+from modular.methods.compat.losses import resolve_common_classes
+from modular.methods.compat.schedule import parse_setting, setting_name
+
+PRETEXT_LABELS = {"rot4": "rotation", "dihedral8": "rotation+mirror"}
+
+
+def study_options() -> dict:
+    """The study's keys of `config.compat` (beside `default_options`)."""
+    return dict(
+        settings=("independent", "DCC", "RP", "IIW", "RP+DCC", "IIW+DCC", "IIW+RP", "IIW+RP+DCC"),
+        rp_transforms="rot4",            # the main pretext (paper: rot4)
+        harder_rp="dihedral8",           # '' to skip: RP alone with this pretext
+        upper_bound=True,                # RP with each network's own RP head
+        same_data=("independent", "IIW"),  # App. C.3: b trains on a's task, these settings
+        incremental_orders=("incremental", "incremental_ba"),  # for the chosen setting, at the chosen steps
+        eval_points=4,                   # validation evaluations along the run (evenly spaced)
+        converge_tolerance=0.03,         # the step choice: curves move less than this afterwards
+    )
+
+
+def variants(cc: ml_collections.ConfigDict) -> tuple[list[M.Variant], list[str]]:
+    """(main variants, names of those whose curves choose the step count)."""
+    main = [M.Variant(*parse_setting(n), rp_transforms=cc.rp_transforms) for n in cc.settings]
+    chosen = [v.name for v in main]
+    if cc.get("upper_bound"):
+        main.append(M.Variant(dcc=False, rp=True, iiw=False, rp_transforms=cc.rp_transforms, rp_heads="private",
+                              label="RP, own RP heads"))
+    if cc.get("harder_rp"):
+        main.append(M.Variant(dcc=False, rp=True, iiw=False, rp_transforms=cc.harder_rp,
+                              label=f"RP, {PRETEXT_LABELS.get(cc.harder_rp, cc.harder_rp)}"))
+    for n in cc.get("same_data") or ():
+        main.append(M.Variant(*parse_setting(n), rp_transforms=cc.rp_transforms, same_data=True,
+                              label=f"same data: {n}"))
+    return main, chosen
+
+
+def run(ds_a, ds_b, cc: ml_collections.ConfigDict, *, seeds: list[int], val_fraction: float, model_cfg, optim_cfg,
+        num_steps: int, batch_size: int, log: Callable[[str], None] = print) -> dict:
+    """The study's per-seed test metrics, curves, the step choice and the pairs (for the applications)."""
+    common = resolve_common_classes(cc.get("common_classes"), ds_a.num_classes, ds_b.num_classes)
+    model_cfg = ml_collections.ConfigDict(dict(model_cfg.to_dict(), split=cc.split))
+    split = sweep.splits(ds_a, ds_b, seeds, val_fraction)
+    kw = dict(model_cfg=model_cfg, optim_cfg=optim_cfg, batch_size=batch_size, rp_fraction=float(cc.rp_fraction),
+              common=common, num_classes=(ds_a.num_classes, ds_b.num_classes), log=log)
+    main, chooser = variants(cc)
+    points = max(1, int(cc.eval_points))
+    eval_steps = sorted({max(1, int(round(num_steps * (i + 1) / points))) for i in range(points)})
+    trained = sweep.train_variants(main, split, seeds, num_steps=num_steps, eval_steps=eval_steps, **kw)
+    curves = {n: sweep.mean_curve(trained[n]) for n in chooser}
+    step, reason = sweep.choose_steps(curves, float(cc.converge_tolerance))
+    log(f"[compat] step count chosen on validation: {step} per network ({reason})")
+    at = {n: step for n in trained}
+    target = setting_name(bool(cc.dcc), bool(cc.rp), bool(cc.iiw))
+    orders = list(cc.get("incremental_orders") or ())
+    if orders:
+        inc = [M.Variant(*parse_setting(target), schedule=o, rp_transforms=cc.rp_transforms,
+                         label=f"{target}, {o}") for o in orders]
+        for name, t in sweep.train_variants(inc, split, seeds, num_steps=step, eval_steps=[step], **kw).items():
+            trained[name], at[name] = t, step
+    per_seed = {}
+    for name, t in trained.items():
+        b_test = ds_a if t.variant.same_data else ds_b
+        per_seed[name] = [sweep.test_metrics(t.pair(s, at[name]), ds_a, b_test) for s in seeds]
+    return dict(per_seed=per_seed, trained=trained, chosen_step=step, choice_reason=reason, eval_steps=eval_steps,
+                curves={n: {str(s): t.curves[s] for s in seeds} for n, t in trained.items()},
+                mean_curves={n: sweep.mean_curve(t) for n, t in trained.items()}, target=target,
+                train_seconds={n: t.train_seconds for n, t in trained.items()}, common=common)
+
+
+def values(per_seed: dict, name: str, key: str = "recombination_accuracy") -> list[float]:
+    return [float(m[key]) for m in per_seed[name]]
+
+
+def chosen_pair(result: dict, seed: int):
+    """The pair of the chosen setting (joint schedule) for `seed`, at the chosen step."""
+    return result["trained"][result["target"]].pair(seed, result["chosen_step"])
+
+
+def per_seed_summary(per_seed: dict) -> dict:
+    """{variant: [ {metric: value} per seed ]} with the scalar metrics only (for protocol.aggregate)."""
+    return {n: [{k: float(v) for k, v in m.items() if np.isscalar(v)} for m in runs] for n, runs in per_seed.items()}

@@ -1,0 +1,148 @@
+"""Compat study: alternating minibatches, every image rotated, the step count chosen without test data,
+the paper's optimiser, feature similarity."""
+import dataclasses
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import common as common_config
+from configs import compat as compat_config
+from modular import data, protocol
+from modular.methods import compat as C
+from modular.methods.compat import members as M
+
+TINY = ml_collections.ConfigDict(dict(name="resnet", depth=8, width=4, split="stage2", bn_momentum=0.9))
+
+
+def _leaves_equal(x, y):
+    return all(np.array_equal(np.asarray(u), np.asarray(v)) for u, v in zip(jax.tree.leaves(x), jax.tree.leaves(y)))
+
+
+def _group(v, seeds=(0,), num_steps=4):
+    mods = M.modules_for(TINY, v, 10, 10, 10)
+    inits = [M.init_member(mods, v, s, (8, 8, 1)) for s in seeds]
+    txs = M.optimisers(common_config.optim_config(lr=1e-2), v, num_steps)
+    return mods, M.pack([{"params": p, "stats": s, "opt": M.init_opt_state(txs, v, p)} for p, s in inits])
+
+
+def _batch(members, seed=0, n=8, rp=True):
+    rng = np.random.default_rng(seed)
+    b = {"image": rng.random((members, n, 8, 8, 1), np.float32),
+         "label": rng.integers(0, 10, (members, n)).astype(np.int32),
+         "dcc_weight": np.ones((members,), np.float32)}
+    if rp:
+        b["rp_ids"] = rng.integers(0, 4, (members, n)).astype(np.int32)
+    return b
+
+
+def _step(mods, v, task, train_shared=True, rp_fraction=1.0):
+    optim_json = common_config.optim_config(lr=1e-2).to_json()
+    return M.member_step(mods, v, task, train_shared, tuple(range(10)), 10, rp_fraction, optim_json, 4)
+
+
+def test_alternating_plan_and_a_step_moves_only_its_own_network():
+    assert M.plan("joint", 2) == [("a", True), ("b", True), ("a", True), ("b", True)]
+    assert M.plan("incremental", 2) == [("a", True), ("a", True), ("b", False), ("b", False)]
+    assert M.plan("incremental_ba", 1) == [("b", True), ("a", False)]
+    v = M.Variant(dcc=True, rp=True, iiw=False)
+    mods, state = _group(v, seeds=(0, 1))
+    before = M.unpack(state)[1]
+    after, metrics = _step(mods, v, "a")(state, _batch(2))
+    after = M.unpack(after)[1]
+    assert _leaves_equal(before["params"]["tasks"]["b"], after["params"]["tasks"]["b"])
+    assert _leaves_equal(before["opt"]["b"], after["opt"]["b"])
+    assert _leaves_equal(before["stats"]["tasks"]["b"], after["stats"]["tasks"]["b"])
+    for part in (("tasks", "a"), ("shared", "dcc"), ("shared", "rp")):
+        assert not _leaves_equal(before["params"][part[0]][part[1]], after["params"][part[0]][part[1]]), part
+    assert metrics["rp"].shape == (2,)  # one value per member
+    # b's step against frozen heads (incremental phase 2) leaves the heads and their statistics alone.
+    _, state = _group(v)
+    before = M.unpack(state)[0]
+    after = M.unpack(_step(mods, v, "b", train_shared=False)(state, _batch(1))[0])[0]
+    assert _leaves_equal(before["params"]["shared"], after["params"]["shared"])
+    assert _leaves_equal(before["stats"]["shared"], after["stats"]["shared"])
+    assert not _leaves_equal(before["params"]["tasks"]["b"], after["params"]["tasks"]["b"])
+
+
+def test_rp_fraction_one_rotates_every_image():
+    x = np.random.default_rng(0).random((6, 8, 8, 1), np.float32)
+    ids = np.array([0, 1, 2, 3, 5, 7], np.int32)
+    out = np.asarray(C.pretext.apply(x, ids, "dihedral8"))
+    for i, k in enumerate(ids):
+        want = np.rot90(x[i], k % 4, axes=(0, 1))
+        np.testing.assert_allclose(out[i], np.flip(want, axis=1) if k >= 4 else want)
+    assert C.pretext.num_classes("dihedral8") == 8 and C.default_options().rp_fraction == 1.0
+    # With rp_fraction 1.0 the RP loss sees the last image of the batch too; with 0.5 it does not.
+    v = M.Variant(dcc=False, rp=True, iiw=False)
+    batch = _batch(1)
+    changed = dict(batch, image=batch["image"].copy())
+    changed["image"][0, -1] = 1.0 - changed["image"][0, -1]
+    for fraction, moves in ((1.0, True), (0.5, False)):
+        mods, state = _group(v)
+        rp = float(_step(mods, v, "a", rp_fraction=fraction)(state, batch)[1]["rp"][0])
+        mods, state = _group(v)
+        rp2 = float(_step(mods, v, "a", rp_fraction=fraction)(state, changed)[1]["rp"][0])
+        assert (rp != rp2) == moves, fraction
+
+
+def test_choose_steps_is_the_earliest_settled_point():
+    curves = {"x": {1: 0.10, 2: 0.50, 3: 0.51, 4: 0.52}, "y": {1: 0.2, 2: 0.2, 3: 0.3, 4: 0.31}}
+    assert C.sweep.choose_steps(curves, 0.03) == (3, "settled")
+    assert C.sweep.choose_steps({"x": {1: 0.1, 2: 0.5}}, 0.03)[1] == "still moving at the last evaluated step"
+
+
+def test_smoke_run_controls_plots_and_step_choice_without_test_data(tmp_path):
+    """The smoke study end to end (same-data control, both incremental orders, applications), then the same
+    study with every test label shuffled: the same validation curves and step choice, other test numbers."""
+    import json
+    import os
+    from experiments import run as cli
+    config = compat_config.get_config("smoke")
+    config.verbose = False
+    cli.run(config, str(tmp_path))
+    saved = json.load(open(tmp_path / "results.json"))
+    names = set(saved["settings"])
+    assert {"IIW+RP+DCC", "same data: IIW+RP+DCC", "IIW+RP+DCC, incremental", "IIW+RP+DCC, incremental_ba"} <= names
+    assert saved["paper_fig2"]["IIW+RP+DCC"] == 76.7 and saved["chance"] == pytest.approx(0.1)
+    assert {"cka", "unit_correlation", "recombination_accuracy"} <= set(saved["settings"]["IIW+RP+DCC"])
+    assert saved["readme_tables"]["compat"].count("\n") >= 5 and saved["claims"]
+    for png in ("recombination_matrix.png", "recombination_curves.png"):
+        assert os.path.exists(tmp_path / "plots" / png)
+    apps = saved["applications"]
+    assert apps["uda"]["frozen_parts_unchanged"] is True
+    assert [e["epoch"] for e in apps["fast_transfer"]["compatible_head"]["curve"]] == [0, 1]
+    d = config.data
+    sets = [data.load(n, image_size=d.image_size, channels=d.channels, seed=config.seed, max_train=d.max_train)
+            for n in (d.task_a, d.task_b)]
+    rng = np.random.default_rng(0)
+    shuffled = [dataclasses.replace(ds, test_labels=rng.permutation(ds.test_labels)) for ds in sets]
+    again = C.study.run(*shuffled, config.compat, seeds=protocol.seeds(config), val_fraction=d.val_fraction,
+                        model_cfg=config.model, optim_cfg=config.optim, num_steps=config.num_steps,
+                        batch_size=config.batch_size, log=lambda m: None)
+    assert again["chosen_step"] == saved["chosen_step"]
+    assert json.loads(json.dumps(again["curves"])) == saved["curves"]
+    first = saved["per_seed"]["IIW+RP+DCC"][0]["recombination_accuracy"]
+    assert again["per_seed"]["IIW+RP+DCC"][0]["recombination_accuracy"] != first  # the test set is read
+
+
+def test_paper_optimiser_step_decay_and_l2():
+    full = compat_config.get_config("full")
+    assert full.optim.name == "adam" and full.optim.lr == 0.01 and full.optim.weight_decay == 1e-7
+    lr = C.optimizer.learning_rate(full.optim, 100)
+    np.testing.assert_allclose([lr(0), lr(49), lr(50), lr(75), lr(99)], [1e-2, 1e-2, 1e-3, 1e-4, 1e-4], rtol=1e-6)
+    tx = C.optimizer.build(common_config.optim_config(name="adam", lr=1.0, weight_decay=0.5, schedule="constant"), 10)
+    p = {"w": np.ones(3, np.float32)}
+    upd, _ = tx.update({"w": np.zeros(3, np.float32)}, tx.init(p), p)
+    assert np.all(np.asarray(upd["w"]) < 0)  # a zero loss gradient still decays the weights (L2)
+
+
+def test_linear_cka_invariant_to_rotation_and_low_for_unrelated():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 16))
+    q, _ = np.linalg.qr(rng.normal(size=(16, 16)))
+    assert C.similarity.linear_cka(x, 3 * x @ q) == pytest.approx(1.0, abs=1e-9)
+    assert C.similarity.linear_cka(x, rng.normal(size=(200, 16))) < 0.2
+    assert C.similarity.unit_correlation(x, x) == pytest.approx(1.0)
+    assert abs(C.similarity.unit_correlation(x, x @ q)) < 0.5
