@@ -120,7 +120,7 @@ def study_plots(workdir: str, estimates: dict, order: list[str], mean_curves: di
     """recombination_matrix.png (setting x direction, mean over seeds) and recombination_curves.png
     (validation recombination vs steps per network, the chosen step marked)."""
     paths = []
-    cols = [("a_to_b", "ext a + head b"), ("b_to_a", "ext b + head a"), ("own", "own (mean)")]
+    cols = [("a_to_b", "ext a + head b"), ("b_to_a", "ext b + head a"), ("own", "own (stored BN)")]
     m = np.array([[100 * estimates[n][_STUDY_KEYS[c]].mean for c, _ in cols] for n in order])
     fig, ax = reporting.new_figure(figsize=(5.2, 0.42 * len(order) + 1.4))
     ax.imshow(m, vmin=0, vmax=100, cmap="viridis", aspect="auto")
@@ -128,7 +128,7 @@ def study_plots(workdir: str, estimates: dict, order: list[str], mean_curves: di
         ax.text(j, i, f"{m[i, j]:.0f}", ha="center", va="center", color="w" if m[i, j] < 60 else "k", fontsize=8)
     ax.set_xticks(range(len(cols)), [c for _, c in cols], fontsize=8)
     ax.set_yticks(range(len(order)), order, fontsize=8)
-    ax.set_title("test accuracy (%), BN batch statistics, mean over seeds", fontsize=9)
+    ax.set_title("test accuracy (%), mean over seeds\n(recombined: BN batch statistics)", fontsize=9)
     paths.append(reporting.save_figure(fig, reporting.figure_path(workdir, "recombination_matrix.png")))
     fig, ax = reporting.new_figure(figsize=(7, 4))
     for name, curve in mean_curves.items():
