@@ -30,7 +30,9 @@ def _nbytes(tree) -> int:
 
 def _optim_cfg(optim_cfg, rules) -> ml_collections.ConfigDict:
     """`optim_cfg` (default: optim's) with `rules` training and everything else frozen, as train_subtrees does."""
-    optim_cfg = optim_cfg or optim.default_config()
+    # The schedule only sets a scalar learning rate per step: a constant one costs the same (and methods
+    # with their own schedules, e.g. compat's step decay, still project).
+    optim_cfg = optim.override(optim_cfg or optim.default_config(), schedule="constant")
     if rules is None:
         return optim_cfg
     return optim.override(optim_cfg, lr_mults=[tuple(r) for r in rules], default_mult=0.0)
