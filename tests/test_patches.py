@@ -1,13 +1,15 @@
 """Model patches: patch rules, frozen parts stay put, patch files, multi-task and mixed-task serving."""
+import dataclasses
 import json
 import os
+import shutil
 
 import jax
 import ml_collections
 import numpy as np
 import pytest
 
-from modular import checkpoint, data, models, optim, params as P, supervised
+from modular import checkpoint, data, models, optim, params as P, protocol, supervised
 from modular.methods import patches
 from modular.methods.patches import multires, serving
 
@@ -49,7 +51,7 @@ def test_unknown_mode_and_dw_on_resnet_fail_clearly():
         patches.check_applicable(resnet["params"], "dw_last")
 
 
-@pytest.mark.parametrize("mode", ["sb_last", "last_layer"])  # task BN stats vs source stats; e2e runs all
+@pytest.mark.parametrize("mode", ["sb_last", "last_layer", "dw_last_frozen_stats"])  # task vs source statistics
 def test_transfer_trains_only_the_patch_and_file_roundtrips(tiny, mode, tmp_path):
     ds, source = tiny
     clf, n = patches.transfer(source, ds, mode, model_cfg=CFG, optim_cfg=OPTIM, num_steps=3, batch_size=16,
@@ -64,6 +66,9 @@ def test_transfer_trains_only_the_patch_and_file_roundtrips(tiny, mode, tmp_path
                                                                   jax.tree.leaves(clf.variables["batch_stats"])))
     assert stats_changed == patches.get_mode(mode).task_bn_stats
     assert n == sum(np.size(v) for p, v in after.items() if P.match_rules(p, rules, False))
+    # What a task stores: its patch and head, plus every BN statistic when it re-estimates them.
+    stats = P.count(clf.variables["batch_stats"]) if patches.get_mode(mode).task_bn_stats else 0
+    assert patches.stored_count(clf.variables, mode) == n + stats
 
     path = str(tmp_path / f"{mode}.patch")
     size = patches.export_patch(path, clf.variables, mode)
@@ -71,6 +76,42 @@ def test_transfer_trains_only_the_patch_and_file_roundtrips(tiny, mode, tmp_path
     rebuilt = patches.import_patch(path, source.variables, mode)
     for a, b in zip(jax.tree.leaves(rebuilt), jax.tree.leaves(clf.variables)):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("model_cfg", [CFG.to_dict(), dict(name="resnet", depth=8, width=4)])
+def test_sb_rule_covers_every_bn_layer(model_cfg):
+    """Every BatchNorm layer (a module with statistics) has its scale and bias in the S/B patch, and the
+    S/B patch holds nothing else."""
+    variables = models.init(models.build(ml_collections.ConfigDict(model_cfg), 3), jax.random.key(0), (1, 8, 8, 1))
+    bn_layers = {p.rsplit("/", 1)[0] for p in P.paths(variables["batch_stats"])}
+    sb = {p for p in P.paths(variables["params"]) if P.match_rules(p, [(patches.modes.SB, True)], False)}
+    assert bn_layers and sb == {f"{layer}/{leaf}" for layer in bn_layers for leaf in ("scale", "bias")}
+
+
+def test_lr_sweep_in_one_program_equals_separate_runs(tiny):
+    """Each lane of the vmapped sweep is the run train_subtrees gives at that rate (same batches, same init).
+    Momentum SGD, whose steps are exact to float noise; Adam amplifies that noise on leaves whose gradient is
+    zero in theory (a bias before a BN), though its update is just as linear in the rate."""
+    ds, source = tiny
+    fit, val = protocol.validation_split(ds, 0.25, 0)
+    lrs, sgd = [1e-2, 1e-1], optim.override(OPTIM, name="momentum", schedule="cosine")
+    out = patches.sweep.sweep(source, fit, val, "sb_last", lrs, model_cfg=CFG, optim_cfg=sgd, num_steps=3,
+                              batch_size=16, seed=0, verbose=False)
+    assert out["program"] == "vmap" and len(out["validation"]) == 2
+    for lr, lane in zip(lrs, out["variables"]):
+        clf, _ = patches.transfer(source, fit, "sb_last", model_cfg=CFG, optim_cfg=optim.override(sgd, lr=lr),
+                                  num_steps=3, batch_size=16, seed=0, verbose=False)
+        for a, b in zip(jax.tree.leaves(lane), jax.tree.leaves(clf.variables)):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    slow, fast = out["variables"]
+    assert not np.allclose(jax.tree.leaves(slow["params"]["head"])[-1], jax.tree.leaves(fast["params"]["head"])[-1])
+
+
+def test_cascade_threshold_is_the_cheapest_without_validation_loss():
+    curve = [dict(threshold=0.5, accuracy=0.80, relative_cost=0.4), dict(threshold=0.9, accuracy=0.91, relative_cost=0.6),
+             dict(threshold=0.99, accuracy=0.93, relative_cost=0.9), dict(threshold=1.0, accuracy=0.90, relative_cost=1.3)]
+    assert multires.choose_threshold(curve, top_accuracy=0.90)["threshold"] == 0.9
+    assert multires.choose_threshold(curve, top_accuracy=0.95)["threshold"] == 0.99   # none is enough: best
 
 
 def test_patch_on_wrong_backbone_fails_with_one_sentence(tiny, tmp_path):
@@ -106,6 +147,13 @@ def test_mixed_task_batch_matches_per_task_calls(tiny, tmp_path):
     assert not np.allclose(mixed, ref[1 - ids, np.arange(10)], atol=1e-3)
     with pytest.raises(ValueError, match="sharing"):
         patches.init_multitask(source.variables, 2, "everything")
+    # Per-task BN statistics count in what a task stores; one model for all tasks stores nothing per task.
+    head_bn, head_bn_state = patches.init_multitask(source.variables, 2, "head_bn_stats")
+    assert patches.per_task_count(head_bn, head_bn_state) == (P.count(source.variables["params"]["head"])
+                                                             + P.count(source.variables["batch_stats"]))
+    none, none_state = patches.init_multitask(source.variables, 2, "none")
+    assert patches.per_task_count(none, none_state) == 0 and "shared" in none_state
+    assert P.count(patches.task_variables(none, none_state, 1)) == P.count(source.variables)
 
     # The same two tasks as bank files (each task's S/B patch on the source backbone), served in one call.
     paths = [str(tmp_path / f"task{t}.patch") for t in (0, 1)]
@@ -143,23 +191,52 @@ def test_multires_shares_the_head_and_costs_grow_with_resolution(tiny):
         multires.check_aligned([sets[0], data.load("digits", image_size=8, max_train=64, seed=1)])
 
 
-def test_smoke_experiment_end_to_end(tmp_path):
+def test_smoke_experiment_end_to_end(tmp_path, monkeypatch):
     from configs import patches as patches_config
-    from experiments import run as runner
+    from experiments import patches as exp, run as runner
     config = patches_config.get_config("smoke")
-    results = runner.run(config, str(tmp_path))
+    results = runner.run(config, str(tmp_path / "first"))
     for key in ("accuracy", "params_per_task"):
-        assert set(patches.PAPER_MODES) <= set(results[key])
+        assert set(config.transfer.modes) <= set(results[key])
     ppt = results["params_per_task"]
     assert ppt["last_layer"] < ppt["sb_last"] < ppt["sb_dw_last"] < ppt["full"]
+    # Every mode received the same learning-rate grid, and chose from it.
+    grid = [dict(lr=float(v)) for v in config.transfer.lrs]
+    for record in results["per_seed"]:
+        assert {m: [g["setting"] for g in record["grid"][m]] for m in config.transfer.modes} == \
+            {m: grid for m in config.transfer.modes}
+        assert all(dict(lr=record["lr"][m]) in grid for m in config.transfer.modes)
+    assert results["claims"] and all(c["verdict"] == protocol.INCONCLUSIVE for c in results["claims"])  # 1 seed
+    assert {"patches_transfer", "patches_multitask", "patches_multires", "patches_claims"} <= set(results["readme_tables"])
+
+    # Test data never reaches selection: with the target's test labels shuffled, every chosen learning
+    # rate and the cascade threshold stay the same (only the reported test numbers change).
+    shutil.copytree(tmp_path / "first" / "pretrain", tmp_path / "second" / "pretrain")
+    load = exp._load
+
+    def shuffled_test_labels(*args, **kw):
+        ds = load(*args, **kw)
+        return dataclasses.replace(ds, test_labels=np.random.default_rng(0).permutation(ds.test_labels))
+
+    monkeypatch.setattr(exp, "_load", shuffled_test_labels)
+    config.multitask.enabled = False
+    config.transfer.modes = ["last_layer", "sb_last"]
+    shuffled = runner.run(config, str(tmp_path / "second"))
+    assert shuffled["chosen_lr"] == {m: results["chosen_lr"][m] for m in config.transfer.modes}
+    assert [s["multires"]["chosen"]["threshold"] for s in shuffled["per_seed"]] == \
+        [s["multires"]["chosen"]["threshold"] for s in results["per_seed"]]
+    assert shuffled["accuracy"]["sb_last"]["mean"] != results["accuracy"]["sb_last"]["mean"]
+    results = json.load(open(tmp_path / "first" / "results.json"))
+    tmp_path = tmp_path / "first"
     assert all(results["patch_reload_identical"].values())
     assert "does not fit" in results["wrong_backbone_error"]
-    assert results["multitask"]["mixed_batch_serving"]["max_abs_diff_vs_per_task_calls"] < 1e-3
+    first = results["per_seed"][0]
+    assert first["multitask"]["mixed_batch_serving"]["max_abs_diff_vs_per_task_calls"] < 1e-3
     assert os.path.exists(tmp_path / "plots" / "accuracy_vs_params.png")
     assert os.path.exists(tmp_path / "plots" / "multires_cascade.png")
-    costs = [r["relative_cost"] for r in results["multires"]["per_resolution"]]
+    costs = [r["relative_cost"] for r in first["multires"]["per_resolution"]]
     assert costs == sorted(costs) and costs[-1] == 1.0
-    assert json.load(open(tmp_path / "results.json"))["paper"]["claims"]
+    assert results["paper"]["claims"]
 
 
 def test_target_equal_to_source_is_rejected(tmp_path):

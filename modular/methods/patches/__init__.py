@@ -12,12 +12,14 @@ task seen at several resolutions gets an S/B patch per resolution and a confiden
   serving.py     mixed-task batches in one jitted call (from trained trees or from bank files)
   multires.py    an S/B patch per input resolution and the cheapest-first cascade
   comparison.py  the multi-task table: sharing schemes vs independent models
+  sweep.py       a mode's learning-rate grid in one compiled program, chosen on validation, then retrained
+  summary.py     tables over seeds and the paper's claims judged from intervals
 """
-from modular.methods.patches import multires
+from modular.methods.patches import multires, summary, sweep
 from modular.methods.patches.comparison import compare_multitask
 from modular.methods.patches.modes import (MODES, PAPER_MODES, TransferMode, apply_patch, check_applicable,
                                            export_patch, get_mode, import_patch, lr_rules, private_rules,
-                                           split_private)
+                                           split_private, stored_count)
 from modular.methods.patches.multitask import init_multitask, per_task_count, task_variables, train_multitask
 from modular.methods.patches.serving import make_mixed_server, serve_mixed, serve_mixed_batch, stack_patches
 from modular.methods.patches.transfer import (accuracy, adapt, eval_logits, rebuilds_from_file, target_start,
@@ -25,9 +27,9 @@ from modular.methods.patches.transfer import (accuracy, adapt, eval_logits, rebu
 
 __all__ = [
     "MODES", "PAPER_MODES", "TransferMode", "get_mode", "lr_rules", "private_rules", "check_applicable",
-    "split_private", "apply_patch", "export_patch", "import_patch",
+    "split_private", "stored_count", "apply_patch", "export_patch", "import_patch",
     "target_start", "transfer", "accuracy", "eval_logits", "adapt", "rebuilds_from_file",
     "init_multitask", "task_variables", "per_task_count", "train_multitask",
     "stack_patches", "make_mixed_server", "serve_mixed_batch", "serve_mixed",
-    "compare_multitask", "multires",
+    "compare_multitask", "multires", "summary", "sweep",
 ]

@@ -2,7 +2,8 @@
 
 Every sharing scheme trains all tasks at once from the source backbone; independent models fine-tune
 every weight per task. Rows report each task's test accuracy, the mean, and the parameters stored per
-task and in total; the S/B patches are also served together in one mixed-task batch.
+task and in total (BN statistics counted wherever a task keeps its own); the S/B patches are also served
+together in one mixed-task batch.
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from modular.methods.patches.multitask import per_task_count, task_key, task_var
 from modular.methods.patches.serving import serve_mixed_batch
 from modular.methods.patches.transfer import accuracy, target_start, transfer
 
-ROW_NAMES = {"sb": "multitask_sb_patch", "head": "multitask_shared_all_but_head"}
+ROW_NAMES = {"sb": "multitask_sb_patch", "head": "multitask_shared_all_but_head",
+             "head_bn_stats": "multitask_shared_all_but_head_and_bn_stats"}
 SERVED_EXAMPLES_PER_TASK = 64
 
 
@@ -39,9 +41,10 @@ def compare_multitask(source: supervised.Classifier, tasks: Sequence[data.Datase
                                         workdir=os.path.join(workdir, "multitask", sharing))
         accuracies = [accuracy(model, task_variables(params, state, i), ds.test_images, ds.test_labels)
                       for i, ds in enumerate(tasks)]
-        per_task = per_task_count(params)
+        per_task = per_task_count(params, state)
+        shared = P.count(params["shared"]) + P.count(state.get("shared", {}))
         rows.append(_row(ROW_NAMES.get(sharing, f"multitask_{sharing}"), tasks, accuracies, per_task,
-                         P.count(params["shared"]) + per_task * len(tasks)))
+                         shared + per_task * len(tasks)))
         if sharing == "sb":
             served = serve_mixed_batch(model, params, state, tasks, examples_per_task=SERVED_EXAMPLES_PER_TASK,
                                        seed=seed)
@@ -52,6 +55,6 @@ def compare_multitask(source: supervised.Classifier, tasks: Sequence[data.Datase
                               batch_size=batch_size, seed=seed, log_every=log_every, verbose=False,
                               workdir=os.path.join(workdir, "independent", task_key(i)))
             accuracies.append(accuracy(model, clf.variables, ds.test_images, ds.test_labels))
-        whole = P.count(start["params"])
+        whole = P.count(start)
         rows.append(_row("independent_full_models", tasks, accuracies, whole, whole * len(tasks)))
     return dict(tasks=[ds.name for ds in tasks], table=rows, mixed_batch_serving=served)

@@ -27,10 +27,11 @@ class TransferMode:
 
 MODES = {
     "last_layer": TransferMode((LAST,), task_bn_stats=False),
-    "last_layer_bn_stats": TransferMode((LAST,), task_bn_stats=True),   # paper Appendix B.1
+    "last_layer_bn_stats": TransferMode((LAST,), task_bn_stats=True),   # Appendix B.1: worse on most datasets
     "sb_last": TransferMode((SB, LAST), task_bn_stats=True),
     "sb_only": TransferMode((SB,), task_bn_stats=True, random_fixed_head=True),
-    "dw_last": TransferMode((DW, LAST), task_bn_stats=True),
+    "dw_last": TransferMode((DW, LAST), task_bn_stats=True),            # re-estimates every BN statistic too
+    "dw_last_frozen_stats": TransferMode((DW, LAST), task_bn_stats=False),   # the source's statistics, frozen
     "sb_dw_last": TransferMode((SB, DW, LAST), task_bn_stats=True),
     "full": TransferMode((".*",), task_bn_stats=True),
     # Template mixtures' task-private part on a registered isometric backbone (models.build 'isometric'):
@@ -38,6 +39,12 @@ MODES = {
     "mixture": TransferMode((MIXTURE, SB, LAST), task_bn_stats=True),
 }
 PAPER_MODES = ("last_layer", "sb_last", "sb_only", "dw_last", "sb_dw_last", "full")
+
+
+def stored_count(variables: Mapping, mode: str) -> int:
+    """Values a task stores for `mode`: its patch and head, plus the BN statistics when it re-estimates them
+    (they are part of the task as much as the trained scales and biases)."""
+    return P.count(split_private(variables, mode)[1])
 
 
 def get_mode(name: str) -> TransferMode:

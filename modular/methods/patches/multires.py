@@ -3,19 +3,23 @@
 Every resolution owns an S/B patch (BN gamma/beta and statistics); the backbone and the last layer are
 shared, and all train together (multi-task patches with sharing 'sb_shared_head'). At test time a
 cascade runs the cheapest resolution first and only escalates the examples whose top softmax
-probability is below a threshold, trading accuracy for average cost. Costs are XLA's FLOP counts of the
-compiled forward pass at each resolution, not a guess from pixel counts.
+probability is below a threshold, trading accuracy for average cost. The threshold is chosen on a validation
+split of the training data (the cheapest one that loses no validation accuracy against the highest
+resolution alone); the test set then gives the reported accuracy and cost at that threshold. Costs are XLA's
+FLOP counts of the compiled forward pass at each resolution, not a guess from pixel counts. Baselines: one
+model shared by every resolution (statistics included) and an independent fine-tuned model per resolution.
 """
 from __future__ import annotations
 
+import os
 from typing import Mapping, Sequence
 
 import jax
 import numpy as np
 
-from modular import data, models, params as P
+from modular import data, models, params as P, protocol, train
 from modular.methods.patches.multitask import per_task_count, task_variables, train_multitask
-from modular.methods.patches.transfer import target_start
+from modular.methods.patches.transfer import accuracy, eval_logits, target_start, transfer
 
 
 def check_aligned(datasets: Sequence[data.Dataset]) -> None:
@@ -35,11 +39,9 @@ def forward_flops(model, variables: Mapping, image_shape: tuple) -> float:
     return float((cost or {}).get("flops", np.prod(image_shape)))
 
 
-def probabilities(model, variables: Mapping, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Softmax class probabilities in eval mode, in batches."""
-    fn = jax.jit(lambda v, x: jax.nn.softmax(models.apply(model, v, x, mode="eval")[0]))
-    return np.concatenate([np.asarray(fn(variables, images[i:i + batch_size]))
-                           for i in range(0, len(images), batch_size)])
+def probabilities(model, variables: Mapping, images: np.ndarray) -> np.ndarray:
+    """Softmax class probabilities in eval mode (through the model's one cached, compiled forward pass)."""
+    return np.asarray(jax.nn.softmax(train.predict(eval_logits(model), variables, images), axis=-1))
 
 
 def cascade(probs: Sequence[np.ndarray], costs: Sequence[float], labels: np.ndarray, threshold: float) -> dict:
@@ -64,31 +66,90 @@ def cascade(probs: Sequence[np.ndarray], costs: Sequence[float], labels: np.ndar
                 stopped_at=stopped_at.tolist())
 
 
+def _probabilities(model, variables, datasets, order, split: str) -> list:
+    return [probabilities(model, variables[i], getattr(datasets[i], f"{split}_images")) for i in order]
+
+
 def evaluate(model, params: Mapping, state: Mapping, datasets: Sequence[data.Dataset],
              thresholds: Sequence[float]) -> dict:
-    """Per-resolution accuracy and FLOPs, and the cascade's accuracy/cost at every threshold."""
+    """Per-resolution test accuracy and FLOPs, and the cascade's test accuracy/cost at every threshold."""
     check_aligned(datasets)
     variables = [task_variables(params, state, i) for i in range(len(datasets))]
     costs = [forward_flops(model, v, ds.image_shape) for v, ds in zip(variables, datasets)]
     order = np.argsort(costs)
-    probs = [probabilities(model, variables[i], datasets[i].test_images) for i in order]
+    probs = _probabilities(model, variables, datasets, order, "test")
     labels = datasets[0].test_labels
     per_resolution = [dict(resolution=int(datasets[i].image_shape[0]), flops=costs[i],
                            relative_cost=costs[i] / costs[order[-1]],
                            accuracy=float(np.mean(p.argmax(-1) == labels))) for i, p in zip(order, probs)]
     curve = [cascade(probs, [costs[i] for i in order], labels, t) for t in thresholds]
-    return dict(per_resolution=per_resolution, cascade=curve)
+    return dict(per_resolution=per_resolution, cascade=curve, costs=[costs[i] for i in order],
+                order=[int(i) for i in order], variables=variables)
+
+
+def choose_threshold(curve: Sequence[Mapping], top_accuracy: float) -> dict:
+    """The cheapest cascade point whose accuracy is at least `top_accuracy` (the highest resolution alone);
+    the most accurate point when none is. Ties in cost go to the higher accuracy, then the lower threshold."""
+    ok = [c for c in curve if c["accuracy"] >= top_accuracy - 1e-12] or [max(curve, key=lambda c: c["accuracy"])]
+    return min(ok, key=lambda c: (c["relative_cost"], -c["accuracy"], c["threshold"]))
+
+
+def _per_resolution_row(setting: str, datasets, accuracies, per_task: int, total: int) -> dict:
+    return dict(setting=setting, **{f"{int(ds.image_shape[0])}px": a for ds, a in zip(datasets, accuracies)},
+                mean=float(np.mean(accuracies)), per_resolution_params=per_task, total_params=total)
 
 
 def train_and_evaluate(source, datasets: Sequence[data.Dataset], thresholds: Sequence[float], *, model_cfg,
                        optim_cfg, num_steps: int, batch_size: int, seed: int, workdir: str | None,
-                       log_every: int) -> dict:
-    """From the source backbone: an S/B patch per resolution and one last layer trained together, then
-    `evaluate`, plus the parameter counts (one resolution's patch, the shared part)."""
+                       log_every: int, val_fraction: float = 0.2, baselines: bool = True) -> dict:
+    """From the source backbone, on the training data minus a validation split: an S/B patch per resolution
+    and one last layer trained together; the cascade threshold chosen on validation and its test accuracy
+    and cost reported; with `baselines`, one shared model and independent models per resolution."""
+    check_aligned(datasets)
+    halves = [protocol.validation_split(ds, val_fraction, seed) for ds in datasets]
+    fits = [fit for fit, _ in halves]          # the training data minus validation, with the real test arrays
+    vals = [val for _, val in halves]
     model, start = target_start(source, model_cfg, datasets[0].num_classes, datasets[0].image_shape, seed)
-    params, state = train_multitask(model, start, datasets, "sb_shared_head", optim_cfg=optim_cfg,
-                                    num_steps=num_steps, batch_size=batch_size, seed=seed, workdir=workdir,
+    sub = (lambda name: None if workdir is None else os.path.join(workdir, name))
+    params, state = train_multitask(model, start, fits, "sb_shared_head", optim_cfg=optim_cfg,
+                                    num_steps=num_steps, batch_size=batch_size, seed=seed, workdir=sub("sb"),
                                     log_every=log_every)
-    out = evaluate(model, params, state, datasets, thresholds)
-    out.update(per_resolution_patch_params=per_task_count(params), shared_params=P.count(params["shared"]))
+    out = evaluate(model, params, state, fits, thresholds)
+    variables, order, costs = out.pop("variables"), out.pop("order"), out.pop("costs")
+    val_probs = _probabilities(model, variables, vals, order, "test")
+    val_labels = vals[0].test_labels
+    val_curve = [cascade(val_probs, costs, val_labels, t) for t in thresholds]
+    val_top = float(np.mean(val_probs[-1].argmax(-1) == val_labels))
+    chosen = choose_threshold(val_curve, val_top)
+    test_at = next(c for c in out["cascade"] if c["threshold"] == chosen["threshold"])
+    per_task = per_task_count(params, state)
+    out.update(per_resolution_patch_params=per_task, shared_params=P.count(params["shared"]),
+               validation_cascade=val_curve, validation_top_accuracy=val_top,
+               chosen=dict(threshold=chosen["threshold"], validation_accuracy=chosen["accuracy"],
+                           validation_relative_cost=chosen["relative_cost"], accuracy=test_at["accuracy"],
+                           relative_cost=test_at["relative_cost"], stopped_at=test_at["stopped_at"]))
+    rows = [_per_resolution_row("sb_patch_per_resolution", fits, [r["accuracy"] for r in _by_input(out, fits)],
+                                per_task, P.count(params["shared"]) + per_task * len(fits))]
+    if baselines:
+        shared_params, shared_state = train_multitask(
+            model, start, fits, "none", optim_cfg=optim_cfg, num_steps=num_steps, batch_size=batch_size, seed=seed,
+            workdir=sub("shared"), log_every=log_every)
+        whole = P.count(shared_params["shared"]) + P.count(shared_state["shared"])
+        rows.append(_per_resolution_row("all_shared", fits, [
+            accuracy(model, task_variables(shared_params, shared_state, i), ds.test_images, ds.test_labels)
+            for i, ds in enumerate(fits)], 0, whole))
+        accuracies = []
+        for i, ds in enumerate(fits):
+            clf, _ = transfer(source, ds, "full", model_cfg=model_cfg, optim_cfg=optim_cfg, num_steps=num_steps,
+                              batch_size=batch_size, seed=seed, log_every=log_every, verbose=False,
+                              workdir=sub(f"independent_{int(ds.image_shape[0])}px"))
+            accuracies.append(accuracy(model, clf.variables, ds.test_images, ds.test_labels))
+        rows.append(_per_resolution_row("independent_per_resolution", fits, accuracies, whole, whole * len(fits)))
+    out["table"] = rows
     return out
+
+
+def _by_input(out: Mapping, datasets) -> list:
+    """The per-resolution rows in the order of `datasets` (evaluate lists them cheapest first)."""
+    by = {r["resolution"]: r for r in out["per_resolution"]}
+    return [by[int(ds.image_shape[0])] for ds in datasets]

@@ -3,8 +3,9 @@
 Parameters are {'shared': backbone, 'tasks': {'task0': patch, ...}}, BN statistics {'tasks': {...}} (one
 set per task) or {'shared': ...}; task i's model is the shared tree with its patch put in place.
 `sharing` names what is private: 'sb' (S/B patch + head + BN statistics), 'head' (shared-everything but
-the last layer), or 'sb_shared_head' (S/B patch + BN statistics per task, one shared last layer: the
-multi-resolution setting, where every "task" is one input resolution). Summing the task losses under Adam
+the last layer), 'head_bn_stats' (the last layer and the BN statistics), 'sb_shared_head' (S/B patch + BN
+statistics per task, one shared last layer: the multi-resolution setting, where every "task" is one input
+resolution) or 'none' (one model for every task, statistics included). Summing the task losses under Adam
 gives every task's private parameters the same effective learning rate, however many tasks share the backbone.
 """
 from __future__ import annotations
@@ -18,7 +19,8 @@ from modular import data, losses, models, params as P, train
 from modular.methods.patches.modes import get_mode, split_private
 
 # private part -> (the transfer mode with that patch, whether the head is private too)
-SHARING = {"sb": ("sb_last", True), "head": ("last_layer", True), "sb_shared_head": ("sb_only", False)}
+SHARING = {"sb": ("sb_last", True), "head": ("last_layer", True), "head_bn_stats": ("last_layer_bn_stats", True),
+           "sb_shared_head": ("sb_only", False), "none": ("last_layer", False)}
 
 
 def _sharing_mode(sharing: str) -> tuple[str, bool]:
@@ -36,7 +38,9 @@ def init_multitask(variables: Mapping, num_tasks: int, sharing: str) -> tuple[di
     """(params, model_state) with every task's patch starting from `variables`' own."""
     mode, private_head = _sharing_mode(sharing)
     shared, patch = split_private(variables, mode, include_head=private_head)
-    params = {"shared": shared, "tasks": {task_key(i): patch["params"] for i in range(num_tasks)}}
+    params = {"shared": shared}
+    if patch["params"]:   # sharing 'none' has nothing private (an empty subtree would not survive optax)
+        params["tasks"] = {task_key(i): patch["params"] for i in range(num_tasks)}
     if get_mode(mode).task_bn_stats:
         state = {"tasks": {task_key(i): variables["batch_stats"] for i in range(num_tasks)}}
     else:
@@ -47,11 +51,13 @@ def init_multitask(variables: Mapping, num_tasks: int, sharing: str) -> tuple[di
 def task_variables(params: Mapping, state: Mapping, i: int) -> dict:
     """Task i's model variables: the shared tree with its patch, and its statistics."""
     stats = state["tasks"][task_key(i)] if "tasks" in state else state["shared"]
-    return {"params": P.merge(params["shared"], params["tasks"][task_key(i)]), "batch_stats": stats}
+    return {"params": P.merge(params["shared"], params.get("tasks", {}).get(task_key(i), {})), "batch_stats": stats}
 
 
-def per_task_count(params: Mapping) -> int:
-    return P.count(params["tasks"][task_key(0)])
+def per_task_count(params: Mapping, state: Mapping | None = None) -> int:
+    """Values one task stores: its private parameters, plus its own BN statistics when `state` has them."""
+    stats = P.count(state["tasks"][task_key(0)]) if state is not None and "tasks" in state else 0
+    return P.count(params.get("tasks", {}).get(task_key(0), {})) + stats
 
 
 @functools.lru_cache(maxsize=16)
