@@ -1,6 +1,6 @@
 """Head2Toe (Evci et al. 2022): select features from every layer of a frozen backbone.
 
-  python -m experiments.run --config=configs/head2toe.py --workdir=/tmp/h2t            # CPU suite, ~10 min
+  python -m experiments.run --config=configs/head2toe.py --workdir=/tmp/h2t            # CPU suite, 3 seeds
   python -m experiments.run --config=configs/head2toe.py:smoke --workdir=/tmp/h2t_s    # seconds (tests)
   python -m experiments.run --config=configs/head2toe.py --config.data.target=rotation --workdir=/tmp/h2t_rot
   python -m experiments.run --config=configs/head2toe.py:full --workdir=...            # tfds VTAB-1k, accelerators

@@ -61,8 +61,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         accuracy=protocol.means({m: e["mean"] for m, e in summary["estimates"].items()}),
         estimates=protocol.to_dicts(summary["estimates"], scale=100.0), seeds=seeds, targets=targets,
         grids=head2toe.settings_grids(config.head2toe),
-        chosen={str(t["seed"]): {t["task"]: {m: r["chosen"] for m, r in t["methods"].items()} for t in tasks}
-                for tasks in per_seed},
+        chosen={str(seed): {t["task"]: {m: r["chosen"] for m, r in t["methods"].items()} for t in tasks}
+                for seed, tasks in zip(seeds, per_seed)},
         per_task=per_seed, source_accuracy=source_acc, source=src.name,
         affinity_gain_correlation=dict(per_seed=corr, note=head2toe.CORRELATION_NOTE.format(n=len(targets)),
                                        n_targets=len(targets)),
