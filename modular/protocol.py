@@ -180,7 +180,7 @@ def claim_greater(text: str, a: Sequence[float], b: Sequence[float], *, names: t
                          "paired claims need one value per seed on each side.")
     diff = estimate(x - y - margin for x, y in zip(a, b))
     ea, eb = estimate(a), estimate(b)
-    extra = f" - {scale * margin:g}" if margin else ""
+    extra = f" {'-' if margin > 0 else '+'} {scale * abs(margin):g}" if margin else ""
     evidence = (f"{names[0]} {ea.mean * scale:.1f} vs {names[1]} {eb.mean * scale:.1f}; "
                 f"{names[0]} - {names[1]}{extra} = {_interval_text(diff, scale)} {unit} (n={diff.n})")
     return _claim(text, diff, evidence, scale)
