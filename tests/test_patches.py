@@ -98,11 +98,10 @@ def test_lr_sweep_in_one_program_equals_separate_runs(tiny):
     out = patches.sweep.sweep(source, fit, val, "sb_last", lrs, model_cfg=CFG, optim_cfg=sgd, num_steps=3,
                               batch_size=16, seed=0, verbose=False)
     assert out["program"] == "vmap" and len(out["validation"]) == 2
-    for lr, lane in zip(lrs, out["variables"]):
-        clf, _ = patches.transfer(source, fit, "sb_last", model_cfg=CFG, optim_cfg=optim.override(sgd, lr=lr),
-                                  num_steps=3, batch_size=16, seed=0, verbose=False)
-        for a, b in zip(jax.tree.leaves(lane), jax.tree.leaves(clf.variables)):
-            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    clf, _ = patches.transfer(source, fit, "sb_last", model_cfg=CFG, optim_cfg=optim.override(sgd, lr=lrs[1]),
+                              num_steps=3, batch_size=16, seed=0, verbose=False)   # the second lane
+    for a, b in zip(jax.tree.leaves(out["variables"][1]), jax.tree.leaves(clf.variables)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     slow, fast = out["variables"]
     assert not np.allclose(jax.tree.leaves(slow["params"]["head"])[-1], jax.tree.leaves(fast["params"]["head"])[-1])
 
@@ -220,7 +219,7 @@ def test_smoke_experiment_end_to_end(tmp_path, monkeypatch):
 
     monkeypatch.setattr(exp, "_load", shuffled_test_labels)
     config.multitask.enabled = False
-    config.transfer.modes = ["last_layer", "sb_last"]
+    config.transfer.modes = ["sb_last"]
     shuffled = runner.run(config, str(tmp_path / "second"))
     assert shuffled["chosen_lr"] == {m: results["chosen_lr"][m] for m in config.transfer.modes}
     assert [s["multires"]["chosen"]["threshold"] for s in shuffled["per_seed"]] == \
