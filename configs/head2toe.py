@@ -21,7 +21,8 @@ def get_config(arg: str = ""):
     arg = common.check_arg(arg)
     config = common.base_config(arg, experiment="head2toe")
     config.data.target = ""
-    config.num_steps = 300                # backbone pretraining on the source (mnist5k)
+    if arg != "full":                     # full keeps common's 64k-step source pretraining
+        config.num_steps = 300            # backbone pretraining on the source (mnist5k)
     config.data.targets = ["digits", "mnist5k/invert", "rotation", "count"]
     config.data.max_train_target = 1000   # VTAB-1k: 1000 training examples per task
     config.data.max_test_target = 1000

@@ -36,7 +36,8 @@ def get_config(arg: str = ""):
         thresholds=[0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0]))
     # Claims "within X pts" are judged with these tolerances (fixed before the runs).
     config.claims = ml_collections.ConfigDict(dict(within_pts=2.0, cascade_within_pts=1.0))
-    config.num_steps = 500
+    if arg != "full":                     # full keeps common's 64k-step source pretraining
+        config.num_steps = 500
     if arg == "smoke":
         config.model.width = 4
         config.model.expansion = 2
