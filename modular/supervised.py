@@ -69,10 +69,11 @@ def _correct_and_total(logits_fn, variables, batch):
 
 
 @functools.lru_cache(maxsize=64)
-def classification_loss(model):
-    """loss_fn for train.fit: softmax cross-entropy of the model's logits, BN in train mode."""
+def classification_loss(model, bn_mode: str = "train"):
+    """loss_fn for train.fit: softmax cross-entropy of the model's logits. BN in "train" mode updates its
+    statistics; in "eval" mode (a linear probe) they stay as they are."""
     def loss_fn(params, model_state, batch, rng):
-        logits, _, new_state = models.apply(model, {"params": params, **model_state}, batch["image"], mode="train")
+        logits, _, new_state = models.apply(model, {"params": params, **model_state}, batch["image"], mode=bn_mode)
         loss = losses.cross_entropy(logits, batch["label"])
         return loss, (new_state, {"accuracy": losses.accuracy(logits, batch["label"])})
     return loss_fn
@@ -106,14 +107,9 @@ def train_classifier(ds: data.Dataset | data.StreamingDataset, *, model_cfg: ml_
     return Classifier(model=model, variables={"params": trained.params, **trained.model_state}, fit=trained.fit)
 
 
-@functools.lru_cache(maxsize=64)
 def probe_loss(model):
     """loss_fn for train.fit with BN on its running statistics: a linear probe leaves them as they are."""
-    def loss_fn(params, model_state, batch, rng):
-        logits, _, _ = models.apply(model, {"params": params, **model_state}, batch["image"], mode="eval")
-        loss = losses.cross_entropy(logits, batch["label"])
-        return loss, (model_state, {"accuracy": losses.accuracy(logits, batch["label"])})
-    return loss_fn
+    return classification_loss(model, "eval")
 
 
 def classifier_from_weights(path: str, ds: data.Dataset | data.StreamingDataset, *,

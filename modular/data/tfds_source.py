@@ -65,9 +65,8 @@ def _quiet_downloads():
             lg.setLevel(level)
 
 
-def prepared_builder(spec: str, *, data_dir: str | None = None):
-    """The tfds builder of a `tfds:` spec with its data downloaded and prepared (one sentence on failure);
-    the streaming path reads from it."""
+def _checked_builder(spec: str, data_dir: str | None = None):
+    """(tfds module, builder) of a `tfds:` spec whose features hold an image and the class label."""
     name, _ = parse(spec)
     try:
         import tensorflow_datasets as tfds
@@ -83,6 +82,13 @@ def prepared_builder(spec: str, *, data_dir: str | None = None):
     if "image" not in features or label not in features:
         raise ValueError(f"Dataset {spec!r} needs 'image' and {label!r} features but has "
                          f"{sorted(features.keys())}; name its class label with tfds:NAME#FEATURE.")
+    return tfds, builder
+
+
+def prepared_builder(spec: str, *, data_dir: str | None = None):
+    """The tfds builder of a `tfds:` spec with its data downloaded and prepared (one sentence on failure);
+    the streaming path reads from it."""
+    _, builder = _checked_builder(spec, data_dir)
     try:
         with _quiet_downloads():
             builder.download_and_prepare()
@@ -101,21 +107,9 @@ def load(spec: str, *, image_size: int, channels: int, seed: int, test_fraction:
     dataset has no 'test').
     """
     name, split = parse(spec)
-    try:
-        import tensorflow_datasets as tfds
-    except ImportError as e:
-        raise ValueError(f"Dataset {spec!r} needs tensorflow-datasets, which cannot be imported here ({e}); "
-                         f"reinstall the project with pip install -e .") from e
-    try:
-        builder = tfds.builder(name)
-    except tfds.core.registered.DatasetNotFoundError as e:
-        raise ValueError(f"Unknown tensorflow-datasets dataset {name!r} in {spec!r}; "
-                         f"tfds.list_builders() lists the known names.") from e
-    features, label = builder.info.features, label_feature(spec)
-    if "image" not in features or label not in features:
-        raise ValueError(f"Dataset {spec!r} needs 'image' and {label!r} features but has "
-                         f"{sorted(features.keys())}; name its class label with tfds:NAME#FEATURE.")
-    num_classes = int(features[label].num_classes)
+    tfds, builder = _checked_builder(spec)
+    label = label_feature(spec)
+    num_classes = int(builder.info.features[label].num_classes)
 
     def read(split_name):
         try:
