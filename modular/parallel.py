@@ -54,17 +54,21 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
     """Global numpy batch (a pytree, same on every process) -> global arrays split along 'data'.
 
     Each process contributes only its own contiguous slice, so the result is identical for any
-    number of processes and devices.
+    number of processes and devices. Arrays already split along 'data' (a streaming input's global
+    arrays) pass through unchanged.
     """
     sharding = data_sharding(mesh)
     pid, nproc = jax.process_index(), jax.process_count()
 
-    def put(x: np.ndarray) -> jax.Array:
+    def put(x) -> jax.Array:
+        if isinstance(x, jax.Array) and x.sharding == sharding:
+            return x
+        x = np.asarray(x)
         check_batch_size(x.shape[0])
         local = x.shape[0] // nproc
         return jax.make_array_from_process_local_data(sharding, x[pid * local:(pid + 1) * local], x.shape)
 
-    return jax.tree.map(lambda v: put(np.asarray(v)), batch)
+    return jax.tree.map(put, batch)
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:

@@ -152,7 +152,7 @@ def fit(*, state: TrainState, loss_fn: LossFn, tx: optax.GradientTransformation,
         for step in range(start, num_steps):
             if _STOP.is_set():
                 raise KeyboardInterrupt(f"stopped before step {step + 1}")
-            batch = _on_mesh(batch_fn(step), mesh)
+            batch = parallel.shard_batch(dict(batch_fn(step)), mesh)
             state, metrics = step_fn(state, batch, jax.random.fold_in(base_rng, step))
             done = step + 1
             if progress is not None:
@@ -215,15 +215,6 @@ def fit(*, state: TrainState, loss_fn: LossFn, tx: optax.GradientTransformation,
         writer.flush()
         writer.close()
     return FitResult(state=state, history=history, resumed_from=resumed_from, seconds=time.time() - t0)
-
-
-def _on_mesh(batch: Mapping[str, Any], mesh: jax.sharding.Mesh) -> dict:
-    """A host batch (numpy, the same on every process) is split over the mesh here; a streaming batch_fn
-    hands over global arrays already split along the mesh's data axis, which pass through."""
-    sharding = parallel.data_sharding(mesh)
-    if all(isinstance(x, jax.Array) and x.sharding == sharding for x in jax.tree.leaves(batch)):
-        return dict(batch)
-    return parallel.shard_batch(dict(batch), mesh)
 
 
 def _read_history(workdir: str) -> list[dict]:
