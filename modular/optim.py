@@ -23,7 +23,7 @@ def default_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
         name="adam",            # adam | adamw | sgd | momentum
         lr=1e-3,
-        schedule="cosine",      # constant | cosine | warmup_cosine
+        schedule="cosine",      # constant | cosine | warmup_cosine | step (decay_at, decay_factor)
         warmup_steps=0,
         weight_decay=0.0,       # adamw/sgd: decoupled decay on kernels (ndim > 1) only
         momentum=0.9,
@@ -42,7 +42,27 @@ def schedule(cfg: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
             [optax.linear_schedule(0.0, lr, warm), optax.constant_schedule(lr)], [warm])
     if kind in ("cosine", "warmup_cosine"):
         return optax.warmup_cosine_decay_schedule(0.0 if warm else lr, lr, warm, max(num_steps, warm + 1), lr * 0.0)
-    raise ValueError(f"Unknown learning-rate schedule '{kind}'; known: constant, cosine, warmup_cosine.")
+    if kind == "step":
+        return step_schedule(lr, num_steps, decay_at=cfg.get("decay_at", (0.5, 0.75)),
+                             decay_factor=float(cfg.get("decay_factor", 0.1)), warmup_steps=warm)
+    raise ValueError(f"Unknown learning-rate schedule '{kind}'; known: constant, cosine, warmup_cosine, step.")
+
+
+def step_schedule(lr: float, num_steps: int, *, decay_at=(0.5, 0.75), decay_factor: float = 0.1,
+                  warmup_steps: int = 0) -> optax.Schedule:
+    """`lr` multiplied by `decay_factor` at each fraction `decay_at` of `num_steps` (the classic step decay,
+    e.g. x0.1 at 50% and 75% of training), after an optional linear warmup."""
+    fractions = [float(f) for f in (decay_at or ())]
+    if any(not 0.0 < f < 1.0 for f in fractions):
+        raise ValueError(f"optim.decay_at must hold fractions of the run in (0, 1), got {list(decay_at)}.")
+    if not 0.0 < decay_factor <= 1.0:
+        raise ValueError(f"optim.decay_factor must be in (0, 1], got {decay_factor}.")
+    bounds = sorted({max(1, int(round(f * num_steps))) for f in fractions})
+    decayed = optax.piecewise_constant_schedule(lr, {b: decay_factor for b in bounds})
+    if not warmup_steps:
+        return decayed
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup_steps),
+                                 lambda s: decayed(s + warmup_steps)], [warmup_steps])
 
 
 def _base(cfg: ml_collections.ConfigDict, lr: optax.Schedule) -> optax.GradientTransformation:
