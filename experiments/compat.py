@@ -10,15 +10,16 @@ networks' minibatches alternating, follows recombination on validation data, cho
 trains the chosen setting (compat.dcc/rp/iiw) incrementally in both orders, and reads the test sets once:
 recombination (extractor of one + head of the other, no fine-tuning, BN with test-batch statistics as in
 App. C.1; stored statistics beside), own accuracy and the extractors' feature similarity. Claims are
-judged from the per-seed intervals. The applications (`compat.applications`) run on the first seed's
-pair of the chosen setting.
+judged from the per-seed intervals. The applications (`compat.applications`: UDA through the frozen RP
+head, fast transfer from RP-only incremental pairs, a head update across architectures) run on every
+seed and get claims from the same paired intervals.
 """
 from __future__ import annotations
 
 import jax
 import ml_collections
 
-from modular import data, optim, protocol
+from modular import data, protocol
 from modular.methods import compat
 
 
@@ -33,6 +34,8 @@ def _check(config) -> None:
         raise ValueError(f"Unknown compat.applications {unknown}; known: {', '.join(compat.APPLICATIONS)}.")
     if "uda" in apps and not cc.rp:
         raise ValueError("compat.applications 'uda' adapts through the rotation head, so it needs compat.rp=True.")
+    if "fast_transfer" in apps and not list(cc.get("fast_transfer_settings") or ()):
+        raise ValueError("compat.applications 'fast_transfer' needs compat.fast_transfer_settings (e.g. RP, IIW+RP).")
 
 
 def _load(config, name: str):
@@ -40,53 +43,17 @@ def _load(config, name: str):
     return data.load(name, image_size=d.image_size, channels=d.channels, seed=config.seed, max_train=d.max_train)
 
 
-def _app_optim(config, lr) -> ml_collections.ConfigDict:
-    """The applications' optimiser: the run's, at their own learning rate; the library's loop knows no
-    step decay, so a 'step' schedule becomes constant there (the applications' runs are short)."""
-    fields = {"lr": float(lr)} if lr else {}
-    if config.optim.get("schedule") == "step":
-        fields["schedule"] = "constant"
-    return optim.override(config.optim, **fields)
-
-
-def _pair_kw(config, workdir: str) -> dict:
-    """What every `compat.train_pair` call of this run shares."""
-    return dict(options=config.compat, model_cfg=config.model, optim_cfg=config.optim, num_steps=config.num_steps,
-                batch_size=config.batch_size, seed=config.seed, workdir=workdir,
-                checkpoint_every=config.checkpoint_every, log_every=config.log_every,
-                verbose=config.get("verbose", True))
-
-
-def run_applications(config, ds_a, ds_b, pair, independent, workdir: str) -> dict:
-    cc, out = config.compat, {}
-    apps = list(cc.get("applications") or [])
-    verbose = config.get("verbose", True)
-    if "cross_arch" in apps:
-        out["cross_arch"] = compat.run_cross_arch(ds_a, ds_b, setting=compat.parse_setting(pair.setting),
-                                                  model_b_cfg=cc.cross_arch_model, adapter_width=cc.adapter_width,
-                                                  **_pair_kw(config, workdir))
-    if "uda" in apps:
-        out["uda"] = compat.run_uda(pair, ds_a, _load(config, cc.uda_target),
-                                    optim_cfg=_app_optim(config, cc.get("uda_lr")), num_steps=int(cc.uda_steps),
-                                    batch_size=config.batch_size, seed=config.seed, workdir=workdir,
-                                    log_every=config.log_every, verbose=verbose)
-    if "fast_transfer" in apps:
-        out["fast_transfer"] = compat.run_fast_transfer(
-            pair, ds_b, independent=independent, optim_cfg=_app_optim(config, cc.get("transfer_lr")),
-            epochs=int(cc.transfer_epochs), train_part=cc.transfer_train, batch_size=config.batch_size,
-            seed=config.seed, workdir=workdir, verbose=verbose)
-    return out
-
-
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     _check(config)
     ds_a, ds_b = _load(config, config.data.task_a), _load(config, config.data.task_b)
     cc, seeds = config.compat, protocol.seeds(config)
     verbose = config.get("verbose", True) and jax.process_index() == 0
+    log = (lambda m: print(m, flush=True)) if verbose else (lambda m: None)
     study = compat.study.run(ds_a, ds_b, cc, seeds=seeds, val_fraction=float(config.data.val_fraction),
                              model_cfg=config.model, optim_cfg=config.optim, num_steps=config.num_steps,
-                             batch_size=config.batch_size, log=(lambda m: print(m, flush=True)) if verbose else
-                             (lambda m: None))
+                             batch_size=config.batch_size, log=log,
+                             pretrain_source=(_load(config, cc.pretrain_data) if compat.study.uses_pretraining(cc)
+                                              else None))
     per_seed = compat.study.per_seed_summary(study["per_seed"])
     estimates = {n: protocol.aggregate(runs) for n, runs in per_seed.items()}
     order, target = list(per_seed), study["target"]
@@ -96,6 +63,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         f"a_to_b = extractor a + head b; stored_bn = recombination with stored BN statistics; "
         f"cka / unit_corr = linear CKA / per-unit correlation of the two extractors (x100)"))
     claims = compat.claims.study_claims(study["per_seed"], target)
+    apps = {}
+    if cc.get("applications"):
+        apps = compat.apps.run(study, ds_a, ds_b, cc, seeds=seeds, optim_cfg=config.optim, model_cfg=config.model,
+                               batch_size=config.batch_size,
+                               uda_target=_load(config, cc.uda_target) if "uda" in cc.applications else None, log=log)
+        claims += compat.claims.application_claims(apps)
     plots = (compat.report.study_plots(workdir, estimates, order, study["mean_curves"], study["chosen_step"])
              if jax.process_index() == 0 else [])
     results = {k: e.mean for k, e in estimates[target].items()}
@@ -104,15 +77,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         chosen_step=study["chosen_step"], choice_reason=study["choice_reason"], eval_steps=study["eval_steps"],
         settings={n: protocol.to_dicts(e) for n, e in estimates.items()}, per_seed=per_seed,
         curves=study["curves"], train_seconds=study["train_seconds"], plots=plots, claims=claims,
-        readme_tables={"compat": table, "compat_claims": protocol.claims_table(claims)})
-    if cc.get("applications"):
-        step = study["chosen_step"]
-        independent = study["trained"].get("independent")
-        results["applications"] = run_applications(
-            config, ds_a, ds_b, compat.study.chosen_pair(study, seeds[0]),
-            independent.pair(seeds[0], step) if independent is not None else None, workdir)
+        readme_tables={"compat": table, "compat_claims": protocol.claims_table(claims),
+                       **compat.report.applications_tables(apps)})
+    if apps:
+        results["applications"] = apps
     if jax.process_index() == 0:
         print(table, flush=True)
-        if "applications" in results:
-            print(compat.report.applications_table(results["applications"]), flush=True)
+        for name, t in results["readme_tables"].items():
+            if name not in ("compat", "compat_claims"):
+                print(t, flush=True)
     return results

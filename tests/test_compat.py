@@ -187,14 +187,7 @@ def test_cross_architecture_pair_shares_heads_through_adapters():
     assert jax.tree.structure(nets["a"]["extractor"]) != jax.tree.structure(nets["b"]["extractor"])
     assert nets["a"]["extractor"]["adapter"]["kernel"].shape[-1] == 6
     assert nets["b"]["extractor"]["adapter"]["kernel"].shape[-1] == 6
-    batch = _batch(4)
-    fn = C.make_loss_fn(mods, ("a", "b"), dcc=True, rp=True, common=tuple(range(10)), num_classes=10)
-    grads, _ = jax.jit(jax.grad(fn, has_aux=True))(params, stats, batch, None)
-    for t in "ab":
-        assert float(optax_norm(grads["tasks"][t]["extractor"]["adapter"])) > 0
-        assert float(optax_norm(grads["tasks"][t]["extractor"]["extractor"])) > 0
-    x = batch["a"]["image"]
-    assert C.recombined_logits(mods, params, stats, "b", "a", x, mode="batch_stats").shape == (8, 10)
+    # Training and recombination through the adapters run in the smoke study's 'cross_arch' application.
     with pytest.raises(ValueError, match="one extractor architecture"):
         C.transfer_head(mods, params, stats, None, extractor_of="a", head_of="b", optim_cfg=None, epochs=0,
                         batch_size=8)
@@ -204,16 +197,43 @@ def test_cross_architecture_pair_shares_heads_through_adapters():
                          (8, 8, 1), identical_init=False)
 
 
+def test_head_update_old_task_subset_and_new_heads():
+    rng = np.random.default_rng(6)
+    ds = Dataset(name="toy", train_images=rng.random((40, 8, 8, 1), np.float32),
+                 train_labels=np.arange(40, dtype=np.int32) % 10, test_images=rng.random((20, 8, 8, 1), np.float32),
+                 test_labels=np.arange(20, dtype=np.int32) % 10, num_classes=10)
+    old = C.head_update.class_subset(ds, 5)
+    assert old.num_classes == 5 and set(old.train_labels) == set(range(5)) and set(old.test_labels) == set(range(5))
+    assert len(old.train_images) == 20 and len(old.test_images) == 10
+    np.testing.assert_array_equal(old.train_images, ds.train_images[ds.train_labels < 5])
+    for bad in (1, 10):
+        with pytest.raises(ValueError, match="old_classes"):
+            C.head_update.class_subset(ds, bad)
+    tree = {"shared": {"rp": 1}, "tasks": {t: {"extractor": t, "head": "old"} for t in "ab"}}
+    new = C.head_update._with_heads(tree, "new")
+    assert new["tasks"]["a"] == {"extractor": "a", "head": "new"} and new["tasks"]["b"]["head"] == "new"
+    assert tree["tasks"]["a"]["head"] == "old" and new["shared"] is tree["shared"]
+
+
 def test_applications_config_and_bad_names():
     cpu = compat_config.get_config("")
-    assert {"uda", "fast_transfer"} <= set(cpu.compat.applications) and len(cpu.compat.settings) == 8
+    assert set(cpu.compat.applications) == set(C.APPLICATIONS) and len(cpu.compat.settings) == 8
+    assert set(cpu.compat.fast_transfer_settings) == {"RP", "IIW+RP"} and cpu.compat.transfer_train == "all"
     assert set(cpu.compat.incremental_orders) == {"incremental", "incremental_ba"} and cpu.seeds == 3
     assert {k: cpu.compat[k] for k in C.default_options()} == C.default_options().to_dict()
     config = compat_config.get_config("smoke")
     config.compat.applications = ("uda", "telepathy")
     with pytest.raises(ValueError, match="applications"):
         E.run(config, "/nonexistent")
+    config.compat.applications = ("fast_transfer",)
+    config.compat.fast_transfer_settings = ()
+    with pytest.raises(ValueError, match="fast_transfer_settings"):
+        E.run(config, "/nonexistent")
     config.compat.applications = ("uda",)
     config.compat.rp = False
     with pytest.raises(ValueError, match="rp"):
+        E.run(config, "/nonexistent")
+    config = compat_config.get_config("smoke")
+    config.compat.update(dict(pretrained_settings=("RP",), applications=()))
+    with pytest.raises(ValueError, match="pretrained_settings"):
         E.run(config, "/nonexistent")

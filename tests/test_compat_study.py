@@ -9,7 +9,7 @@ import pytest
 
 from configs import common as common_config
 from configs import compat as compat_config
-from modular import data, protocol
+from modular import data, optim, protocol
 from modular.methods import compat as C
 from modular.methods.compat import members as M
 
@@ -66,6 +66,26 @@ def test_alternating_plan_and_a_step_moves_only_its_own_network():
     assert not _leaves_equal(before["params"]["tasks"]["b"], after["params"]["tasks"]["b"])
 
 
+def test_pretrained_variant_starts_both_extractors_from_the_given_weights():
+    v = M.Variant(dcc=False, rp=False, iiw=True, pretrained=True, label="pretrained IIW")
+    mods = M.modules_for(TINY, v, 10, 10, 10)
+    other, _ = M.init_member(mods, M.Variant(dcc=False, rp=False, iiw=True), 7, (8, 8, 1))
+    given = (other["tasks"]["a"]["extractor"], jax.tree.map(np.asarray, M.init_member(mods, v.program(False), 7,
+                                                                                      (8, 8, 1))[1]["tasks"]["a"]["extractor"]))
+    params, stats = M.init_member(mods, v, 0, (8, 8, 1), given)
+    random_p, _ = M.init_member(mods, M.Variant(dcc=False, rp=False, iiw=True), 0, (8, 8, 1))
+    for t in "ab":
+        assert _leaves_equal(params["tasks"][t]["extractor"], given[0])
+        assert _leaves_equal(stats["tasks"][t]["extractor"], given[1])
+        assert _leaves_equal(params["tasks"][t]["head"], random_p["tasks"][t]["head"])  # heads: random IIW
+    assert not _leaves_equal(random_p["tasks"]["a"]["extractor"], given[0])
+    assert v.group_key() == M.Variant(dcc=False, rp=False, iiw=False).group_key()  # trains in the same program
+    with pytest.raises(ValueError, match="IIW"):
+        M.Variant(dcc=False, rp=True, iiw=False, pretrained=True)
+    with pytest.raises(ValueError, match="pretrained"):
+        M.init_member(mods, v, 0, (8, 8, 1))
+
+
 def test_rp_fraction_one_rotates_every_image():
     x = np.random.default_rng(0).random((6, 8, 8, 1), np.float32)
     ids = np.array([0, 1, 2, 3, 5, 7], np.int32)
@@ -104,15 +124,28 @@ def test_smoke_run_controls_plots_and_step_choice_without_test_data(tmp_path):
     cli.run(config, str(tmp_path))
     saved = json.load(open(tmp_path / "results.json"))
     names = set(saved["settings"])
-    assert {"IIW+RP+DCC", "same data: IIW+RP+DCC", "IIW+RP+DCC, incremental", "IIW+RP+DCC, incremental_ba"} <= names
+    assert {"IIW+RP+DCC", "same data: IIW+RP+DCC", "IIW+RP+DCC, incremental", "IIW+RP+DCC, incremental_ba",
+            "pretrained IIW+RP+DCC", "IIW+RP, incremental"} <= names
     assert saved["paper_fig2"]["IIW+RP+DCC"] == 76.7 and saved["chance"] == pytest.approx(0.1)
     assert {"cka", "unit_correlation", "recombination_accuracy"} <= set(saved["settings"]["IIW+RP+DCC"])
     assert saved["readme_tables"]["compat"].count("\n") >= 5 and saved["claims"]
     for png in ("recombination_matrix.png", "recombination_curves.png"):
         assert os.path.exists(tmp_path / "plots" / png)
     apps = saved["applications"]
-    assert apps["uda"]["frozen_parts_unchanged"] is True
-    assert [e["epoch"] for e in apps["fast_transfer"]["compatible_head"]["curve"]] == [0, 1]
+    assert apps["uda"]["frozen_parts_unchanged"] is True and len(apps["uda"]["per_seed"]) == len(saved["seeds"])
+    ft = apps["fast_transfer"]
+    assert ft["starts"] == ["IIW+RP", "reinit"]
+    for start in ft["starts"]:
+        run = ft["per_seed"][0][start]
+        assert [e["epoch"] for e in run["test"]] == [0, 1] and run["lr"] in ft["lrs"]
+        assert [e["epoch"] for e in run["validation_curve"]] == [0, 1]
+    rows = apps["cross_arch"]["per_seed"][0]
+    assert set(rows) == {"independent"} and all(0.0 <= v <= 1.0 for v in rows["independent"].values())
+    assert {"transferred_bs", "own_b_stored", "reference_stored", "old_recombination"} <= set(rows["independent"])
+    assert {"compat_uda", "compat_fast_transfer", "compat_cross_arch"} <= set(saved["readme_tables"])
+    texts = [c["claim"] for c in saved["claims"]]
+    assert any("fast transfer" in t for t in texts) and any("UDA" in t for t in texts)
+    assert any("Pretrained IIW" in t for t in texts)
     d = config.data
     sets = [data.load(n, image_size=d.image_size, channels=d.channels, seed=config.seed, max_train=d.max_train)
             for n in (d.task_a, d.task_b)]
@@ -130,8 +163,22 @@ def test_smoke_run_controls_plots_and_step_choice_without_test_data(tmp_path):
 def test_paper_optimiser_step_decay_and_l2():
     full = compat_config.get_config("full")
     assert full.optim.name == "adam" and full.optim.lr == 0.01 and full.optim.weight_decay == 1e-7
-    lr = C.optimizer.learning_rate(full.optim, 100)
+    lr = optim.schedule(full.optim, 100)  # the general 'step' schedule of modular.optim
     np.testing.assert_allclose([lr(0), lr(49), lr(50), lr(75), lr(99)], [1e-2, 1e-2, 1e-3, 1e-4, 1e-4], rtol=1e-6)
+    warm = optim.schedule(common_config.optim_config(lr=1.0, schedule="step", decay_at=(0.5,), decay_factor=0.5,
+                                                     warmup_steps=10), 100)
+    np.testing.assert_allclose([warm(0), warm(5), warm(10), warm(49), warm(50), warm(99)],
+                               [0.0, 0.5, 1.0, 1.0, 0.5, 0.5], rtol=1e-6)
+    for bad in (dict(decay_at=(1.5,)), dict(decay_factor=0.0)):
+        with pytest.raises(ValueError, match="decay"):
+            optim.schedule(common_config.optim_config(schedule="step", **bad), 100)
+    # Every method's optimiser knows the schedule: modular.optim.build decays the same way.
+    tx = optim.build(common_config.optim_config(name="sgd", lr=1.0, schedule="step", decay_at=(0.5,)), {"w": 0.0}, 4)
+    state, moves = tx.init({"w": np.zeros(())}), []
+    for _ in range(4):
+        upd, state = tx.update({"w": np.ones(())}, state)
+        moves.append(float(-upd["w"]))
+    np.testing.assert_allclose(moves, [1.0, 1.0, 0.1, 0.1], rtol=1e-6)
     tx = C.optimizer.build(common_config.optim_config(name="adam", lr=1.0, weight_decay=0.5, schedule="constant"), 10)
     p = {"w": np.ones(3, np.float32)}
     upd, _ = tx.update({"w": np.zeros(3, np.float32)}, tx.init(p), p)

@@ -1,56 +1,100 @@
-"""Studies on top of the Fig. 2 sweep: joint vs incremental training of one setting, and heads shared by
-extractors of different architectures; with the paper claims that `uda` and `transfer` test.
+"""The paper's three applications (Sec. 5), each run on every seed's networks, with claims judged from the
+paired per-seed differences:
+
+- 'uda': the chosen setting's pair; a's extractor adapts to unlabeled target images through the frozen RP
+  head (`uda.run_uda`), against the unadapted network and a BatchNorm-statistics-only control;
+- 'fast_transfer': the study's RP-only incremental pairs (with and without IIW); recombination starts the
+  fine-tuning, against a re-initialised head with the same learning-rate grid (`transfer.fast_transfer`);
+- 'cross_arch': a 5 -> 10-class head update on a frozen reference extractor, moved to a compatible
+  extractor of another architecture (`head_update.run_head_update`).
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import ml_collections
 
-from modular.methods.compat import transfer, uda
-from modular.methods.compat.recombine import summary, train_and_evaluate
-from modular.methods.compat.schedule import SCHEDULES, setting_name
+from modular import optim, protocol
+from modular.methods.compat import head_update, transfer, uda
+from modular.methods.compat.study import chosen_pair, incremental_name
 
 APPLICATIONS = ("uda", "fast_transfer", "cross_arch")
-PAPER_APPLICATIONS = {
-    "uda": uda.PAPER_CLAIM,
-    "fast_transfer": transfer.PAPER_CLAIM,
-    "cross_arch": "(our paraphrase of the brief, not a number from the paper) extractors of different "
-                  "architectures, adapted by 1x1 convs to a common width, can share compatible heads: "
-                  "with the compatibility losses recombination is far above independent training.",
-}
-PAPER_SCHEDULES = ("Sec. 4: incremental training (b against a's frozen auxiliary heads) reaches recombination "
-                   "accuracy close to joint training.")
+PAPER_APPLICATIONS = {"uda": uda.PAPER_CLAIM, "fast_transfer": transfer.PAPER_CLAIM,
+                      "cross_arch": head_update.PAPER_CLAIM}
 
 
-def compare_schedules(ds_a, ds_b, metrics: dict, *, setting: tuple[bool, bool, bool],
-                      options: ml_collections.ConfigDict, **pair_kw) -> dict:
-    """`setting` trained with the schedule other than `options.schedule` too (whose `metrics` are given):
-    {schedule: summary metrics, 'setting': name, 'paper': claim}. `pair_kw` go to `train_pair`."""
-    other = next(s for s in SCHEDULES if s != options.schedule)
-    name = setting_name(*setting)
-    _, res = train_and_evaluate(ds_a, ds_b, setting=setting, name=f"{name}@{other}",
-                                options=ml_collections.ConfigDict(dict(options.to_dict(), schedule=other)), **pair_kw)
-    return {options.schedule: summary(metrics), other: summary(res), "setting": name, "paper": PAPER_SCHEDULES}
+def _uda_row(r: dict) -> dict:
+    return {f"{k}/{m}": float(r[k][m]) for k in ("before", "bn_stats_only", "after") for m in r["before"]}
 
 
-def run_cross_arch(ds_a, ds_b, *, setting: tuple[bool, bool, bool], model_cfg: ml_collections.ConfigDict,
-                   model_b_cfg: ml_collections.ConfigDict, adapter_width: int, **pair_kw) -> dict:
-    """Network b gets the architecture `model_b_cfg`; both extractors end in a 1x1-conv adapter to
-    `adapter_width` channels and feed the same head architecture. Independent training vs `setting` (IIW =
-    identical initial heads), recombination as in Fig. 2. `pair_kw` go to `train_pair`."""
-    out = {}
-    for s in dict.fromkeys(((False, False, False), tuple(setting))):
-        name = setting_name(*s)
-        _, res = train_and_evaluate(ds_a, ds_b, setting=s, name=f"cross_arch/{name}", model_cfg=model_cfg,
-                                    model_b_cfg=model_b_cfg, adapter_width=int(adapter_width), **pair_kw)
-        out[name] = summary(res)
-    ind, comp = out["independent"], out[setting_name(*setting)]
-    agrees = comp["recombination_accuracy"] > ind["recombination_accuracy"] + 0.1
-    a, b = model_cfg, model_b_cfg
-    note = (f"a = {a.name}-{a.depth} (width {a.width}), b = {b.name}-{b.depth} (width {b.width}, widen "
-            f"{b.get('widen', 1)}), adapters to {adapter_width} channels: recombination "
-            f"{100 * ind['recombination_accuracy']:.1f}% independent vs {100 * comp['recombination_accuracy']:.1f}% "
-            f"{setting_name(*setting)} (chance {100 * res['chance']:.0f}%); "
-            + ("compatibility carries across architectures." if agrees else
-               "the compatibility losses do NOT lift recombination by 10 points across architectures here."))
-    return dict(model_a=a.to_dict(), model_b=b.to_dict(), adapter_width=int(adapter_width), settings=out,
-                paper_claim=PAPER_APPLICATIONS["cross_arch"], agrees_with_paper=agrees, note=note)
+def run(study: dict, ds_a, ds_b, cc: ml_collections.ConfigDict, *, seeds: list[int], optim_cfg, model_cfg,
+        batch_size: int, uda_target=None, log: Callable[[str], None] = print) -> dict:
+    """{app: {'per_seed': [...], 'estimates': ..., 'paper_claim': ...}, 'claims': [...]} for
+    `cc.applications`; each application runs once per seed."""
+    apps = list(cc.get("applications") or ())
+    out: dict = {}
+    uda_optim = optim.override(optim_cfg, lr=float(cc.uda_lr)) if cc.get("uda_lr") else optim_cfg
+    if "uda" in apps:
+        if uda_target is None:
+            raise ValueError("compat.applications 'uda' needs its target dataset (compat.uda_target) loaded.")
+        runs = []
+        for s in seeds:
+            r = uda.run_uda(chosen_pair(study, s), ds_a, uda_target, optim_cfg=uda_optim,
+                            num_steps=int(cc.uda_steps), batch_size=batch_size, seed=s, verbose=False)
+            runs.append(dict(_uda_row(r), frozen_parts_unchanged=r["frozen_parts_unchanged"]))
+            log(f"[compat uda] seed {s}: target accuracy {100 * r['before']['target_train_stats']:.1f}% -> "
+                f"{100 * r['after']['target_train_stats']:.1f}% (BN statistics only "
+                f"{100 * r['bn_stats_only']['target_train_stats']:.1f}%)")
+        out["uda"] = dict(setting=study["target"], source=ds_a.name, target=uda_target.name,
+                          steps=int(cc.uda_steps), per_seed=runs, paper_claim=PAPER_APPLICATIONS["uda"],
+                          frozen_parts_unchanged=all(r["frozen_parts_unchanged"] for r in runs))
+    if "fast_transfer" in apps:
+        names = [incremental_name(n) for n in cc.fast_transfer_settings]
+        step, runs = study["chosen_step"], []
+        for s in seeds:
+            pairs = {n.split(",")[0]: study["trained"][n].pair(s, step) for n in names}
+            r = transfer.fast_transfer(pairs, study["split"][s]["b"][1], ds_b, optim_cfg=optim_cfg,
+                                       lrs=[float(v) for v in cc.transfer_lrs], epochs=int(cc.transfer_epochs),
+                                       batch_size=batch_size, train_part=cc.transfer_train, seed=s)
+            runs.append(r)
+            log(f"[compat fast transfer] seed {s}: test accuracy by epoch (stored BN statistics) " + "; ".join(
+                f"{tag} {[round(100 * e['eval'], 1) for e in v['test']]}" for tag, v in r.items()))
+        out["fast_transfer"] = dict(starts=list(runs[0]), task=ds_b.name, epochs=int(cc.transfer_epochs),
+                                    lrs=[float(v) for v in cc.transfer_lrs], train_part=cc.transfer_train,
+                                    per_seed=runs, paper_claim=PAPER_APPLICATIONS["fast_transfer"])
+    if "cross_arch" in apps:
+        settings = tuple(dict.fromkeys(("independent", cc.cross_arch_setting)))
+        runs = []
+        for s in seeds:
+            runs.append(head_update.run_head_update(
+                ds_a, settings=settings, options=cc, model_cfg=model_cfg, model_b_cfg=cc.cross_arch_model,
+                adapter_width=int(cc.adapter_width), optim_cfg=optim_cfg, num_steps=int(cc.cross_arch_steps),
+                head_steps=int(cc.cross_arch_head_steps), batch_size=batch_size,
+                old_classes=int(cc.cross_arch_old_classes), seed=s))
+            log(f"[compat cross_arch] seed {s}: new head on extractor b (batch statistics) " + "; ".join(
+                f"{n} {100 * r['transferred_bs']:.1f}%" for n, r in runs[-1].items()))
+        out["cross_arch"] = dict(settings=list(settings), model_a=model_cfg.to_dict(),
+                                 model_b=cc.cross_arch_model.to_dict(), adapter_width=int(cc.adapter_width),
+                                 old_classes=int(cc.cross_arch_old_classes), new_classes=ds_a.num_classes,
+                                 task=ds_a.name, steps=int(cc.cross_arch_steps),
+                                 head_steps=int(cc.cross_arch_head_steps), per_seed=runs,
+                                 paper_claim=PAPER_APPLICATIONS["cross_arch"])
+    for name, app in out.items():
+        app["estimates"] = protocol.to_dicts(estimates(name, app), scale=100.0)
+    return out
+
+
+def estimates(name: str, app: dict) -> dict:
+    """{row: {column: Estimate}} of one application's per-seed results."""
+    runs = app["per_seed"]
+    if name == "uda":
+        return protocol.aggregate([{k: v for k, v in r.items() if k != "frozen_parts_unchanged"} for r in runs])
+    if name == "fast_transfer":
+        return {tag: protocol.aggregate([{f"epoch {e['epoch']}{'' if m == 'eval' else ' (batch stats)'}": e[m]
+                                          for e in r[tag]["test"] for m in ("eval", "batch_stats")} for r in runs])
+                for tag in app["starts"]}
+    return {n: protocol.aggregate([r[n] for r in runs]) for n in app["settings"]}
+
+
+def fast_transfer_values(app: dict, start: str, epoch: int, mode: str = "eval") -> list[float]:
+    return [float(next(e[mode] for e in r[start]["test"] if e["epoch"] == epoch)) for r in app["per_seed"]]

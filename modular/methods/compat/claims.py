@@ -30,6 +30,9 @@ def study_claims(per_seed: dict, target: str) -> list[dict]:
         greater(f"RP with a harder pretext ({n[4:]}) makes components compatible (> independent)", n, "independent")
     greater("A shared RP head is what makes RP work (RP > RP with each network's own RP head)", "RP",
             "RP, own RP heads")
+    for n in ("IIW", "IIW+RP+DCC"):
+        greater(f"Pretrained IIW: both networks starting from one pretrained extractor are more compatible than from "
+                f"one random initialisation (pretrained {n} > {n})", f"pretrained {n}", n)
     if "same data: independent" in have:
         n = "same data: independent"
         out.append(protocol.claim_greater(
@@ -47,4 +50,58 @@ def study_claims(per_seed: dict, target: str) -> list[dict]:
         out.append(protocol.claim_within(
             f"Compatibility costs no task accuracy ({target} own accuracy within 2 points of independent)",
             v(target, OWN), v("independent", OWN), tolerance=0.02, names=(target, "independent")))
+    return out
+
+
+def application_claims(apps: dict) -> list[dict]:
+    """The applications' claims from their per-seed results (`apps.run`)."""
+    from modular.methods.compat.apps import fast_transfer_values
+    out = []
+    if "uda" in apps:
+        runs = apps["uda"]["per_seed"]
+
+        def u(key):
+            return [float(r[key]) for r in runs]
+        for mode, label in (("target_train_stats", "stored BN statistics"), ("target_bs", "test-batch statistics")):
+            out.append(protocol.claim_greater(
+                f"Sec. 5 UDA: adapting a's extractor through the frozen RP head raises target accuracy ({label})",
+                u(f"after/{mode}"), u(f"before/{mode}"), names=("adapted", "unadapted")))
+        out.append(protocol.claim_greater(
+            "UDA through the RP head beats re-estimating BN statistics on the target alone (stored statistics)",
+            u("after/target_train_stats"), u("bn_stats_only/target_train_stats"), names=("adapted", "BN stats only")))
+    if "fast_transfer" in apps:
+        ft = apps["fast_transfer"]
+        last = int(ft["epochs"])
+        for start in (s for s in ft["starts"] if s != "reinit"):
+            out.append(protocol.claim_greater(
+                f"Sec. 5 fast transfer: the {start} recombination (extractor a + head b) starts above a "
+                f"re-initialised head (0 epochs, test-batch BN statistics)",
+                fast_transfer_values(ft, start, 0, "batch_stats"), fast_transfer_values(ft, "reinit", 0, "batch_stats"),
+                names=(start, "reinit")))
+            if last >= 1:
+                out.append(protocol.claim_greater(
+                    f"Sec. 5 fast transfer: fine-tuning from the {start} recombination is ahead after 1 epoch "
+                    f"(learning rates chosen on validation)", fast_transfer_values(ft, start, 1),
+                    fast_transfer_values(ft, "reinit", 1), names=(start, "reinit")))
+        if {"RP", "IIW+RP"} <= set(ft["starts"]):
+            out.append(protocol.claim_greater(
+                "Fast transfer: IIW adds to RP (IIW+RP recombination above RP at 0 epochs, test-batch statistics)",
+                fast_transfer_values(ft, "IIW+RP", 0, "batch_stats"), fast_transfer_values(ft, "RP", 0, "batch_stats"),
+                names=("IIW+RP", "RP")))
+    if "cross_arch" in apps:
+        x = apps["cross_arch"]
+        comp = [n for n in x["settings"] if n != "independent"]
+
+        def c(name, key):
+            return [float(r[name][key]) for r in x["per_seed"]]
+        for n in comp:
+            out.append(protocol.claim_greater(
+                f"Sec. 5 across architectures: a new {x.get('new_classes', 'all')}-class head trained on frozen "
+                f"extractor a works on extractor b ({n}) better than on an independently trained b "
+                f"(test-batch statistics)", c(n, "transferred_bs"), c("independent", "transferred_bs"),
+                names=(n, "independent")))
+            out.append(protocol.claim_within(
+                f"Across architectures ({n}): the transferred head is within 10 points of a head trained on "
+                f"extractor b itself", c(n, "transferred_bs"), c(n, "own_b_stored"), tolerance=0.1,
+                names=("transferred", "own head")))
     return out

@@ -38,7 +38,8 @@ RP_HEADS = ("shared", "private")
 class Variant:
     """One setting of a study. `rp_heads='private'` gives each network its own RP head (the upper bound on
     what self-supervision alone does for each network, with nothing shared); `same_data` trains b on a's
-    task (paper App. C.3)."""
+    task (paper App. C.3); `pretrained` starts both extractors from the same pretrained weights (the task
+    heads identical and random, as in IIW)."""
     dcc: bool
     rp: bool
     iiw: bool
@@ -47,14 +48,20 @@ class Variant:
     rp_heads: str = "shared"
     same_data: bool = False
     label: str = ""
+    pretrained: bool = False
+
+    def __post_init__(self):
+        if self.pretrained and not self.iiw:
+            raise ValueError("A compat variant that starts from pretrained weights starts both networks from them, "
+                             "so it needs IIW.")
 
     @property
     def name(self) -> str:
         return self.label or setting_name(self.dcc, self.rp, self.iiw)
 
     def group_key(self) -> tuple:
-        """Variants with equal keys share one compiled program: IIW is an initialisation, DCC a per-member
-        loss weight and `same_data` a per-member choice of b's images."""
+        """Variants with equal keys share one compiled program: IIW and pretraining are initialisations, DCC
+        a per-member loss weight and `same_data` a per-member choice of b's images."""
         return (self.rp, self.schedule, self.rp_transforms, self.rp_heads)
 
     def program(self, dcc: bool) -> "Variant":
@@ -86,9 +93,16 @@ def modules_for(model_cfg: ml_collections.ConfigDict, v: Variant, num_a: int, nu
     return dataclasses.replace(mods, rp_head=models.build_head(model_cfg, pretext.num_classes(v.rp_transforms)))
 
 
-def init_member(mods: CompatModules, v: Variant, seed: int, image_shape: tuple) -> tuple[dict, dict]:
-    """A pair's (params, stats); a private-RP variant gets b's own RP head under shared/rp_b."""
+def init_member(mods: CompatModules, v: Variant, seed: int, image_shape: tuple,
+                pretrained: tuple | None = None) -> tuple[dict, dict]:
+    """A pair's (params, stats); a private-RP variant gets b's own RP head under shared/rp_b; a pretrained
+    variant gets `pretrained` = (extractor params, extractor stats) in both networks."""
     params, stats = init_variables(mods, rng.key(seed, "init"), image_shape, identical_init=v.iiw)
+    if v.pretrained:
+        if pretrained is None:
+            raise ValueError(f"compat variant {v.name!r} starts from pretrained weights, but none were given.")
+        for t in "ab":
+            params["tasks"][t]["extractor"], stats["tasks"][t]["extractor"] = pretrained
     if v.rp and v.rp_heads == "private":
         feats = jax.eval_shape(lambda p, s: mods.extractor.apply({"params": p, "batch_stats": s},
                                                                  jnp.zeros((1,) + tuple(image_shape)))[0],

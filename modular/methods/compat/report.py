@@ -71,35 +71,47 @@ def schedules_table(sched: dict) -> str:
                                   title=f"Joint vs incremental training, {sched['setting']} (%, BN batch statistics)")
 
 
-def applications_table(apps: dict) -> str:
-    """The applications' results (whichever ran) as tables."""
-    lines = []
+def applications_tables(apps: dict) -> dict:
+    """{readme table name: markdown} of the applications that ran: mean ± SE over seeds (%)."""
+    from modular import protocol
+    from modular.methods.compat.apps import estimates
+    tables = {}
     if "uda" in apps:
-        u = apps["uda"]
-        rows = [dict(metric=m, before=100 * u["before"][k], bn_stats_only=100 * u["bn_stats_only"][k],
-                     after=100 * u["after"][k])
-                for m, k in (("target acc, stored BN stats", "target_train_stats"),
-                             ("target acc, batch BN stats", "target_bs"),
-                             ("source acc, stored BN stats", "source_train_stats"),
-                             ("target rotation acc", "target_rotation"))]
-        lines.append(reporting.format_table(rows, ["metric", "before", "bn_stats_only", "after"], title=(
-            f"UDA via frozen RP head, {u['source']} -> {u['target']} ({u['steps']} steps, %); frozen parts "
-            f"unchanged: {u['frozen_parts_unchanged']}")))
+        u, est = apps["uda"], estimates("uda", apps["uda"])
+        metrics = (("target acc, stored BN stats", "target_train_stats"), ("target acc, batch BN stats", "target_bs"),
+                   ("source acc, stored BN stats", "source_train_stats"), ("target rotation acc", "target_rotation"))
+        rows = {label: {c: est[f"{c}/{k}"] for c in ("before", "bn_stats_only", "after")} for label, k in metrics}
+        tables["compat_uda"] = protocol.mean_se_table(rows, rows=list(rows), columns=["before", "bn_stats_only", "after"],
+                                                      row_title="metric", title=(
+            f"UDA via the frozen RP head, {u['source']} -> {u['target']} ({u['setting']} pairs, {u['steps']} steps, "
+            f"%, mean ± SE over {len(u['per_seed'])} seeds); frozen parts unchanged: {u['frozen_parts_unchanged']}"))
     if "fast_transfer" in apps:
         f = apps["fast_transfer"]
-        rows = [dict(head=tag, epoch=e["epoch"], batch_stats=100 * e["batch_stats"], train_stats=100 * e["eval"])
-                for tag in ("compatible_head", "reinit_head", "independent_head") if tag in f
-                for e in f[tag]["curve"]]
-        lines.append(reporting.format_table(rows, ["head", "epoch", "batch_stats", "train_stats"], title=(
-            f"Fast transfer: extractor a ({f['setting']}) + head, fine-tuned ({f['train_part']}) on {f['task']} "
-            f"(test accuracy %)")))
+        est = estimates("fast_transfer", f)
+        cols = [f"epoch {e}" for e in range(int(f["epochs"]) + 1)] + ["epoch 0 (batch stats)"]
+        label = {s: ("re-initialised head" if s == "reinit" else f"recombined ({s}, incremental)") for s in f["starts"]}
+        rows = {label[s]: est[s] for s in f["starts"]}
+        tables["compat_fast_transfer"] = protocol.mean_se_table(rows, rows=list(rows), columns=cols, row_title="start",
+                                                                title=(
+            f"Fast transfer: extractor a (pretrained with its RP head) fine-tuned ({f['train_part']}) on {f['task']}, "
+            f"test accuracy (%) by epoch, stored BN statistics unless marked; learning rate from {f['lrs']} chosen "
+            f"on validation per start and seed; mean ± SE over {len(f['per_seed'])} seeds"))
     if "cross_arch" in apps:
         x = apps["cross_arch"]
-        rows = [_summary_row(dict(setting=k), v) for k, v in x["settings"].items()]
-        lines.append(reporting.format_table(rows, ["setting", "recombination", "a_to_b", "b_to_a", "own"], title=(
-            f"Heads shared across architectures via 1x1 adapters ({x['model_a']['name']} vs {x['model_b']['name']}, "
-            f"width {x['adapter_width']}; %, BN batch statistics)")))
-    return "\n".join(lines)
+        est = estimates("cross_arch", x)
+        cols = ["transferred_bs", "transferred_stored", "own_b_stored", "reference_stored", "old_recombination"]
+        a, b = x["model_a"], x["model_b"]
+        tables["compat_cross_arch"] = protocol.mean_se_table(est, rows=list(est), columns=cols, row_title="b trained",
+                                                             title=(
+            f"Head update across architectures: a = {a['name']}-{a['depth']} (width {a['width']}), b = {b['name']}-"
+            f"{b['depth']} (width {b['width']}, widen {b.get('widen', 1)}), both trained on {x['task']} classes "
+            f"0-{x['old_classes'] - 1} ({x['steps']} steps each, b incrementally against a's frozen heads), 1x1 "
+            f"adapters to {x['adapter_width']} channels; then a new {x['new_classes']}-class head trained "
+            f"{x['head_steps']} steps on frozen extractor a. transferred = that head on extractor b (no training; "
+            f"bs = test-batch BN statistics); own_b = a head trained on extractor b; reference = the head on a; "
+            f"old_recombination = {x['old_classes']}-class recombination before the update (%, mean ± SE over "
+            f"{len(x['per_seed'])} seeds)"))
+    return tables
 
 
 STUDY_COLUMNS = ("recombination", "a_to_b", "b_to_a", "stored_bn", "own", "cka", "unit_corr")

@@ -5,11 +5,14 @@ seed's test numbers are.
    the Fig. 2 settings, the upper bound (each network its own RP head), a harder pretext (rotation + mirror),
    and the same-data controls (App. C.3).
 2. The step count is chosen on the Fig. 2 settings' validation curves (`sweep.choose_steps`).
-3. The chosen setting trains incrementally in both orders (a then b, b then a) for that many steps.
+   Pretrained-IIW variants start both extractors from one extractor pretrained on another domain.
+3. The chosen setting trains incrementally in both orders (a then b, b then a) for that many steps, and
+   (for the fast-transfer application) the RP settings a then b.
 4. Every variant's test metrics (both BN modes, feature similarity) at the chosen step, per seed.
 """
 from __future__ import annotations
 
+import time
 from typing import Callable
 
 import ml_collections
@@ -17,6 +20,7 @@ import numpy as np
 
 from modular.methods.compat import members as M
 from modular.methods.compat import sweep
+from modular.methods.compat.pretrain import pretrain_extractor
 from modular.methods.compat.losses import resolve_common_classes
 from modular.methods.compat.schedule import parse_setting, setting_name
 
@@ -32,9 +36,25 @@ def study_options() -> dict:
         upper_bound=True,                # RP with each network's own RP head
         same_data=("independent", "IIW"),  # App. C.3: b trains on a's task, these settings
         incremental_orders=("incremental", "incremental_ba"),  # for the chosen setting, at the chosen steps
+        # Pretrained IIW: these settings (each with IIW) again, both extractors starting from one extractor
+        # pretrained for `pretrain_steps` on `pretrain_data` ('' or () to skip).
+        pretrained_settings=("IIW", "IIW+RP+DCC"),
+        pretrain_data="mnist5k/invert",
+        pretrain_steps=300,
+        # With the 'fast_transfer' application: these settings trained incrementally (a with its RP head
+        # first, then b against a's frozen heads) at the chosen steps, the pairs that application reuses.
+        fast_transfer_settings=("RP", "IIW+RP"),
         eval_points=4,                   # validation evaluations along the run (evenly spaced)
         converge_tolerance=0.03,         # the step choice: curves move less than this afterwards
     )
+
+
+def pretrained_name(setting: str) -> str:
+    return f"pretrained {setting}"
+
+
+def incremental_name(setting: str, order: str = "incremental") -> str:
+    return f"{setting}, {order}"
 
 
 def variants(cc: ml_collections.ConfigDict) -> tuple[list[M.Variant], list[str]]:
@@ -50,12 +70,55 @@ def variants(cc: ml_collections.ConfigDict) -> tuple[list[M.Variant], list[str]]
     for n in cc.get("same_data") or ():
         main.append(M.Variant(*parse_setting(n), rp_transforms=cc.rp_transforms, same_data=True,
                               label=f"same data: {n}"))
+    if cc.get("pretrain_data"):
+        for n in cc.get("pretrained_settings") or ():
+            dcc, rp, iiw = parse_setting(n)
+            if not iiw:
+                raise ValueError(f"compat.pretrained_settings {n!r}: starting both networks from pretrained "
+                                 f"weights is identical initialisation, so name settings with IIW.")
+            main.append(M.Variant(dcc, rp, iiw, rp_transforms=cc.rp_transforms, pretrained=True,
+                                  label=pretrained_name(n)))
     return main, chosen
 
 
+def incremental_variants(cc: ml_collections.ConfigDict, target: str) -> list[M.Variant]:
+    """The chosen setting in every `incremental_orders`, and the fast-transfer settings a then b."""
+    out = [M.Variant(*parse_setting(target), schedule=o, rp_transforms=cc.rp_transforms,
+                     label=incremental_name(target, o)) for o in cc.get("incremental_orders") or ()]
+    if "fast_transfer" in (cc.get("applications") or ()):
+        for n in cc.get("fast_transfer_settings") or ():
+            if incremental_name(n) not in {v.name for v in out}:
+                out.append(M.Variant(*parse_setting(n), schedule="incremental", rp_transforms=cc.rp_transforms,
+                                     label=incremental_name(n)))
+    return out
+
+
+def uses_pretraining(cc: ml_collections.ConfigDict) -> bool:
+    return bool(cc.get("pretrain_data") and cc.get("pretrained_settings"))
+
+
+def pretrain(src, cc: ml_collections.ConfigDict, *, seeds: list[int], model_cfg, optim_cfg, batch_size: int,
+             log: Callable[[str], None] = print) -> dict:
+    """{seed: (extractor params, stats)} pretrained on the training split of `src` (the loaded
+    `cc.pretrain_data`), or {} when no variant uses it."""
+    if not uses_pretraining(cc):
+        return {}
+    if src is None:
+        raise ValueError("compat.pretrained_settings need the pretraining dataset (compat.pretrain_data) loaded.")
+    out = {}
+    for s in seeds:
+        t0 = time.time()
+        out[s] = pretrain_extractor(model_cfg, src, num_steps=int(cc.pretrain_steps), batch_size=batch_size,
+                                    optim_cfg=optim_cfg, seed=s)
+        log(f"[compat] pretrained the shared initial extractor on {src.name} for seed {s} "
+            f"({int(cc.pretrain_steps)} steps, {time.time() - t0:.0f}s)")
+    return out
+
+
 def run(ds_a, ds_b, cc: ml_collections.ConfigDict, *, seeds: list[int], val_fraction: float, model_cfg, optim_cfg,
-        num_steps: int, batch_size: int, log: Callable[[str], None] = print) -> dict:
-    """The study's per-seed test metrics, curves, the step choice and the pairs (for the applications)."""
+        num_steps: int, batch_size: int, log: Callable[[str], None] = print, pretrain_source=None) -> dict:
+    """The study's per-seed test metrics, curves, the step choice and the pairs (for the applications).
+    `pretrain_source`: the pretraining Dataset of the pretrained-IIW variants (its test split is never read)."""
     common = resolve_common_classes(cc.get("common_classes"), ds_a.num_classes, ds_b.num_classes)
     model_cfg = ml_collections.ConfigDict(dict(model_cfg.to_dict(), split=cc.split))
     split = sweep.splits(ds_a, ds_b, seeds, val_fraction)
@@ -64,16 +127,17 @@ def run(ds_a, ds_b, cc: ml_collections.ConfigDict, *, seeds: list[int], val_frac
     main, chooser = variants(cc)
     points = max(1, int(cc.eval_points))
     eval_steps = sorted({max(1, int(round(num_steps * (i + 1) / points))) for i in range(points)})
-    trained = sweep.train_variants(main, split, seeds, num_steps=num_steps, eval_steps=eval_steps, **kw)
+    pretrained = pretrain(pretrain_source, cc, seeds=seeds, model_cfg=model_cfg, optim_cfg=optim_cfg, batch_size=batch_size,
+                          log=log)
+    trained = sweep.train_variants(main, split, seeds, num_steps=num_steps, eval_steps=eval_steps,
+                                   pretrained=pretrained, **kw)
     curves = {n: sweep.mean_curve(trained[n]) for n in chooser}
     step, reason = sweep.choose_steps(curves, float(cc.converge_tolerance))
     log(f"[compat] step count chosen on validation: {step} per network ({reason})")
     at = {n: step for n in trained}
     target = setting_name(bool(cc.dcc), bool(cc.rp), bool(cc.iiw))
-    orders = list(cc.get("incremental_orders") or ())
-    if orders:
-        inc = [M.Variant(*parse_setting(target), schedule=o, rp_transforms=cc.rp_transforms,
-                         label=f"{target}, {o}") for o in orders]
+    inc = incremental_variants(cc, target)
+    if inc:
         for name, t in sweep.train_variants(inc, split, seeds, num_steps=step, eval_steps=[step], **kw).items():
             trained[name], at[name] = t, step
     per_seed = {}
@@ -83,7 +147,7 @@ def run(ds_a, ds_b, cc: ml_collections.ConfigDict, *, seeds: list[int], val_frac
     return dict(per_seed=per_seed, trained=trained, chosen_step=step, choice_reason=reason, eval_steps=eval_steps,
                 curves={n: {str(s): t.curves[s] for s in seeds} for n, t in trained.items()},
                 mean_curves={n: sweep.mean_curve(t) for n, t in trained.items()}, target=target,
-                train_seconds={n: t.train_seconds for n, t in trained.items()}, common=common)
+                train_seconds={n: t.train_seconds for n, t in trained.items()}, common=common, split=split)
 
 
 def values(per_seed: dict, name: str, key: str = "recombination_accuracy") -> list[float]:

@@ -63,8 +63,10 @@ def val_metrics(mods, params, stats, common, val: dict) -> dict:
 
 def train_group(variants: Sequence[M.Variant], split: dict, seeds: Sequence[int], *, model_cfg, optim_cfg,
                 num_steps: int, batch_size: int, rp_fraction: float, common: Sequence[int], num_classes: tuple,
-                eval_steps: Sequence[int], log: Callable[[str], None] = print) -> list[Trained]:
-    """Train variants that share a group key (they differ in IIW) over `seeds`, as one member axis."""
+                eval_steps: Sequence[int], log: Callable[[str], None] = print,
+                pretrained: dict | None = None) -> list[Trained]:
+    """Train variants that share a group key (they differ in IIW) over `seeds`, as one member axis.
+    `pretrained[seed]` = (extractor params, stats) for variants that start from pretrained weights."""
     v0 = variants[0]
     assert all(v.group_key() == v0.group_key() for v in variants)
     program = v0.program(dcc=any(v.dcc for v in variants))
@@ -73,7 +75,7 @@ def train_group(variants: Sequence[M.Variant], split: dict, seeds: Sequence[int]
     mods = M.modules_for(model_cfg, program, num_classes[0], num_classes[1], len(common))
     image_shape = split[seeds[0]]["a"][0].image_shape
     roster = [(v, s) for v in variants for s in seeds]
-    inits = [M.init_member(mods, v, s, image_shape) for v, s in roster]
+    inits = [M.init_member(mods, v, s, image_shape, (pretrained or {}).get(s)) for v, s in roster]
     txs = M.optimisers(optim_cfg, program, num_steps)
     state = M.pack([{"params": p, "stats": s, "opt": M.init_opt_state(txs, program, p)} for p, s in inits])
     fit = [_sets(split[s], v, 0) for v, s in roster]
