@@ -51,8 +51,8 @@ def get_config(arg: str = ""):
         adapter_width=32,
         cross_arch_setting="RP+DCC",         # how b is made compatible (vs 'independent'); IIW = identical heads
         cross_arch_old_classes=5,
-        cross_arch_steps=120,                # per network, b after a
-        cross_arch_head_steps=60,            # the new head, on frozen extractor a (and b's own, the upper bound)
+        cross_arch_steps=120,                # per network, b after a (0: num_steps)
+        cross_arch_head_steps=60,            # the new head on frozen extractor a, and b's own (0: num_steps / 10)
     ))
     config.batch_size = 32                   # per network step
     config.num_steps = 300                   # updates per network (the two alternate)
@@ -85,9 +85,9 @@ def get_config(arg: str = ""):
         # UDA needs a target domain with cifar10's label space; none is wired offline. Pretrained IIW would
         # need an ImageNet-pretrained extractor of this shape; not wired, so skipped here.
         config.compat.applications = ("fast_transfer", "cross_arch")
-        config.compat.update(dict(transfer_epochs=3, pretrain_data="", cross_arch_steps=10_000,
-                                  cross_arch_head_steps=2_000,
+        config.compat.update(dict(transfer_epochs=3, pretrain_data="", cross_arch_steps=0,  # 0: num_steps
+                                  cross_arch_head_steps=0,                                 # 0: num_steps / 10
                                   cross_arch_model=ml_collections.ConfigDict(dict(
-                                      name="wrn", depth=16, widen=4, width=16, split="stage3", bn_momentum=0.9)),
+                                      name="wrn", depth=16, widen=4, width=16, split="stage2", bn_momentum=0.9)),
                                   adapter_width=64))
     return config

@@ -66,7 +66,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     apps = {}
     if cc.get("applications"):
         apps = compat.apps.run(study, ds_a, ds_b, cc, seeds=seeds, optim_cfg=config.optim, model_cfg=config.model,
-                               batch_size=config.batch_size,
+                               batch_size=config.batch_size, num_steps=config.num_steps,
                                uda_target=_load(config, cc.uda_target) if "uda" in cc.applications else None, log=log)
         claims += compat.claims.application_claims(apps)
     plots = (compat.report.study_plots(workdir, estimates, order, study["mean_curves"], study["chosen_step"])

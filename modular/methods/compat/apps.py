@@ -27,10 +27,17 @@ def _uda_row(r: dict) -> dict:
     return {f"{k}/{m}": float(r[k][m]) for k in ("before", "bn_stats_only", "after") for m in r["before"]}
 
 
+def cross_arch_steps(cc: ml_collections.ConfigDict, num_steps: int) -> tuple[int, int]:
+    """(steps per network, new-head steps): `cross_arch_steps` / `cross_arch_head_steps`, where 0 means the
+    run's `num_steps` / a tenth of it (so a config that shortens num_steps shortens these too)."""
+    steps = int(cc.get("cross_arch_steps") or num_steps)
+    return steps, int(cc.get("cross_arch_head_steps") or max(1, num_steps // 10))
+
+
 def run(study: dict, ds_a, ds_b, cc: ml_collections.ConfigDict, *, seeds: list[int], optim_cfg, model_cfg,
-        batch_size: int, uda_target=None, log: Callable[[str], None] = print) -> dict:
-    """{app: {'per_seed': [...], 'estimates': ..., 'paper_claim': ...}, 'claims': [...]} for
-    `cc.applications`; each application runs once per seed."""
+        batch_size: int, num_steps: int, uda_target=None, log: Callable[[str], None] = print) -> dict:
+    """{app: {'per_seed': [...], 'estimates': ..., 'paper_claim': ...}} for `cc.applications`; each
+    application runs once per seed (`num_steps`: the run's steps per network)."""
     apps = list(cc.get("applications") or ())
     out: dict = {}
     uda_optim = optim.override(optim_cfg, lr=float(cc.uda_lr)) if cc.get("uda_lr") else optim_cfg
@@ -64,20 +71,20 @@ def run(study: dict, ds_a, ds_b, cc: ml_collections.ConfigDict, *, seeds: list[i
                                     per_seed=runs, paper_claim=PAPER_APPLICATIONS["fast_transfer"])
     if "cross_arch" in apps:
         settings = tuple(dict.fromkeys(("independent", cc.cross_arch_setting)))
+        steps, head_steps = cross_arch_steps(cc, num_steps)
         runs = []
         for s in seeds:
             runs.append(head_update.run_head_update(
                 ds_a, settings=settings, options=cc, model_cfg=model_cfg, model_b_cfg=cc.cross_arch_model,
-                adapter_width=int(cc.adapter_width), optim_cfg=optim_cfg, num_steps=int(cc.cross_arch_steps),
-                head_steps=int(cc.cross_arch_head_steps), batch_size=batch_size,
+                adapter_width=int(cc.adapter_width), optim_cfg=optim_cfg, num_steps=steps,
+                head_steps=head_steps, batch_size=batch_size,
                 old_classes=int(cc.cross_arch_old_classes), seed=s))
             log(f"[compat cross_arch] seed {s}: new head on extractor b (batch statistics) " + "; ".join(
                 f"{n} {100 * r['transferred_bs']:.1f}%" for n, r in runs[-1].items()))
         out["cross_arch"] = dict(settings=list(settings), model_a=model_cfg.to_dict(),
                                  model_b=cc.cross_arch_model.to_dict(), adapter_width=int(cc.adapter_width),
                                  old_classes=int(cc.cross_arch_old_classes), new_classes=ds_a.num_classes,
-                                 task=ds_a.name, steps=int(cc.cross_arch_steps),
-                                 head_steps=int(cc.cross_arch_head_steps), per_seed=runs,
+                                 task=ds_a.name, steps=steps, head_steps=head_steps, per_seed=runs,
                                  paper_claim=PAPER_APPLICATIONS["cross_arch"])
     for name, app in out.items():
         app["estimates"] = protocol.to_dicts(estimates(name, app), scale=100.0)
