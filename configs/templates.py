@@ -6,7 +6,8 @@
 
 Modes: single | signatures | multitask (default) | transfer | adapt.
   transfer inits: source | random | bn_logits | accuracy_interp | learned_interp | learned_interp_tuned
-  adapt methods:  moment_matching | adversarial (ADDA or gradient reversal), on xi and on a plain input adapter
+  adapt methods:  moment_matching | adversarial (ADDA or gradient reversal) | m3sda (moments + two-classifier
+                  discrepancy), on xi and on a plain input adapter
 """
 from configs import common
 from modular.models import isometric
@@ -33,10 +34,14 @@ def get_config(arg: str = ""):
     config.interp_lr_mult = 10.0         # learning-rate multiplier of the interpolation coefficients
     config.interp_tune_steps = 100       # learned_interp_tuned: extra steps with xi free
     # domain adaptation (mode adapt): unsupervised methods tuning only the target's xi / a plain input adapter
-    config.adapt_methods = ["moment_matching", "adversarial"]
+    config.adapt_methods = ["moment_matching", "adversarial", "m3sda"]
     config.adapt_bn_stats_baseline = True
     # ADDA as in the paper: a 3-layer CNN discriminator on the blocks' output (before the output adapter)
     config.adversarial = dict(formulation="adda", weight=1.0, hidden=32, discriminator_lr_mult=1.0, placement="trunk")
+    # M3SDA: per iteration step A (classifiers on source, moments), B (classifiers maximise their target
+    # discrepancy), C x generator_steps (xi minimises it); iterations = transfer_steps // (1 + generator_steps), so
+    # xi gets as many updates as with the other methods
+    config.m3sda = dict(generator_steps=4, moment_weight=1.0, classifier_lr_mult=1.0, second_init_noise=0.1)
     config.signature_kinds = ["learned", "sequential", "cyclic", "random"]
     config.model = isometric.default_config(width=16, expansion=2, depth=6, num_templates=3, stride=4)
     # the paper's clustering regulariser; its xi-gradient is comparable to the cross-entropy's at this weight
@@ -55,7 +60,7 @@ def get_config(arg: str = ""):
         config.transfer_inits = ["source", "random"]
         config.interp_score_examples = 200
         config.interp_tune_steps = 10
-        config.adapt_methods = ["moment_matching", "adversarial"]
+        config.adapt_methods = ["moment_matching", "adversarial", "m3sda"]
         config.adapt_bn_stats_baseline = False
         config.adversarial.hidden = 16
         config.batch_size = 32

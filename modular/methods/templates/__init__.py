@@ -13,7 +13,8 @@ Trees: `{"shared": {templates, adapter_in, adapter_out}, "tasks": {"task0": {mix
                    progressiveness of an argmax signature
   multitask.py     the summed loss, rules, joint training (`Recipe`, `train_tasks`), evaluation, summaries
   transfer.py      a new task on frozen templates: the table of xi inits, interpolating the sources' xi
-  adaptation.py    unsupervised adaptation of xi: moment matching, ADDA / gradient reversal
+  adaptation.py    unsupervised adaptation of xi: moment matching, ADDA / gradient reversal, M3SDA
+  discrepancy.py   M3SDA's two-classifier discrepancy and its three-step iteration
   bank.py          the task-bank adapter: train the source, add a task, export its private subtree
   study.py         the experiment over seeds: with vs without the regulariser, transfer from the regularised
                    sources, and the paper's claims decided by `modular.protocol`
@@ -23,6 +24,7 @@ from modular.methods.templates import report
 from modular.methods.templates.adaptation import (METHODS as ADAPT_METHODS, Adversarial, adapt_unsupervised,
                                                   adversarial_loss, compare_adaptation, moment_distance,
                                                   moment_matching_loss)
+from modular.methods.templates.discrepancy import M3SDA, classifier_discrepancy
 from modular.methods.templates.bank import adapt, train_source
 from modular.methods.templates.multitask import (Outcome, Recipe, compare_signatures, evaluate, multitask_loss,
                                                  multitask_rules, param_counts, summary, train_multitask,
@@ -39,6 +41,6 @@ __all__ = [
     "TRANSFER_INITS", "transfer_rules", "new_task_start", "interpolation_weights", "interpolate_logits",
     "compare_transfer_inits",
     "ADAPT_METHODS", "Adversarial", "moment_distance", "moment_matching_loss", "adversarial_loss",
-    "adapt_unsupervised", "compare_adaptation",
+    "adapt_unsupervised", "compare_adaptation", "M3SDA", "classifier_discrepancy",
     "train_source", "adapt", "report",
 ]

@@ -1,9 +1,10 @@
 """Unsupervised domain adaptation of a few chosen parameters (paper Table 3).
 
-The target's features are pulled towards the frozen source model's, either by matching their first and
-second moments (M3SDA-style) or adversarially against a small domain discriminator (ADDA / gradient
-reversal). Which parameters may move is decided by the rules: only the target's mixture weights xi (the
-paper's method), or only the input adapter of a plain net (the baseline). The frozen source model and the
+The target's features are pulled towards the frozen source model's by matching their first and
+second moments, adversarially against a small domain discriminator (ADDA / gradient reversal), or by M3SDA
+(moment matching plus the two-classifier discrepancy, `discrepancy.py`). Which parameters may move is
+decided by the rules: only the target's mixture weights xi (the paper's method), or only the input adapter
+of a plain net (the baseline); M3SDA's classifiers (the target's head and a second one) train too. The frozen source model and the
 discriminator ride along in the trained tree, under `reference/...` and `adversary/...`, so the loss
 functions depend on hashable arguments only and each compiles once.
 """
@@ -20,13 +21,14 @@ import numpy as np
 import optax
 
 from modular import data, params as P, protocol, rng, train
+from modular.methods.templates import discrepancy as D
 from modular.methods.templates.multitask import Outcome, Recipe, evaluate, param_counts, summary, train_tasks
 from modular.methods.templates.transfer import choose_source
 from modular.models import isometric
 
 REFERENCE = "reference"   # {'params', 'batch_stats'} of the frozen source model
 ADVERSARY = "adversary"   # the domain discriminator
-METHODS = ("moment_matching", "adversarial")
+METHODS = ("moment_matching", "adversarial", "m3sda")
 ADVERSARIAL = ("adda", "grl")
 
 
@@ -41,8 +43,8 @@ def with_reference(params: Mapping, batch_stats: Mapping) -> dict:
 
 
 def model_params(params: Mapping) -> dict:
-    """The network's own subtrees, without the reference model and the discriminator."""
-    return {k: v for k, v in params.items() if k not in (REFERENCE, ADVERSARY)}
+    """The network's own subtrees, without the reference model, the discriminator and M3SDA's second classifier."""
+    return {k: v for k, v in params.items() if k not in (REFERENCE, ADVERSARY, D.SECOND)}
 
 
 def _features(cfg, params, batch_stats, batch, source_task: str, target_task: str, where: str = "features"):
@@ -69,6 +71,22 @@ def _moment_matching_loss(cfg, source_task: str, target_task: str):
         loss = moment_distance(src, tgt)
         return loss, (batch_stats, dict(moment_distance=loss))
     return loss_fn
+
+
+@functools.lru_cache(maxsize=16)
+def _feature_fns(cfg, source_task: str, target_task: str):
+    """(source_fn, target_fn) of `discrepancy.fit`: the frozen reference's pooled source features (eval mode),
+    and the target's pooled features with its new moving BN statistics (train mode)."""
+    def source_fn(params, batch):
+        ref = params[REFERENCE]
+        return isometric.apply(cfg, ref["params"], ref["batch_stats"], batch["source"]["image"], task=source_task)[1][
+            "features"]
+
+    def target_fn(params, batch_stats, batch):
+        _, out, batch_stats = isometric.apply(cfg, params, batch_stats, batch["target"]["image"], task=target_task,
+                                              train=True)
+        return out["features"], batch_stats
+    return source_fn, target_fn
 
 
 # --- adversarial (ADDA-style) adaptation ------------------------------------------------------------------
@@ -215,14 +233,32 @@ class Adversarial:
 
 def adapt_unsupervised(model_cfg, recipe: Recipe, params, stats, source: data.Dataset, target: data.Dataset, *,
                        method: str, tunable: str | None, source_task: str, target_task: str, num_steps: int,
-                       adversarial: Adversarial, stage: str | None) -> train.Trained:
+                       adversarial: Adversarial, stage: str | None, m3sda: D.M3SDA | None = None) -> train.Trained:
     """Tune only the `tunable` regex (everything else frozen) so `target_task` on target images looks like
-    the frozen `source_task` on source images; returns the network's own trees (reference, D dropped).
+    the frozen `source_task` on source images; returns the network's own trees (reference, D, F2 dropped).
 
-    tunable None trains nothing: only the target task's moving BN statistics follow the target domain."""
+    tunable None trains nothing: only the target task's moving BN statistics follow the target domain.
+    m3sda also trains the target task's head and a second classifier, on the source's labels (its step A);
+    `num_steps` is then the number of updates of the tuned parameters, as for the other methods."""
     if method not in METHODS:
         raise ValueError(f"Unknown adaptation method {method!r}; known: {', '.join(METHODS)}.")
     mult = recipe.mixture_lr_mult if tunable and "mixture" in tunable else 1.0
+    if method == "m3sda":
+        if not tunable:
+            raise ValueError("M3SDA needs tuned feature parameters (tunable), not None.")
+        settings = m3sda or D.M3SDA()
+        start = D.add_second_classifier(with_reference(params, stats), target_task,
+                                        rng.key(recipe.seed, "second_classifier"), settings.second_init_noise)
+        source_fn, target_fn = _feature_fns(ml_collections.FrozenConfigDict(model_cfg), source_task, target_task)
+        batches = {"source": (source.train_images, source.train_labels), "target": (target.train_images, None)}
+        name, workdir = recipe.stage(stage)
+        trained = D.fit(start, stats, source_fn=source_fn, target_fn=target_fn, distance=moment_distance,
+                        task=target_task, tunable=tunable, tunable_mult=mult, settings=settings,
+                        optim_cfg=recipe.optim_cfg, num_iterations=settings.iterations(num_steps),
+                        batch_fn=lambda step: data.multitask_batch(batches, step, recipe.batch_size, recipe.seed),
+                        seed=recipe.seed, name=name, workdir=workdir, checkpoint_every=recipe.checkpoint_every,
+                        log_every=recipe.log_every, verbose=recipe.verbose)
+        return dataclasses.replace(trained, params=model_params(trained.params))
     start, rules = with_reference(params, stats), [(tunable, mult)] if tunable else []
     if method == "moment_matching":
         loss_fn = moment_matching_loss(model_cfg, source_task, target_task)
@@ -241,16 +277,25 @@ def adapt_unsupervised(model_cfg, recipe: Recipe, params, stats, source: data.Da
 
 def _last_metrics(fit: train.FitResult) -> dict:
     last = fit.history[-1] if fit.history else {}
-    return {k: float(last[k]) for k in ("moment_distance", "disc_loss", "domain_accuracy") if k in last}
+    return {k: float(last[k]) for k in ("moment_distance", "disc_loss", "domain_accuracy", "source_ce",
+                                        "discrepancy_max", "discrepancy") if k in last}
+
+
+def _tuned(method: str, what: str, count: int, head) -> dict:
+    """The table's 'tuned' and 'params' cells: M3SDA also keeps its tuned head (F1; F2 is dropped)."""
+    if method == "m3sda":
+        return dict(tuned=f"{what} + head", params=count + P.count(head))
+    return dict(tuned=what, params=count)
 
 
 def _method_key(prefix: str, method: str, adversarial: Adversarial) -> str:
-    return f"{prefix}_moment_matching" if method == "moment_matching" else f"{prefix}_{method}_{adversarial.formulation}"
+    return f"{prefix}_{method}" if method != "adversarial" else f"{prefix}_{method}_{adversarial.formulation}"
 
 
 def compare_adaptation(model_cfg, recipe: Recipe, sources, target: data.Dataset, *,
                        methods: Sequence[str], num_steps: int, adversarial: Adversarial,
-                       bn_stats_baseline: bool, val_fraction: float = 0.2, score_examples: int = 1000) -> Outcome:
+                       bn_stats_baseline: bool, val_fraction: float = 0.2, score_examples: int = 1000,
+                       m3sda: D.M3SDA | None = None) -> Outcome:
     """Sources (one Dataset or several) supervised and jointly; the target without labels (labels only for
     the supervised upper bound and a validation split carved from its training data).
 
@@ -285,7 +330,7 @@ def compare_adaptation(model_cfg, recipe: Recipe, sources, target: data.Dataset,
     on_source = evaluate(model_cfg, params, stats, source, best)
     summaries = {f"source ({source.name})": summary(params, {best: None})[best]}
     xi, n_xi = f"tasks/{tgt_task}/mixture", int(np.size(params["tasks"][tgt_task]["mixture"]))
-    common = dict(source_task=best, target_task=tgt_task, num_steps=num_steps, adversarial=adversarial)
+    common = dict(source_task=best, target_task=tgt_task, num_steps=num_steps, adversarial=adversarial, m3sda=m3sda)
     if bn_stats_baseline:
         run = adapt_unsupervised(model_cfg, recipe, params, stats, source, fit, method="moment_matching",
                                  tunable=None, stage="adapt_bn_stats_only", **common)
@@ -297,7 +342,8 @@ def compare_adaptation(model_cfg, recipe: Recipe, sources, target: data.Dataset,
         key = _method_key("mixture", method, adversarial)
         after = accuracy[key] = evaluate(model_cfg, run.params, run.model_state, target, tgt_task)
         adapt_log[key] = _last_metrics(run.fit)
-        rows.append(dict(method=key, tuned="target xi", params=n_xi, before=before, after=after))
+        rows.append(dict(method=key, **_tuned(method, "target xi", n_xi, params["tasks"][tgt_task]["head"]),
+                         before=before, after=after))
         summaries[f"target ({method})"] = summary(run.params, {tgt_task: None})[tgt_task]
     run = train_tasks(model_cfg, recipe, {tgt_task: fit}, stage="adapt_mixture_supervised", start=(params, stats),
                       rules=[(xi, recipe.mixture_lr_mult)], default_mult=0.0, num_steps=num_steps)
@@ -320,7 +366,8 @@ def compare_adaptation(model_cfg, recipe: Recipe, sources, target: data.Dataset,
         key = _method_key("plain_input_adapter", method, adversarial)
         after = accuracy[key] = evaluate(plain, run.params, run.model_state, target, plain_best)
         adapt_log[key] = _last_metrics(run.fit)
-        rows.append(dict(method=key, tuned="plain input adapter", params=n_in, before=before, after=after))
+        tuned = _tuned(method, "plain input adapter", n_in, base.params["tasks"][plain_best]["head"])
+        rows.append(dict(method=key, **tuned, before=before, after=after))
     for r in rows:
         r["before"], r["after"] = 100 * r["before"], 100 * r["after"]
         r["delta"] = r["after"] - r["before"]
