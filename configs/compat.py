@@ -63,7 +63,8 @@ def get_config(arg: str = ""):
     if arg == "smoke":
         config.data.max_train = 256
         config.compat.update(dict(settings=("IIW+RP+DCC",), upper_bound=False, harder_rp="",
-                                  same_data=("IIW+RP+DCC",), eval_points=2))  # one compiled group + 2 orders
+                                  same_data=("IIW+RP+DCC",), eval_points=2,
+                                  incremental_orders=("incremental",)))  # one joint + one incremental group
         # cross_arch trains only its independent pair here (its compiles are the costly part of the smoke).
         config.compat.update(dict(uda_steps=3, transfer_epochs=1, transfer_lrs=(3e-3,), pretrain_steps=5,
                                   pretrained_settings=("IIW+RP+DCC",), fast_transfer_settings=("IIW+RP",),

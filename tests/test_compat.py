@@ -179,22 +179,26 @@ def test_fast_transfer_zero_epoch_is_the_untrained_recombination():
 
 
 def test_cross_architecture_pair_shares_heads_through_adapters():
-    wrn = ml_collections.ConfigDict(dict(name="wrn", depth=10, widen=1, width=4, split="stage2"))
-    mods = C.build_modules(TINY, 10, 10, 10, model_b_cfg=wrn, adapter_width=6)
-    params, stats = C.init_variables(mods, jax.random.key(5), (8, 8, 1), identical_init=True)
+    # The smoke config's networks, as its 'cross_arch' application builds them for the new 10-class head (the
+    # compiled initialisers are shared with the smoke study when both run in one process).
+    smoke = compat_config.get_config("smoke")
+    model = ml_collections.ConfigDict(dict(smoke.model.to_dict(), split=smoke.compat.split))
+    width, wrn = smoke.compat.adapter_width, smoke.compat.cross_arch_model
+    mods = C.build_modules(model, 10, 10, 10, model_b_cfg=wrn, adapter_width=width)
+    params, stats = C.init_variables(mods, jax.random.key(5), (16, 16, 1), identical_init=True)
     nets = params["tasks"]
     assert _same(nets["a"]["head"], nets["b"]["head"])  # IIW across architectures: identical heads
     assert jax.tree.structure(nets["a"]["extractor"]) != jax.tree.structure(nets["b"]["extractor"])
-    assert nets["a"]["extractor"]["adapter"]["kernel"].shape[-1] == 6
-    assert nets["b"]["extractor"]["adapter"]["kernel"].shape[-1] == 6
+    assert nets["a"]["extractor"]["adapter"]["kernel"].shape[-1] == width
+    assert nets["b"]["extractor"]["adapter"]["kernel"].shape[-1] == width
     # Training and recombination through the adapters run in the smoke study's 'cross_arch' application.
     with pytest.raises(ValueError, match="one extractor architecture"):
         C.transfer_head(mods, params, stats, None, extractor_of="a", head_of="b", optim_cfg=None, epochs=0,
                         batch_size=8)
-    bad = ml_collections.ConfigDict(dict(name="wrn", depth=10, widen=1, width=4, split="stage3"))
+    bad = ml_collections.ConfigDict(dict(wrn.to_dict(), split="stage3"))
     with pytest.raises(ValueError, match="shapes"):
-        C.init_variables(C.build_modules(TINY, 10, 10, 10, model_b_cfg=bad, adapter_width=6), jax.random.key(0),
-                         (8, 8, 1), identical_init=False)
+        C.init_variables(C.build_modules(model, 10, 10, 10, model_b_cfg=bad, adapter_width=width), jax.random.key(0),
+                         (16, 16, 1), identical_init=False)
 
 
 def test_head_update_old_task_subset_and_new_heads():
