@@ -107,3 +107,48 @@ def test_the_command_writes_a_readme_table(tmp_path, monkeypatch):
     results = json.loads((tmp_path / "results.json").read_text())
     assert "configs/pretrain.py:full" in results["readme_tables"]["scale"]
     assert results["projections"]["configs/pretrain.py:full"]["total_flops"] > 0
+
+
+def _steps(found, prefix):
+    """{phase name: (model, classes, steps, repeats, trains everything)} of the phases starting with `prefix`."""
+    return {p.name: (p.model.get("name"), p.num_classes, p.steps, p.repeats, p.rules is None)
+            for p in found if p.name.startswith(prefix)}
+
+
+def test_compat_counts_its_applications_and_pretrained_extractor():
+    config = LOAD_CONFIG("configs/compat.py:full")
+    found = phases.phases(config)
+    # 8 settings + upper bound + harder pretext + 1 same-data control + 2 incremental orders of the chosen
+    # setting + the 2 RP-only incremental pairs fast transfer reuses; two networks each
+    (pairs,) = [p for p in found if p.name.startswith("network pairs")]
+    assert (pairs.steps, pairs.repeats) == (20_000, 2 * 15)
+    # fast transfer: (2 pairs + re-initialised head) x 2 rates, 3 epochs of (5000 - 500 validation) // 128 steps
+    assert _steps(found, "fast transfer") == {"fast transfer (3 starts x 2 rates)": ("resnet", 10, 3 * 35, 6, True)}
+    # cross-architecture: independent and RP+DCC pairs on 5 classes for num_steps, new heads for num_steps / 10
+    assert _steps(found, "cross-arch") == {
+        "cross-arch network a, old classes": ("resnet", 5, 20_000, 2, True),
+        "cross-arch new head on frozen a": ("resnet", 10, 2_000, 2, False),
+        "cross-arch network b (wrn), old classes": ("wrn", 5, 20_000, 2, True),
+        "cross-arch new head on frozen b (wrn)": ("wrn", 10, 2_000, 2, False)}
+    # both cross-architecture extractors feed heads of a's architecture through a 1x1 adapter
+    assert {(p.model.head_model.name, p.model.adapter_width) for p in found if p.name.startswith("cross")} == {
+        ("resnet", 64)}
+    assert not _steps(found, "pretrained")  # :full has no pretraining data
+    config.compat.update(dict(pretrain_data="mnist5k/invert", applications=()))
+    found = phases.phases(config)
+    assert [(p.name, p.steps, p.repeats) for p in found] == [
+        ("pretrained-IIW extractor on mnist5k/invert", 200, 1),
+        ("network pairs a, b (15 pairs)", 20_000, 30)]  # + 2 pretrained-IIW pairs, - the fast-transfer pairs
+
+
+def test_templates_adapt_counts_m3sda_passes():
+    config = LOAD_CONFIG("configs/templates.py:full")
+    config.mode, config.m3sda.generator_steps = "adapt", 2
+    found = phases.phases(config)
+    # moment matching, adversarial and the supervised upper bound: transfer_steps each; M3SDA: 5000 // 3
+    # iterations of step A and 2 C steps (xi), and one B step (classifiers only)
+    assert _steps(found, "mixture") == {"mixture weights on the target": ("isometric", 10, 5_000, 3, False)}
+    assert _steps(found, "M3SDA") == {"M3SDA steps A + 2 x C (xi)": ("isometric", 10, 1_666 * 3, 1, False),
+                                      "M3SDA step B (classifiers)": ("isometric", 10, 1_666, 1, False)}
+    config.adapt_methods = ["moment_matching"]
+    assert not _steps(phases.phases(config), "M3SDA")

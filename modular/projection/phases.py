@@ -12,6 +12,7 @@ template-mixture specific layers beyond the isometric trunk (the trunk is counte
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Callable
 
 import ml_collections
@@ -22,6 +23,9 @@ _KNOWN_CLASSES = {"mnist5k": 10, "digits": 10, "cifar10": 10, "cifar100": 100, "
                   "mnist": 10, "dtd": 47, "oxford_flowers102": 102, "eurosat": 10, "dmlab": 6,
                   "imagenet2012": 1000, "smallnorb#label_azimuth": 18, "smallnorb#label_elevation": 9}
 
+# Training examples (the split named 'train'), for phases that run epochs.
+_KNOWN_TRAIN_SIZES = {"cifar10": 50_000, "cifar100": 50_000, "stl10": 5_000, "svhn_cropped": 73_257,
+                      "mnist": 60_000}
 
 FULL_IMAGE = (32, 32, 3)  # configs without their own image size (adapt: the backbone's) get the :full pretrain's
 
@@ -96,13 +100,62 @@ def _patches(config) -> list[Phase]:
     return out
 
 
+def train_size(name: str, max_train: int | None = None) -> int:
+    """Training examples of a dataset name, without reading the data (tfds metadata for other tfds names)."""
+    base = name.split("/")[0]
+    if base.startswith("tfds:"):
+        from modular.data import tfds_source
+        base = tfds_source.parse(name)[0]
+    size = _KNOWN_TRAIN_SIZES.get(base)
+    if size is None and name.startswith("tfds:"):
+        import tensorflow_datasets as tfds
+        size = int(tfds.builder(base).info.splits["train"].num_examples)
+    if size is None:
+        raise ValueError(f"The projection knows no training-set size for dataset {name!r}.")
+    return min(size, int(max_train)) if max_train else size
+
+
 def _compat(config) -> list[Phase]:
+    """The study's pairs as `study.variants` / `study.incremental_variants` build them (each pair: two networks
+    of num_steps steps; incremental pairs run the chosen step count, at most num_steps), the pretrained-IIW
+    extractor, and the applications as `apps.run` runs them on every seed."""
+    from modular.methods.compat import apps, study
+    from modular.methods.compat.schedule import setting_name
     d, cc = config.data, config.compat
-    settings = len(cc.settings) if "settings" in cc else (8 if cc.get("sweep", True) else 1)
-    controls = int(bool(cc.get("upper_bound"))) + int(bool(cc.get("harder_rp"))) + len(cc.get("same_data") or ())
-    schedules = len(cc.get("incremental_orders") or ()) or int(bool(cc.get("compare_schedules")))
-    pairs = settings + controls + schedules
-    return [_phase(config, f"network pairs a, b ({pairs} pairs)", data=d.task_a, repeats=2 * pairs)]
+    model = ml_collections.ConfigDict(dict(config.model.to_dict(), split=cc.split))
+    head = (("head/.*", 1.0),)   # a compat network's task head: everything after the split
+    main, _ = study.variants(cc)
+    pairs = len(main) + len(study.incremental_variants(cc, setting_name(bool(cc.dcc), bool(cc.rp), bool(cc.iiw))))
+    out = []
+    if study.uses_pretraining(cc):  # one network on pretrain_data whose extractor starts both networks
+        out.append(_phase(config, f"pretrained-IIW extractor on {cc.pretrain_data}", model=model,
+                          data=cc.pretrain_data, steps=int(cc.pretrain_steps)))
+    out.append(_phase(config, f"network pairs a, b ({pairs} pairs)", model=model, data=d.task_a, repeats=2 * pairs))
+    applications = cc.get("applications") or ()
+    if "fast_transfer" in applications:
+        # every start (each RP-only pair's recombination and the re-initialised head) x every rate, for
+        # transfer_epochs epochs over b's fit split (remainders dropped, as transfer_head does)
+        fit = train_size(d.task_b, d.get("max_train"))
+        fit -= math.ceil(fit * float(d.val_fraction))
+        starts = len(cc.fast_transfer_settings) + 1
+        out.append(_phase(config, f"fast transfer ({starts} starts x {len(cc.transfer_lrs)} rates)", model=model,
+                          data=d.task_b, steps=int(cc.transfer_epochs) * (fit // min(config.batch_size, fit)),
+                          rules=None if cc.transfer_train == "all" else head,
+                          repeats=starts * len(cc.transfer_lrs)))
+    if "cross_arch" in applications:
+        settings = len(dict.fromkeys(("independent", cc.cross_arch_setting)))
+        steps, head_steps = apps.cross_arch_steps(cc, config.num_steps)
+        # both extractors (b's at its own split) end in the adapter in front of heads of a's architecture
+        adapted = [ml_collections.ConfigDict(dict(m.to_dict(), head_model=model.to_dict(),
+                                                  adapter_width=int(cc.adapter_width)))
+                   for m in (model, cc.cross_arch_model)]
+        old = int(cc.cross_arch_old_classes)
+        for tag, m in zip(("a", f"b ({cc.cross_arch_model.name})"), adapted):
+            out.append(_phase(config, f"cross-arch network {tag}, old classes", model=m, data=d.task_a,
+                              num_classes=old, steps=steps, repeats=settings))
+            out.append(_phase(config, f"cross-arch new head on frozen {tag}", model=m, data=d.task_a,
+                              steps=head_steps, rules=head, repeats=settings))
+    return out
 
 
 def _templates(config) -> list[Phase]:
@@ -115,9 +168,21 @@ def _templates(config) -> list[Phase]:
     transfers = {"transfer": len(config.get("transfer_inits") or []),
                  "multitask": len(config.get("transfer_inits") or []) if config.get("multitask_transfer") else 0,
                  "adapt": len(config.get("adapt_methods") or [])}.get(config.mode, 0)
+    m3sda = config.mode == "adapt" and "m3sda" in (config.get("adapt_methods") or [])
+    if config.mode == "adapt":  # M3SDA counted below; + the supervised upper bound (labels, xi only)
+        transfers += 1 - int(m3sda)
     if transfers:
         out.append(_phase(config, "mixture weights on the target", model=model, data=config.tasks[0],
                           steps=config.transfer_steps, rules=_rules("mixture"), repeats=transfers))
+    if m3sda:
+        # each iteration: step A (classifiers and xi), B (classifiers only), C x generator_steps (xi only)
+        from modular.methods.templates.discrepancy import M3SDA
+        settings = M3SDA(**config.get("m3sda", {}))
+        iterations, n = settings.iterations(config.transfer_steps), int(settings.generator_steps)
+        out.append(_phase(config, f"M3SDA steps A + {n} x C (xi)", model=model, data=config.tasks[0],
+                          steps=iterations * (1 + n), rules=_rules("mixture")))
+        out.append(_phase(config, "M3SDA step B (classifiers)", model=model, data=config.tasks[0],
+                          steps=iterations, rules=_rules("last_layer")))
     return out
 
 
@@ -169,8 +234,11 @@ PHASES: dict[str, Callable] = dict(pretrain=_pretrain, patches=_patches, compat=
 UNCOUNTED = {
     "pretrain": "evaluation passes",
     "patches": "evaluation passes; multi-task serving",
-    "compat": "the DCC and rotation heads' extra work; fast-transfer epochs; evaluation",
-    "templates": "evaluation; per-task mixing of the template bank (the trunk is counted at the summed batch)",
+    "compat": "the DCC and rotation heads' extra work; incremental pairs "
+              "counted at num_steps (they run the step count chosen on validation, at most that); evaluation",
+    "templates": "evaluation; per-task mixing of the template bank (the trunk is counted at the summed batch); "
+                 "adapt mode: the frozen source's forward passes, M3SDA's second classifier, the BN-statistics "
+                 "control and the plain-net baseline",
     "head2toe": "feature extraction and the linear heads' grid on cached features; evaluation",
     "tour": "Head2Toe heads on cached features; evaluation; serving",
     "adapt": "evaluation; Head2Toe heads on cached features (method head2toe has no network step)",
