@@ -72,6 +72,6 @@ def test_schedules():
     s = optim.schedule(cfg, 100)
     assert float(s(0)) == 0.0 and abs(float(s(10)) - 1.0) < 1e-6 and float(s(100)) < 1e-6
     with pytest.raises(ValueError, match="Unknown learning-rate schedule"):
-        optim.schedule(common.optim_config(schedule="step"), 10)
+        optim.schedule(common.optim_config(schedule="exponential"), 10)
     with pytest.raises(ValueError, match="Unknown optimizer"):
         optim.build(common.optim_config(name="lion"), tree(), 10)
