@@ -1,17 +1,16 @@
 """Every `configs/NAME.py:full` runs end to end on tensorflow-datasets' mock data, offline.
 
 The models are the configs' own (paper-sized widths, depths and image sizes); only what sets the run's
-length is cut: two steps, small batches, tiny evaluation sets and grids, one seed. So the path a user
-takes on an accelerator cannot silently break. `tfds.testing.mock_data` fakes each dataset from its
-builder's feature spec (random images and labels, no files, no network).
-
-Pretraining, adapt and the datasets run in every suite. The method configs (patches, compat, templates,
-Head2Toe, the tour) compile tens of paper-sized programs each, minutes of CPU apiece (the patches run:
-over 3 CPU minutes on 2 cores), more than the suite's budget: they run with MODULAR_TEST_FULL_CONFIGS=1.
+length is cut: two steps, small batches, tiny data (every loaded set capped at CAP_TRAIN / CAP_TEST
+examples, offline sets included) and grids, one seed. So the path a user takes on an accelerator cannot
+silently break. `tfds.testing.mock_data` fakes each dataset from its builder's feature spec (random images
+and labels, no files, no network). Most of the time goes to compiling the paper-sized train steps (tens of
+seconds each on CPU), so every run here is one test that pytest-xdist can place on its own worker.
 """
+import dataclasses
 import importlib
-import os
 
+import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
@@ -19,6 +18,23 @@ from experiments import project, run as runner
 from modular import data
 
 MOCK_EXAMPLES = 24
+CAP_TRAIN, CAP_TEST = 64, 32
+
+
+@pytest.fixture(autouse=True)
+def small_data(monkeypatch):
+    """Every `data.load` in these runs returns at most CAP_TRAIN / CAP_TEST examples: evaluating a paper-sized
+    model on an offline set's full test split (templates' :full reads mnist5k) costs minutes on CPU."""
+    original = data.load
+
+    def capped(*args, **kwargs):
+        ds = original(*args, **kwargs)
+        keep_train = np.random.default_rng(0).permutation(len(ds.train_labels))[:CAP_TRAIN]
+        keep_test = np.random.default_rng(1).permutation(len(ds.test_labels))[:CAP_TEST]
+        return dataclasses.replace(ds, train_images=ds.train_images[keep_train], train_labels=ds.train_labels[keep_train],
+                                   test_images=ds.test_images[keep_test], test_labels=ds.test_labels[keep_test])
+
+    monkeypatch.setattr(data, "load", capped)
 
 
 def full_config(name):
@@ -39,7 +55,8 @@ def tiny(name):
     shrink(c.optim, warmup_steps=0)
     if name == "compat":
         shrink(c.compat, sweep=False, compare_schedules=False, settings=("IIW+RP+DCC",), upper_bound=False,
-               harder_rp="", same_data=(), incremental_orders=(), eval_points=1, transfer_epochs=1)
+               harder_rp="", same_data=(), incremental_orders=(), eval_points=1, transfer_epochs=1,
+               fast_transfer_settings=("IIW+RP",), transfer_lrs=(1e-2,))
     if name == "templates":
         shrink(c, transfer_steps=2, interp_score_examples=16, interp_tune_steps=2)
         c.tasks = list(c.tasks)[:2]
@@ -118,8 +135,6 @@ def test_adapt_full(pretrained, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("MODULAR_TEST_FULL_CONFIGS") != "1",
-                    reason="minutes of CPU each; set MODULAR_TEST_FULL_CONFIGS=1")
 @pytest.mark.parametrize("name", ["patches", "compat", "templates", "head2toe", "tour"])
 def test_full_config_runs(name, tmp_path):
     with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
