@@ -7,7 +7,6 @@ import numpy as np
 
 from modular import reporting
 from modular.methods.compat.recombine import PAPER_FIG2
-from modular.methods.compat.schedule import SCHEDULES
 
 TABLE_COLUMNS = ("setting", "paper", "ours", "a_to_b", "b_to_a", "train_stats", "own")
 
@@ -56,19 +55,6 @@ def plots(workdir: str, rows: list[dict], matrices: dict, names: tuple[str, str]
         ax.set_title(setting, fontsize=8)
     paths.append(reporting.save_figure(fig, reporting.figure_path(workdir, "recombination_matrix.png")))
     return paths
-
-
-def _summary_row(first: dict, metrics: dict) -> dict:
-    return dict(first, recombination=100 * metrics["recombination_accuracy"],
-                a_to_b=100 * metrics["recombination_a_ext_b_head"], b_to_a=100 * metrics["recombination_b_ext_a_head"],
-                train_stats=100 * metrics["recombination_accuracy_train_stats"], own=100 * metrics["own_accuracy"])
-
-
-def schedules_table(sched: dict) -> str:
-    """`apps.compare_schedules`' result as a table."""
-    rows = [_summary_row(dict(schedule=k), v) for k, v in sched.items() if k in SCHEDULES]
-    return reporting.format_table(rows, ["schedule", "recombination", "a_to_b", "b_to_a", "train_stats", "own"],
-                                  title=f"Joint vs incremental training, {sched['setting']} (%, BN batch statistics)")
 
 
 def applications_tables(apps: dict) -> dict:
