@@ -1,6 +1,6 @@
 """Compositional models: isometric networks whose blocks mix K shared templates (Zhmoginov et al.).
 
-  python -m experiments.run --config=configs/templates.py --workdir=/tmp/templates          # CPU, 5 seeds, ~5 CPU-min
+  python -m experiments.run --config=configs/templates.py --workdir=/tmp/templates          # CPU, 5 seeds, ~17 CPU-min
   python -m experiments.run --config=configs/templates.py:smoke --workdir=/tmp/t_smoke      # seconds
   python -m experiments.run --config=configs/templates.py --workdir=/tmp/t_sig --config.mode=signatures
 
@@ -23,6 +23,7 @@ def get_config(arg: str = ""):
     config.adapt_target = "mnist5k/shot_noise"
     config.transfer_inits = ["source", "random", "bn_logits", "accuracy_interp", "learned_interp"]
     config.multitask_transfer = True     # multitask mode also runs the transfer table from its regularised sources
+    config.multitask_adapt = True        # ... and the adaptation table of mode 'adapt' (its own source pretraining)
     # self-organisation claims: mean one-hotness above this, each task's accuracy within this of the
     # unregularised run (paired over seeds)
     config.one_hot_threshold = 0.7
@@ -64,7 +65,7 @@ def get_config(arg: str = ""):
         config.transfer_inits = ["source", "random"]
         config.interp_score_examples = 200
         config.interp_tune_steps = 10
-        config.adapt_methods = ["moment_matching", "adversarial", "m3sda"]
+        config.adapt_methods = ["m3sda"]  # the smoke's adaptation table: one method (the others are unit-tested)
         config.adapt_bn_stats_baseline = False
         config.adversarial.hidden = 16
         config.batch_size = 32
@@ -75,4 +76,5 @@ def get_config(arg: str = ""):
         config.batch_size = 128
         config.num_steps = 20_000
         config.transfer_steps = 5_000
+        config.multitask_adapt = False   # paper-scale adaptation is a run of its own: --config.mode=adapt
     return config

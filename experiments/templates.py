@@ -55,7 +55,8 @@ def run_single(config, recipe, workdir):
 
 def run_multitask(config, recipe, workdir):
     """Over config.seeds: the tasks with and without the regulariser, claims from intervals, then (if
-    config.multitask_transfer) the transfer table from each seed's regularised sources."""
+    config.multitask_transfer) the transfer table from each seed's regularised sources and (if
+    config.multitask_adapt) the domain-adaptation table of mode 'adapt'."""
     datasets = [_load(config, n) for n in config.tasks]
     runs = study.multitask_seeds(config.model, recipe, datasets, protocol.seeds(config), log=_log)
     records = [r.record() for r in runs]
@@ -85,8 +86,13 @@ def run_multitask(config, recipe, workdir):
         results["transfer"] = dict(per_seed=[study.transfer_record(o) for o in outcomes],
                                    accuracy=protocol.to_dicts(protocol.aggregate(per_seed), 100))
     tables["templates_claims"] = protocol.claims_table(claims)
+    if config.get("multitask_adapt") and config.adapt_methods:
+        adapted, adapt_tables, adapt_claims = _adaptation(config, recipe)
+        results["adapt"] = _adaptation_record(adapted)
+        tables.update(adapt_tables)
+        claims = claims + adapt_claims
     results.update(claims=claims, readme_tables=tables, text="\n\n".join(v for k, v in tables.items()
-                                                                         if k != "templates_claims"))
+                                                                         if not k.endswith("claims")))
     return results
 
 
@@ -123,6 +129,14 @@ def run_transfer(config, recipe, workdir):
 def run_adapt(config, recipe, workdir):
     """Over config.seeds: sources pretrained jointly, the best one (on the target's validation split) adapted
     without labels; before/after rows and claims from intervals."""
+    per_seed, tables, claims = _adaptation(config, recipe)
+    results = report.results(per_seed[0], workdir, "adapt")
+    results.update(_adaptation_record(per_seed), claims=claims, text=tables["templates_adapt"], readme_tables=tables)
+    return results
+
+
+def _adaptation(config, recipe):
+    """(per-seed outcomes, {readme name: table}, claims) of the adaptation comparison over config.seeds."""
     sources, target = [_load(config, n) for n in config.tasks], _load(config, config.adapt_target)
     per_seed = []
     for seed in protocol.seeds(config):
@@ -134,18 +148,19 @@ def run_adapt(config, recipe, workdir):
                                        val_fraction=config.data.val_fraction, score_examples=config.interp_score_examples,
                                        m3sda=T.M3SDA(**config.m3sda))
         per_seed.append(outcome)
-    results = report.results(per_seed[0], workdir, "adapt")
     rows = [r["before_after"] for r in (o.extra for o in per_seed)]
     title = (f"templates/adapt: {len(sources)} sources -> {target.name}, target test accuracy (%) before/after "
              f"tuning ({config.transfer_steps} steps each), mean ± SE over {len(per_seed)} seed(s)")
-    table = report.before_after_seeds_table(rows, PAPER_ROWS["adapt"], title)
-    accuracy = [o.accuracy for o in per_seed]
-    results.update(per_seed=[dict(accuracy=o.accuracy, source=o.extra["source"], before_after=o.extra["before_after"],
-                                  validation_scores=o.extra["validation_scores"]) for o in per_seed],
-                   accuracy=protocol.means(protocol.aggregate(accuracy)),
-                   claims=study.adaptation_claims(accuracy), text=table)
-    results["readme_tables"] = dict(templates_adapt=table, templates_adapt_claims=protocol.claims_table(results["claims"]))
-    return results
+    claims = study.adaptation_claims([o.accuracy for o in per_seed])
+    tables = dict(templates_adapt=report.before_after_seeds_table(rows, PAPER_ROWS["adapt"], title),
+                  templates_adapt_claims=protocol.claims_table(claims))
+    return per_seed, tables, claims
+
+
+def _adaptation_record(per_seed) -> dict:
+    return dict(per_seed=[dict(accuracy=o.accuracy, source=o.extra["source"], before_after=o.extra["before_after"],
+                               validation_scores=o.extra["validation_scores"]) for o in per_seed],
+                accuracy=protocol.means(protocol.aggregate([o.accuracy for o in per_seed])))
 
 
 MODES = dict(single=run_single, signatures=run_signatures, multitask=run_multitask, transfer=run_transfer,

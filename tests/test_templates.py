@@ -166,7 +166,9 @@ def test_smoke_multitask_end_to_end(tmp_path):
     claims = {c["claim"] for c in results["claims"]}
     assert any("one-hot" in c for c in claims) and any("Table 2" in c for c in claims)
     assert all(c["verdict"] == "inconclusive" for c in results["claims"])
-    assert {"templates", "templates_layers", "templates_signatures", "templates_transfer"} <= set(results["readme_tables"])
+    assert {"templates", "templates_layers", "templates_signatures", "templates_transfer", "templates_adapt",
+            "templates_adapt_claims"} <= set(results["readme_tables"])
+    assert any("Adaptation (Table 3)" in c for c in claims) and len(results["adapt"]["per_seed"]) == 1
     assert len(results["per_seed"]) == config.seeds == 1
     assert set(results["per_seed"][0]) == {"seed", "regularised", "unregularised"}
     assert set(results["transfer"]["accuracy"]) == set(config.transfer_inits)
