@@ -23,6 +23,7 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:   # set once, by the process t
 
 def pytest_xdist_auto_num_workers(config):
     """`-n auto` (pytest.ini): one worker per core, at most 4. Most tests are single-threaded XLA compiles, so
-    two workers on CI's two cores nearly halve the wall time; more than 4 buys little (the largest files set the
-    tail) and costs a TensorFlow+JAX import and ~2 GB each."""
+    two workers on CI's two cores nearly halve the wall time; more than 4 buys little (the largest files set
+    the tail) and costs a TensorFlow+JAX import and ~2 GB each. pytest.ini's --dist loadscope keeps each file's
+    (or class's) tests on one worker, so module fixtures (trained backbones, reference runs) are built once."""
     return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))

@@ -5,7 +5,7 @@ length is cut: two steps, small batches, tiny data (every loaded set capped at C
 examples, offline sets included) and grids, one seed. So the path a user takes on an accelerator cannot
 silently break. `tfds.testing.mock_data` fakes each dataset from its builder's feature spec (random images
 and labels, no files, no network). Most of the time goes to compiling the paper-sized train steps (tens of
-seconds each on CPU), so every run here is one test that pytest-xdist can place on its own worker.
+seconds each on CPU), so every method run here is a class of its own that pytest-xdist places on a free worker.
 """
 import dataclasses
 import importlib
@@ -61,7 +61,8 @@ def tiny(name):
                harder_rp="", same_data=(), incremental_orders=(), eval_points=1, transfer_epochs=1,
                fast_transfer_settings=("IIW+RP",), transfer_lrs=(1e-2,))
     if name == "templates":
-        shrink(c, transfer_steps=2, interp_score_examples=16, interp_tune_steps=2)
+        shrink(c, transfer_steps=2, interp_score_examples=16, interp_tune_steps=2,
+               transfer_inits=["source", "accuracy_interp"])   # each init compiles a paper-sized step
         c.tasks = list(c.tasks)[:2]
     if name == "patches":
         shrink(c.transfer, num_steps=2, batch_size=8, lrs=[1e-2], modes=["sb_last", "dw_last"])
@@ -136,9 +137,39 @@ def test_adapt_full(pretrained, tmp_path):
     assert 0.0 <= results["accuracy"] <= 1.0
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", ["patches", "compat", "templates", "head2toe", "tour"])
-def test_full_config_runs(name, tmp_path):
+def run_method(name, workdir):
     with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
-        results = runner.run(tiny(name), str(tmp_path))
+        results = runner.run(tiny(name), str(workdir))
     assert results and "attempts" in results
+
+
+# One class per method run: pytest-xdist (--dist loadscope, pytest.ini) hands each class to a free worker, so the
+# five runs (1.5-3.5 CPU-minutes each) spread over the cores instead of queueing behind one another.
+@pytest.mark.slow
+class TestPatchesFull:
+    def test_runs(self, tmp_path):
+        run_method("patches", tmp_path)
+
+
+@pytest.mark.slow
+class TestCompatFull:
+    def test_runs(self, tmp_path):
+        run_method("compat", tmp_path)
+
+
+@pytest.mark.slow
+class TestTemplatesFull:
+    def test_runs(self, tmp_path):
+        run_method("templates", tmp_path)
+
+
+@pytest.mark.slow
+class TestHead2ToeFull:
+    def test_runs(self, tmp_path):
+        run_method("head2toe", tmp_path)
+
+
+@pytest.mark.slow
+class TestTourFull:
+    def test_runs(self, tmp_path):
+        run_method("tour", tmp_path)
