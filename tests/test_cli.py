@@ -8,29 +8,7 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def env(**extra):
-    e = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
-    e.pop("XLA_FLAGS", None)
-    e.update(extra)
-    return e
-
-
-def cli(workdir, *overrides, config="configs/pretrain.py:smoke", **extra_env):
-    return [sys.executable, "-m", "experiments.run", f"--config={config}", f"--workdir={workdir}", *overrides]
-
-
-def run_cli(workdir, *overrides, config="configs/pretrain.py:smoke", timeout=600, **extra_env):
-    proc = subprocess.run(cli(workdir, *overrides, config=config), cwd=ROOT, env=env(**extra_env),
-                          capture_output=True, text=True, timeout=timeout)
-    return proc
-
-
-def results(workdir):
-    with open(os.path.join(workdir, "results.json")) as f:
-        return json.load(f)
+from cli_helpers import ROOT, cli, env, results, run_cli
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 from configs import common
 from modular import checkpoint, params as P, train
 from modular import workdir as wd
-from tests.test_cli import ROOT, cli, env, results, run_cli
+from cli_helpers import ROOT, cli, env, results, run_cli
 
 
 def one_sentence(proc, *needles, code=1):
