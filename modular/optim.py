@@ -81,9 +81,46 @@ def _base(cfg: ml_collections.ConfigDict, lr: optax.Schedule) -> optax.GradientT
 
 
 def lr_labels(params: Mapping, cfg: ml_collections.ConfigDict) -> dict:
-    """A tree of labels: FROZEN for multiplier 0, else the multiplier as a string key."""
-    mults = P.label_tree(params, [tuple(r) for r in cfg.get("lr_mults", [])], float(cfg.get("default_mult", 1.0)))
+    """A tree of labels: FROZEN for multiplier 0, else the multiplier as a string key.
+
+    Every rule must match at least one parameter (one sentence naming the rule and what it may have meant)."""
+    rules = [tuple(r) for r in cfg.get("lr_mults", [])]
+    P.check_rules_match(params, rules, what="learning-rate rule (optim.lr_mults)")
+    mults = P.label_tree(params, rules, float(cfg.get("default_mult", 1.0)))
     return jax.tree.map(lambda m: FROZEN if float(m) == 0.0 else f"x{float(m):g}", mults)
+
+
+def stats_update_mask(params: Mapping, model_state: Any, cfg: ml_collections.ConfigDict) -> Any:
+    """For each leaf of `model_state` (BatchNorm statistics), True when it may update: when some parameter
+    of the module that owns it trains. A frozen subtree's statistics are frozen with it.
+
+    A statistic's module is its path without the collection name ('batch_stats', when params has no such
+    key) and without the leaf name; the nearest enclosing node of `params` decides. A statistic whose module
+    owns no parameter at all follows the rules matched on its own path."""
+    labels = P.flatten(lr_labels(params, cfg))
+    trains = {p: lab != FROZEN for p, lab in labels.items()}
+    top = {p.split("/")[0] for p in trains}
+    rules, default = [tuple(r) for r in cfg.get("lr_mults", [])], float(cfg.get("default_mult", 1.0))
+
+    def updates(key_path, _):
+        parts = P.keypath_str(key_path).split("/")
+        if len(parts) > 1 and parts[0] not in top:
+            parts = parts[1:]
+        module = parts[:-1]
+        for depth in range(len(module), 0, -1):
+            prefix = "/".join(module[:depth]) + "/"
+            under = [t for p, t in trains.items() if p.startswith(prefix)]
+            if under:
+                return any(under)
+        return float(P.match_rules("/".join(parts), rules, default)) != 0.0
+
+    return jax.tree_util.tree_map_with_path(updates, model_state)
+
+
+def stats_table(model_state: Any, update_mask: Any, title: str = "") -> str:
+    """The printed table of which model-state leaves (BatchNorm statistics) update and which stay frozen."""
+    labels = jax.tree.map(lambda u: "updates" if u else "frozen", update_mask)
+    return P.table(model_state, labels, title=title)
 
 
 def override(base: ml_collections.ConfigDict, **fields) -> ml_collections.ConfigDict:

@@ -7,6 +7,7 @@ Paths are `/`-joined key strings (`extractor/stage1/block0/conv1/kernel`); rules
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
 import re
 from typing import Any, Iterable, Mapping, Sequence
@@ -61,6 +62,27 @@ def check_rules(rules: Rules) -> None:
             re.compile(pattern)
         except re.error as e:
             raise ValueError(f"Parameter rule {pattern!r} is not a valid regular expression ({e}).") from None
+
+
+def keypath_str(key_path) -> str:
+    """A `jax.tree_util` key path as this module's `/`-joined path string."""
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in key_path)
+
+
+def check_rules_match(tree: Mapping, rules: Rules, *, what: str = "rule") -> None:
+    """Every rule must fully match at least one path of `tree`: a rule that matches nothing (a typo, a
+    leading '/', Flax-style paths) would otherwise silently leave its subtree to the default (often: frozen)."""
+    check_rules(rules)
+    all_paths = paths(tree)
+    for pattern, _ in rules:
+        if any(re.fullmatch(pattern, p) for p in all_paths):
+            continue
+        prefixes = sorted({"/".join(p.split("/")[:depth]) + "/.*" for p in all_paths for depth in (1, 2)
+                           if len(p.split("/")) > depth})
+        near = difflib.get_close_matches(pattern.lstrip("/"), prefixes, n=3, cutoff=0.0) or prefixes[:3]
+        why = " (paths have no leading '/')" if pattern.startswith("/") else ""
+        raise ValueError(f"The {what} {pattern!r} matches no parameter{why}; did you mean "
+                         f"{' or '.join(repr(n) for n in near)}?")
 
 
 def label_tree(tree: Mapping, rules: Rules, default: Any = None) -> dict:
@@ -144,8 +166,53 @@ def replace_subtree(tree: Mapping, prefix: str, subtree: Mapping, *, check: bool
 
 
 def swap(receiver: Mapping, donor: Mapping, prefix: str) -> dict:
-    """`receiver` with its `prefix` subtree taken from `donor` (e.g. head of B onto extractor of A)."""
+    """`receiver` with its `prefix` subtree taken from `donor` (e.g. head of B onto extractor of A).
+
+    For parameter trees. A model's whole variables (parameters and BatchNorm statistics) swap together
+    with `swap_variables`: swapping only the parameters leaves the extractor with the other's statistics."""
     return replace_subtree(receiver, prefix, get_subtree(donor, prefix))
+
+
+def get_variables(variables: Mapping, prefix: str) -> dict:
+    """{collection: subtree at `prefix`} over a model's variables ({'params': ..., 'batch_stats': ...}):
+    everything the `prefix` module owns, parameters and statistics, e.g. to export an extractor whole."""
+    parts = {name: get_subtree(tree, prefix) for name, tree in _unfreeze(variables).items()
+             if isinstance(tree, Mapping) and _has_subtree(tree, prefix)}
+    if not parts:
+        raise KeyError(f"No collection of these variables ({', '.join(map(repr, variables))}) has a subtree at "
+                       f"'{prefix}'.")
+    return parts
+
+
+def replace_variables(variables: Mapping, prefix: str, parts: Mapping) -> dict:
+    """`variables` with the `prefix` subtree of every collection replaced from `parts` ({collection: subtree}).
+
+    The collections must agree: a collection that has `prefix` in `variables` but not in `parts` (e.g.
+    parameters without their BatchNorm statistics) is an error, so an extractor never runs on another's
+    statistics by omission. Structure, shapes and dtypes are checked as in `replace_subtree`."""
+    have = {name for name, tree in _unfreeze(variables).items()
+            if isinstance(tree, Mapping) and _has_subtree(tree, prefix)}
+    if set(parts) != have:
+        raise SubtreeMismatchError(
+            f"The subtree at '{prefix}' lives in collections {sorted(have)}, but {sorted(parts)} were given: "
+            f"replace them together (get_variables(donor, '{prefix}') gives them all).")
+    new = dict(_unfreeze(variables))
+    for name, subtree in parts.items():
+        new[name] = replace_subtree(new[name], prefix, subtree)
+    return new
+
+
+def swap_variables(receiver: Mapping, donor: Mapping, prefix: str) -> dict:
+    """`receiver`'s variables with the `prefix` module (parameters and statistics) taken from `donor`."""
+    return replace_variables(receiver, prefix, get_variables(donor, prefix))
+
+
+def _has_subtree(tree: Mapping, prefix: str) -> bool:
+    try:
+        get_subtree(tree, prefix)
+    except KeyError:
+        return False
+    return True
 
 
 def load_matching(dst: Mapping, src: Mapping, dont_load: Iterable[str] | str = (), *,

@@ -27,10 +27,11 @@ import optax
 
 import ml_collections
 
-from modular import checkpoint, optim, parallel, reporting
+from modular import checkpoint, loss_contract, optim, parallel, reporting
+from modular import params as P
 from modular.platform import xla_cpu
 
-# loss_fn(params, model_state, batch, rng) -> (loss, (new_model_state, metrics))
+# loss_fn(params, model_state, batch, rng) -> (loss, (new_model_state, metrics)); see modular/loss_contract.py
 LossFn = Callable[[Any, Any, Mapping[str, jax.Array], jax.Array], tuple[jax.Array, tuple[Any, dict]]]
 
 
@@ -74,17 +75,27 @@ class TrainState:
         return dict(step=self.step, params=self.params, model_state=self.model_state, opt_state=self.opt_state)
 
 
-def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, trainable: Any | None = None):
+def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, trainable: Any | None = None,
+                    stats_update: Any | None = None):
     """One optimizer step. Frozen leaves (trainable=False) are wrapped in stop_gradient, so XLA computes
-    no weight gradient for them, and the optimizer (built from the same rules) keeps no state for them."""
+    no weight gradient for them, and the optimizer (built from the same rules) keeps no state for them.
+    Model-state leaves whose `stats_update` is False (the statistics of frozen modules) keep their values.
+
+    The loss is checked against `loss_contract.SIGNATURE` when the step is traced: a wrong signature, return
+    value or a model state that changes structure is one sentence, not a run that recompiles every step."""
+    loss_contract.check_signature(loss_fn)
 
     def step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array):
         def objective(params):
             if trainable is not None:
                 params = jax.tree.map(lambda p, t: p if t else jax.lax.stop_gradient(p), params, trainable)
-            return loss_fn(params, state.model_state, batch, rng)
+            return loss_contract.check_output(loss_fn, loss_fn(params, state.model_state, batch, rng))
 
         (loss, (model_state, metrics)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+        model_state = loss_contract.same_structure_state(loss_fn, state.model_state, model_state)
+        if stats_update is not None:
+            model_state = jax.tree.map(lambda new, old, u: new if u else old, model_state, state.model_state,
+                                       stats_update)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
@@ -253,19 +264,21 @@ _COMPILED_STEPS: collections.OrderedDict = collections.OrderedDict()
 _MAX_COMPILED_STEPS = 32
 
 
-def _compiled_step(loss_fn: LossFn, cfg: ml_collections.ConfigDict, params: Any, num_steps: int):
-    """(tx, trainable mask, jitted step) for `cfg` on `params`' structure; the step is reused by any later
-    call with the same loss function object, optimizer config, steps and tree (jax then reuses its
-    executable for equal shapes). Loss factories memoise their results so equal arguments give one object."""
+def _compiled_step(loss_fn: LossFn, cfg: ml_collections.ConfigDict, params: Any, num_steps: int,
+                   model_state: Any = None, update_frozen_stats: bool = True):
+    """(tx, trainable mask, statistics mask, jitted step) for `cfg` on `params`' structure; the step is reused
+    by any later call with the same loss function object, optimizer config, steps and trees (jax then reuses
+    its executable for equal shapes). Loss factories memoise their results so equal arguments give one object."""
     shapes = tuple((np.shape(x), str(jnp.result_type(x))) for x in jax.tree.leaves(params))
     key = (loss_fn, json.dumps(cfg.to_dict(), sort_keys=True, default=str), int(num_steps),
-           jax.tree.structure(params), shapes)
+           jax.tree.structure(params), shapes, jax.tree.structure(model_state), bool(update_frozen_stats))
     if key in _COMPILED_STEPS:
         _COMPILED_STEPS.move_to_end(key)
         return _COMPILED_STEPS[key]
     tx = optim.build(cfg, params, num_steps)
     mask = optim.trainable_mask(params, cfg)
-    entry = (tx, mask, xla_cpu.jit(make_train_step(loss_fn, tx, mask), donate_argnums=(0,)))
+    stats = None if update_frozen_stats else optim.stats_update_mask(params, model_state, cfg)
+    entry = (tx, mask, stats, xla_cpu.jit(make_train_step(loss_fn, tx, mask, stats), donate_argnums=(0,)))
     _COMPILED_STEPS[key] = entry
     if len(_COMPILED_STEPS) > _MAX_COMPILED_STEPS:
         _COMPILED_STEPS.popitem(last=False)
@@ -277,12 +290,16 @@ def train_subtrees(params: Any, model_state: Any, *, loss_fn: LossFn, optim_cfg:
                    default_mult: float | None = None, seed: int = 0, name: str = "train",
                    workdir: str | None = None, checkpoint_every: int = 0, log_every: int = 50,
                    eval_fn: Callable[[TrainState], Mapping[str, float]] | None = None, eval_every: int = 0,
-                   show_table: bool = False, verbose: bool = True) -> Trained:
+                   show_table: bool = False, verbose: bool = True, update_frozen_stats: bool = False) -> Trained:
     """Train the subtrees of `params` that `rules` select, everything else frozen, and return host trees.
 
+    model_state: the model's variables without 'params' (`models.split_variables`), e.g. {'batch_stats': ...};
+    the loss must return it in the same structure (`loss_contract.SIGNATURE`).
     rules: ordered `[(regex, lr multiplier)]` over `/`-joined paths (0 freezes; unmatched paths get
-    `default_mult`); None keeps `optim_cfg.lr_mults`/`default_mult`. The same rules build the optimizer
-    (frozen subtrees keep no state) and the stop-gradient mask (no gradient is computed for them).
+    `default_mult`); None keeps `optim_cfg.lr_mults`/`default_mult`. Every rule must match a parameter. The
+    same rules build the optimizer (frozen subtrees keep no state), the stop-gradient mask (no gradient is
+    computed for them) and, unless `update_frozen_stats`, the statistics mask: a frozen module's BatchNorm
+    statistics stay as they are even when the loss runs BatchNorm in train mode. Training nothing is an error.
     """
     fields = {}
     if rules is not None:
@@ -290,9 +307,18 @@ def train_subtrees(params: Any, model_state: Any, *, loss_fn: LossFn, optim_cfg:
     if default_mult is not None:
         fields["default_mult"] = float(default_mult)
     cfg = optim.override(optim_cfg, **fields) if fields else optim_cfg
-    tx, mask, step_fn = _compiled_step(loss_fn, cfg, params, num_steps)
+    loss_contract.check_signature(loss_fn)
+    tx, mask, stats_mask, step_fn = _compiled_step(loss_fn, cfg, params, num_steps, model_state,
+                                                   update_frozen_stats)
+    if num_steps > 0 and not any(jax.tree.leaves(mask)):
+        raise ValueError(f"[{name}] no parameter trains: the rules {cfg.get('lr_mults', [])} with default "
+                         f"multiplier {cfg.get('default_mult', 1.0)} freeze all {len(P.paths(params))} parameters.")
     if show_table and verbose and jax.process_index() == 0:
         print(optim.trainable_table(params, cfg, title=f"[{name}] parameters"), flush=True)
+        if jax.tree.leaves(model_state):
+            shown = stats_mask if stats_mask is not None else jax.tree.map(lambda _: True, model_state)
+            print(optim.stats_table(model_state, shown, title=f"[{name}] model state (BatchNorm statistics)"),
+                  flush=True)
     result = fit(state=TrainState.create(params, model_state, tx), loss_fn=loss_fn, tx=tx, batch_fn=batch_fn,
                  num_steps=num_steps, seed=seed, trainable=mask, workdir=workdir, checkpoint_every=checkpoint_every,
                  log_every=log_every, eval_fn=eval_fn, eval_every=eval_every, name=name, verbose=verbose,

@@ -10,10 +10,10 @@ from modular.models.mobilenet import InvertedResidual, MobileNetV2
 from modular.models.registry import (build, build_extractor, build_head, default_config, known_names,
                                      unit_names)
 from modular.models.resnet import BasicBlock, Bottleneck, ImageNetResNet, PreActBlock, ResNet
-from modular.models.runtime import MODES, apply, init
+from modular.models.runtime import MODES, apply, init, split_variables
 from modular.models.split import SplitModel
 from modular.models.vit import ViT
 
 __all__ = ["build", "build_extractor", "build_head", "default_config", "known_names", "unit_names", "apply",
-           "init", "MODES", "SplitModel", "ResNet", "BasicBlock", "PreActBlock", "Bottleneck", "ImageNetResNet", "MobileNetV2",
+           "init", "split_variables", "MODES", "SplitModel", "ResNet", "BasicBlock", "PreActBlock", "Bottleneck", "ImageNetResNet", "MobileNetV2",
            "InvertedResidual", "ConvBN", "Stage", "ViT", "Isometric"]

@@ -32,6 +32,17 @@ def init(model: nn.Module, rng, input_shape: tuple) -> dict:
     return dict(fn(rng, x))
 
 
+def split_variables(variables) -> tuple:
+    """(params, model_state): a model's variables as the training loop takes them, the model state being
+    every collection but 'params' ({'batch_stats': ...}), so that `{'params': params, **model_state}` is the
+    variables again."""
+    if not hasattr(variables, "keys") or "params" not in variables:
+        keys = list(variables.keys()) if hasattr(variables, "keys") else type(variables).__name__
+        raise ValueError(f"split_variables takes a model's variables {{'params': ..., 'batch_stats': ...}}, got "
+                         f"keys {keys}.")
+    return variables["params"], {k: v for k, v in variables.items() if k != "params"}
+
+
 def apply(model: nn.Module, variables: dict, x, *, mode: str = "eval", rngs=None, method=None):
     """Run `model` (or its `method`) and return `(logits, out, new_model_state)`.
 
