@@ -15,6 +15,11 @@ def check_arg(arg: str) -> str:
     return arg
 
 
+def optional_int(value=None) -> ml_collections.FieldReference:
+    """An int key that may be None (e.g. max_train: None = all) and stays overridable from the command line."""
+    return ml_collections.FieldReference(value, field_type=int)
+
+
 def model_config(name: str = "resnet", **overrides) -> ml_collections.ConfigDict:
     # dtype: activations and matmuls (float32 | bfloat16); parameters, optimizer state, BN statistics and
     # logits stay float32. init: weights to start from (modular.pretrained: a torchvision .pth, a big_vision
@@ -50,7 +55,7 @@ def base_config(arg: str, *, experiment: str) -> ml_collections.ConfigDict:
     c.scale = arg or "cpu"
     c.seed = 0
     c.seeds = 3                  # headline numbers: mean +- standard error over this many seeds (or a list)
-    c.data = ml_collections.ConfigDict(dict(name="mnist5k", image_size=16, channels=1, max_train=None,
+    c.data = ml_collections.ConfigDict(dict(name="mnist5k", image_size=16, channels=1, max_train=optional_int(),
                                             val_fraction=0.2))   # choices are made on this much of train
     c.model = model_config()
     c.optim = optim_config()
@@ -59,6 +64,7 @@ def base_config(arg: str, *, experiment: str) -> ml_collections.ConfigDict:
     c.log_every = 100
     c.checkpoint_every = 200
     c.resume_changed = False     # True: continue a workdir's run with a changed config (changes go to results.json)
+    c.compilation_cache = ""     # compiled programs kept across runs: '' per-user folder, a folder, or 'off'
     c.divergence_factor = 100.0  # stop (before saving) when the loss exceeds this multiple of its median; 0: off
     if arg == "smoke":
         c.seeds = 1
@@ -70,7 +76,7 @@ def base_config(arg: str, *, experiment: str) -> ml_collections.ConfigDict:
         c.log_every = 20
         c.checkpoint_every = 20
     elif arg == "full":
-        c.data = ml_collections.ConfigDict(dict(name="tfds:cifar10", image_size=32, channels=3, max_train=None,
+        c.data = ml_collections.ConfigDict(dict(name="tfds:cifar10", image_size=32, channels=3, max_train=optional_int(),
                                                 val_fraction=0.1, **streaming_keys()))
         c.model = model_config(depth=20, width=16)
         c.optim = optim_config(name="momentum", lr=0.1, schedule="warmup_cosine", warmup_steps=500,

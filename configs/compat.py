@@ -73,7 +73,7 @@ def get_config(arg: str = ""):
         config.log_every = 10
     elif arg == "full":
         config.data = ml_collections.ConfigDict(dict(task_a="tfds:cifar10", task_b="tfds:stl10", image_size=32,
-                                                     channels=3, max_train=None))
+                                                     channels=3, max_train=common.optional_int()))
         config.model = common.model_config(depth=20, width=16, split="stage3")
         config.batch_size = 128
         config.num_steps = 20_000

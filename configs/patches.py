@@ -30,7 +30,7 @@ def get_config(arg: str = ""):
     # The multi-task and multi-resolution rows all train at one shared learning rate (an equal budget).
     config.multitask = ml_collections.ConfigDict(dict(
         enabled=True, tasks=["digits", "mnist5k/edges", "mnist5k/invert"], num_steps=150, batch_size=32,
-        max_train=1000, independent=True, sharings=["sb", "head", "head_bn_stats"], lr=3e-3))
+        max_train=common.optional_int(1000), independent=True, sharings=["sb", "head", "head_bn_stats"], lr=3e-3))
     config.multires = ml_collections.ConfigDict(dict(
         enabled=True, resolutions=[8, 12, 16], num_steps=150, batch_size=32, lr=3e-3, baselines=True,
         thresholds=[0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0]))

@@ -20,7 +20,7 @@ def get_config(arg: str = ""):
     config = common.base_config(arg, experiment="tour")
     config.data.targets = ["digits", "mnist5k/edges", "mnist5k/invert"]
     config.data.max_train_target = 1000          # VTAB-1k-like: a thousand labelled examples per target
-    config.data.max_test_target = None           # None: each target's whole test split
+    config.data.max_test_target = common.optional_int()   # None: each target's whole test split
     config.methods = list(METHODS)
     # model patches: linear = last layer, sb_patch = S/B + last layer, full_finetune = every weight
     config.adapt = ml_collections.ConfigDict(dict(num_steps=200, batch_size=64, lr=3e-3))
@@ -31,7 +31,7 @@ def get_config(arg: str = ""):
         target_size=256, fractions=[0.05, 0.2], coefs=[1e-3], lrs=[0.05], steps=200, folds=2))
     config.compat = ml_collections.ConfigDict(dict(
         task_a="mnist5k", task_b="digits", settings=["independent", "IIW+RP+DCC"], num_steps=200,
-        batch_size=32, max_train=1000))
+        batch_size=32, max_train=common.optional_int(1000)))
     config.serve = ml_collections.ConfigDict(dict(examples_per_task=64))
     if arg == "smoke":
         config.data.image_size = 8

@@ -8,12 +8,14 @@ One run per DIR at a time. Bad input ends with one sentence and exit code 1; Ctr
 """
 from __future__ import annotations
 
+import ast
 import contextlib
 import datetime
 import importlib
 import importlib.util
 import os
 import re
+import signal
 import sys
 import time
 import traceback
@@ -21,10 +23,37 @@ import traceback
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+
+
+class _ListParser(flags.ArgumentParser):
+    """Overrides of list-valued config keys (grids, target and task lists), which ml_collections' flags do not
+    support: `--config.KEY='[0.3, 0.1]'` or `'(0.3, 0.1)'` (Python literals), or `a,b,c` for a list of strings."""
+
+    def parse(self, argument):
+        if isinstance(argument, (list, tuple)):
+            return list(argument)
+        try:
+            value = ast.literal_eval(argument)
+        except (ValueError, SyntaxError):
+            value = [part.strip() for part in str(argument).split(",") if part.strip()]
+        return list(value) if isinstance(value, (list, tuple)) else [value]
+
+    def flag_type(self):
+        return "list"
+
+
+try:  # ml_collections keeps its parsers in a private table; without it, lists stay unsupported (their own error)
+    from ml_collections.config_flags import config_flags as _ml_config_flags
+    _ml_config_flags._FIELD_TYPE_TO_PARSER.setdefault(list, _ListParser())
+except (ImportError, AttributeError):
+    pass
+
 EXPERIMENTS = ("pretrain", "compat", "templates", "patches", "head2toe", "tour", "adapt")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/NAME.py[:ARG] file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for results, checkpoints and TensorBoard events.")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Check the config file and every override, print the resolved "
+                             "config and exit without touching the workdir.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -103,6 +132,17 @@ def _check_overrides(config_arg: str, argv: list[str]) -> None:
             if not hasattr(node, "keys") or part not in node.keys():
                 raise ValueError(f"Unknown config key {m.group(1)!r} in {arg}; the config has no {part!r} there.")
             node = node[part]
+        if isinstance(node, list) and "=" in arg:
+            _check_list_override(m.group(1), node, _ListParser().parse(arg.split("=", 1)[1]))
+
+
+def _check_list_override(key: str, default: list, value: list) -> None:
+    """A list override keeps the kind of its elements: numbers for a grid of numbers, strings for names."""
+    def kind(v):
+        return "number" if isinstance(v, (int, float)) and not isinstance(v, bool) else type(v).__name__
+    kinds = {kind(v) for v in default}
+    if len(kinds) == 1 and value and any(kind(v) not in kinds for v in value):
+        raise ValueError(f"--config.{key} must be a list of {kinds.pop()}s like {default!r}, got {value!r}.")
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -131,14 +171,22 @@ def _exit_with(message: str, code: int) -> None:
 
 
 def main(argv) -> None:
+    if len(argv) > 1:
+        _exit_with(f"unexpected arguments: {' '.join(argv[1:])}.", 1)
+    if _DRY_RUN.value:
+        print(_CONFIG.value, flush=True)
+        print(f"dry run: the config and its overrides are valid; nothing was written to {_WORKDIR.value}.", flush=True)
+        return
     from modular import platform, train
     platform.tune_cpu()  # before anything starts JAX; MODULAR_CPU_TUNING=off turns it off
     train.stop_between_steps_on_sigint()
     logging.set_verbosity(logging.WARNING)  # orbax/clu INFO logs drown the progress lines we print
-    if len(argv) > 1:
-        _exit_with(f"unexpected arguments: {' '.join(argv[1:])}.", 1)
+    from modular import compilation_cache
+    compilation_cache.enable(_CONFIG.value.get("compilation_cache", ""))  # before the first compilation
     try:
         run(_CONFIG.value, _WORKDIR.value)
+        if train.interrupt_pending():   # a Ctrl-C that a library caught: the run still ends as interrupted
+            raise KeyboardInterrupt
     except KeyboardInterrupt:
         from modular import workdir as wd
         last = wd.latest_checkpoint(os.path.abspath(_WORKDIR.value)) if os.path.isdir(_WORKDIR.value) else None
@@ -151,6 +199,12 @@ def main(argv) -> None:
         _exit_with(str(msg), 1)
 
 
+def _interrupted_while_starting(signum, frame) -> None:
+    _exit_with("interrupted while starting; nothing was run or written.", 130)
+
+
 if __name__ == "__main__":
+    # Before the heavy imports (JAX, TensorFlow): Ctrl-C while starting is one line, never a traceback.
+    signal.signal(signal.SIGINT, _interrupted_while_starting)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     app.run(main, flags_parser=_parse_flags)

@@ -45,6 +45,7 @@ class NonFiniteLossError(FloatingPointError):
 DIVERGENCE_FACTOR = [100.0]
 HISTORY_FILE = "history.json"
 _STOP = threading.Event()
+_PENDING_INTERRUPT = threading.Event()
 _IN_LOOP = [False]
 
 
@@ -56,8 +57,14 @@ def stop_between_steps_on_sigint() -> None:
         if _IN_LOOP[0] and not _STOP.is_set():
             _STOP.set()
             return
+        _PENDING_INTERRUPT.set()   # sticky: a library that swallows the KeyboardInterrupt cannot lose it
         raise KeyboardInterrupt
     signal.signal(signal.SIGINT, handler)
+
+
+def interrupt_pending() -> bool:
+    """True once Ctrl-C arrived outside a step loop (even if the KeyboardInterrupt was caught and dropped)."""
+    return _PENDING_INTERRUPT.is_set()
 
 
 @flax.struct.dataclass
@@ -158,6 +165,8 @@ def fit(*, state: TrainState, loss_fn: LossFn, tx: optax.GradientTransformation,
     t0 = time.time()
     last_t, last_step = t0, start
     _STOP.clear()
+    if _PENDING_INTERRUPT.is_set():
+        raise KeyboardInterrupt("interrupted before training started")
     _IN_LOOP[0] = True
     try:
         for step in range(start, num_steps):

@@ -25,7 +25,7 @@ from modular import reporting
 
 LOCK_FILE = ".lock"
 # Keys that do not change what a run computes: a resume may change them freely.
-IGNORED_ON_RESUME = ("resume_changed", "log_every", "verbose")
+IGNORED_ON_RESUME = ("resume_changed", "log_every", "verbose", "compilation_cache")
 
 
 class WorkdirError(RuntimeError):
