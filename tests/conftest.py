@@ -27,3 +27,26 @@ def pytest_xdist_auto_num_workers(config):
     the tail) and costs a TensorFlow+JAX import and ~2 GB each. pytest.ini's --dist loadscope keeps each file's
     (or class's) tests on one worker, so module fixtures (trained backbones, reference runs) are built once."""
     return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
+# Tiers (pytest.ini's markers). `pytest -q` runs them all; `-m unit` is the minute-long loop while working.
+# A test's own `unit`/`e2e`/`full` marker wins; otherwise its file decides: the paper-sized `:full` configs are
+# `full`, the files below run experiments end to end (subprocesses, trained backbones, whole studies) and are
+# `e2e`, and everything else is `unit`.
+TIERS = ("unit", "e2e", "full")
+FULL_FILES = {"test_full_configs.py"}
+E2E_FILES = {"test_cli.py", "test_workdir.py", "test_tour.py", "test_adapt.py", "test_docs.py", "test_interrupts.py",
+             "test_compat_study.py", "test_lowering.py", "test_convert.py", "test_streaming.py",
+             "test_head2toe_protocol.py", "test_templates_adaptation.py", "test_templates_selforg.py",
+             "test_patches.py", "test_templates.py", "test_compat.py", "test_head2toe.py", "test_projection.py",
+             "test_dtype.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    import pytest
+    for item in items:
+        if any(item.get_closest_marker(tier) for tier in TIERS):
+            continue
+        name = os.path.basename(str(item.fspath))
+        tier = "full" if name in FULL_FILES else "e2e" if name in E2E_FILES else "unit"
+        item.add_marker(getattr(pytest.mark, tier))

@@ -38,7 +38,7 @@ def backbone(tmp_path_factory):
     return str(workdir)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_two_folders_two_methods_one_bank_and_predictions(backbone, tmp_path):
     workdir = tmp_path / "adapt_runs"
     bank = workdir / "bank"

@@ -137,39 +137,57 @@ def test_adapt_full(pretrained, tmp_path):
     assert 0.0 <= results["accuracy"] <= 1.0
 
 
+def numbers(tree, path=""):
+    """(path, value) of every number in a results tree."""
+    if isinstance(tree, dict):
+        return [pair for k, v in tree.items() for pair in numbers(v, f"{path}/{k}")]
+    if isinstance(tree, (list, tuple)):
+        return [pair for i, v in enumerate(tree) for pair in numbers(v, f"{path}/{i}")]
+    return [(path, tree)] if isinstance(tree, (int, float)) and not isinstance(tree, bool) else []
+
+
 def run_method(name, workdir):
+    """The run finishes, and what it reports is sane: accuracies in [0, 1] (or percent), no infinite number,
+    and NaN only where one seed leaves a spread undefined."""
     with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
         results = runner.run(tiny(name), str(workdir))
     assert results and "attempts" in results
+    values = numbers(results)
+    assert not [p for p, v in values if np.isinf(v)], name
+    nans = [p for p, v in values if np.isnan(v)]
+    assert all(any(s in p.lower() for s in ("se", "std", "interval", "ci", "corr", "tau", "r_")) for p in nans), nans[:5]
+    accuracies = [v for p, v in values if "acc" in p.split("/")[-1].lower() and np.isfinite(v)]
+    assert accuracies and all(0.0 <= v <= 100.0 for v in accuracies), name
+    return results
 
 
 # One class per method run: pytest-xdist (--dist loadscope, pytest.ini) hands each class to a free worker, so the
 # five runs (1.5-3.5 CPU-minutes each) spread over the cores instead of queueing behind one another.
-@pytest.mark.slow
+@pytest.mark.full
 class TestPatchesFull:
     def test_runs(self, tmp_path):
         run_method("patches", tmp_path)
 
 
-@pytest.mark.slow
+@pytest.mark.full
 class TestCompatFull:
     def test_runs(self, tmp_path):
         run_method("compat", tmp_path)
 
 
-@pytest.mark.slow
+@pytest.mark.full
 class TestTemplatesFull:
     def test_runs(self, tmp_path):
         run_method("templates", tmp_path)
 
 
-@pytest.mark.slow
+@pytest.mark.full
 class TestHead2ToeFull:
     def test_runs(self, tmp_path):
         run_method("head2toe", tmp_path)
 
 
-@pytest.mark.slow
+@pytest.mark.full
 class TestTourFull:
     def test_runs(self, tmp_path):
         run_method("tour", tmp_path)

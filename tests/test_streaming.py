@@ -156,7 +156,7 @@ def _tiny_pretrain_config():
     return config
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_pretraining_stopped_and_resumed_on_the_stream_equals_an_uninterrupted_run(tmp_path, monkeypatch):
     from experiments import pretrain
     config = _tiny_pretrain_config()

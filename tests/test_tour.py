@@ -10,7 +10,7 @@ from experiments import run as runner
 from experiments import tour
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_smoke_tour_end_to_end(tmp_path):
     config = tour_config.get_config("smoke")
     results = runner.run(config, str(tmp_path))
