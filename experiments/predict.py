@@ -49,6 +49,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", required=True, help="image files and/or folders, comma-separated")
     parser.add_argument("--csv", default="", help="write the predictions here instead of printing them")
     args = parser.parse_args(argv)
+    if args.csv:   # before any work: predictions are never computed only to be lost
+        folder = os.path.dirname(os.path.abspath(args.csv))
+        if not os.path.isdir(folder):
+            print(f"error: --csv {args.csv}: the folder {folder} does not exist; create it first.", file=sys.stderr)
+            return 1
+        if not os.access(folder, os.W_OK) or os.path.isdir(args.csv):
+            print(f"error: --csv {args.csv} cannot be written.", file=sys.stderr)
+            return 1
     from modular import checkpoint, params
     try:
         rows = predict(args.bank, args.task, args.images)

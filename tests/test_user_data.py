@@ -97,6 +97,9 @@ def test_read_images_formats_and_the_folder_reading_agree(tmp_path):
     wide = str(tmp_path / "only" / "wide.png")  # a 16-bit grayscale PNG
     Image.fromarray(np.full((9, 7), 100 * 257, np.uint16)).save(wide)
     files += [rgba, wide]
+    for i in range(2):   # a dataset needs two classes, each on both sides of the split
+        files.append(str(tmp_path / "second_class" / f"img{i}.png"))
+        _write(files[-1], pixels)
     got = data.read_images(files, image_size=4, channels=3)
     assert got.shape == (len(files), 4, 4, 3) and got.dtype == np.float32
     np.testing.assert_allclose(got, 100 / 255.0, atol=0.02)
@@ -182,6 +185,18 @@ def _not_npz(tmp_path):
 
 X = np.zeros((4, 5, 5), np.uint8)
 
+
+def _one_class(tmp_path):
+    for i in range(3):
+        _write(str(tmp_path / "only" / f"{i}.png"), np.zeros((4, 4)))
+    return f"folder:{tmp_path}"
+
+
+def _with_nan():
+    x = np.zeros((4, 5, 5), np.float32)
+    x[2, 1, 1] = np.nan
+    return x
+
 ERRORS = {
     "missing folder": lambda p: (f"folder:{p / 'nowhere'}", ["does not exist"]),
     "missing npz": lambda p: (f"npz:{p / 'nowhere.npz'}", ["does not exist"]),
@@ -200,6 +215,9 @@ ERRORS = {
     "rank": lambda p: (_npz(p, x=np.zeros((4, 5)), y=[0, 1, 0, 1]), ["'x'", "shape (4, 5)", "[N,H,W]"]),
     "channels": lambda p: (_npz(p, x=np.zeros((4, 5, 5, 2)), y=[0, 1, 0, 1]), ["shape (4, 5, 5, 2)"]),
     "not npz": _not_npz,
+    "one class folder": lambda p: (_one_class(p), ["1 class(es)", "at least two"]),
+    "one class npz": lambda p: (_npz(p, x=X, y=[0, 0, 0, 0]), ["1 class(es)", "at least two"]),
+    "nan pixels": lambda p: (_npz(p, x=_with_nan(), y=[0, 1, 0, 1]), ["1 ", "image(s) with NaN or infinite"]),
 }
 
 

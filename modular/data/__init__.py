@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
+
 from modular.data import corruptions, images, offline, splits, streaming, tfds_source, user_files, vtab_like
 from modular.data.dataset import Dataset
 from modular.data.pipeline import batch_at, batch_indices, multitask_batch
@@ -102,7 +104,27 @@ def load(name: str, *, image_size: int = 16, channels: int = 1, seed: int = 0, t
         if base not in OFFLINE or (slash and corruption not in CORRUPTIONS):
             raise _unknown(name)
         ds = _load_offline(name, int(image_size), channels, int(seed), float(test_fraction))
+    check_usable(ds)
     return ds if max_train is None else ds.subset(max_train=int(max_train), seed=seed)
+
+
+def check_usable(ds: Dataset) -> None:
+    """One sentence, at load, for data no method can learn from honestly: fewer than two classes (a loss of 0
+    and "100%" accuracy), pixels that are NaN or infinite, labels outside 0..num_classes-1."""
+    present = np.unique(ds.train_labels)
+    if int(ds.num_classes) < 2 or len(present) < 2:
+        raise ValueError(f"Dataset {ds.name!r} has {len(present)} class(es) in its training split; a classifier "
+                         f"needs at least two.")
+    for split, images in (("training", ds.train_images), ("test", ds.test_images)):
+        finite = np.isfinite(images).reshape(len(images), -1).all(axis=1)
+        if not finite.all():
+            raise ValueError(f"Dataset {ds.name!r} has {int((~finite).sum())} {split} image(s) with NaN or infinite "
+                             f"pixels (the first is example {int(np.flatnonzero(~finite)[0])}).")
+    for split, labels in (("training", ds.train_labels), ("test", ds.test_labels)):
+        outside = (labels < 0) | (labels >= ds.num_classes)
+        if outside.any():
+            raise ValueError(f"Dataset {ds.name!r} has {split} label {int(labels[outside][0])} outside its "
+                             f"{ds.num_classes} classes 0..{ds.num_classes - 1}.")
 
 
 def load_for_training(data_config, *, seed: int = 0, allow_streaming: bool = False) -> Dataset | StreamingDataset:
