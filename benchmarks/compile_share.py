@@ -1,0 +1,129 @@
+"""How much of an experiment's wall time is compiling, and which programs compile more than once.
+
+  python -m benchmarks.compile_share --config=configs/NAME.py[:ARG] [--config.KEY=VALUE ...]
+      [--workdir=DIR] [--cache=off|DIR] [--out=FILE.json]
+
+Runs the experiment in this process, as `experiments.run` does, and reads JAX's own monitoring events and
+compile log: XLA compilations (each `jit` cache miss that reaches the backend), their seconds, the seconds of
+tracing and lowering, persistent-cache hits, and every (program, argument shapes) pair lowered more than
+once, i.e. compiled again for a shape it already had. `--cache=off` (the default) measures a cold run; run
+twice with `--cache=DIR` to measure a second run that reuses the first one's programs. The workdir defaults
+to a fresh temporary folder, so nothing resumes.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import re
+import sys
+import tempfile
+import time
+
+from absl import app, flags
+from absl import logging as absl_logging
+
+from experiments import run as run_cli
+
+_CACHE = flags.DEFINE_string("cache", "off", "'off' (a cold run) or a folder for JAX's persistent compilation cache.")
+_OUT = flags.DEFINE_string("out", "", "Also write the measurements as JSON to this file.")
+
+BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
+TRACE = "/jax/core/compile/jaxpr_trace_duration"
+LOWER = "/jax/core/compile/jaxpr_to_mlir_module_duration"
+CACHE_HIT = "/jax/compilation_cache/cache_hits"
+_LOWERED = re.compile(r"Compiling (\S+) with global shapes and types (.*?)\. Argument mapping", re.S)
+
+
+class CompileLog(logging.Handler):
+    """Collects JAX's compile log (jax_log_compiles) and monitoring events, and keeps them off the console."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.lowered = collections.Counter()
+        self.seconds = collections.defaultdict(float)
+        self.counts = collections.Counter()
+        self.compiled_by_name = collections.Counter()
+
+    def emit(self, record):
+        m = _LOWERED.search(record.getMessage())
+        if m:
+            self.lowered[(m.group(1), m.group(2))] += 1
+
+    def on_duration(self, event, duration, **kwargs):
+        self.seconds[event] += duration
+        self.counts[event] += 1
+        if event == BACKEND_COMPILE:
+            self.compiled_by_name[kwargs.get("fun_name", "?")] += 1
+
+    def on_event(self, event, **kwargs):
+        self.counts[event] += 1
+
+    def repeated(self) -> list[tuple[str, int]]:
+        """Programs lowered more than once for the same argument shapes: (name, times), most first."""
+        by_name = collections.Counter()
+        for (name, _), n in self.lowered.items():
+            if n > 1:
+                by_name[name] += n - 1
+        return by_name.most_common()
+
+
+def measure(config, workdir: str, cache: str) -> dict:
+    import jax
+    from jax import monitoring
+    from modular import compilation_cache, platform
+
+    platform.tune_cpu()
+    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax's INFO lines, as experiments.run
+    if cache != "off":
+        os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
+        os.environ[compilation_cache.ENV] = cache
+        compilation_cache.enable(cache)
+    log = CompileLog()
+    jax_logger = logging.getLogger("jax")
+    jax_logger.addHandler(log)
+    jax_logger.propagate = False
+    jax.config.update("jax_log_compiles", True)
+    monitoring.register_event_duration_secs_listener(log.on_duration)
+    monitoring.register_event_listener(log.on_event)
+    start = time.time()
+    run_cli.run(config, workdir)
+    wall = time.time() - start
+    compile_s = log.seconds[BACKEND_COMPILE]
+    trace_lower_s = log.seconds[TRACE] + log.seconds[LOWER]
+    return dict(config=config.experiment, scale=config.get("scale", ""), wall_seconds=wall,
+                compilations=log.counts[BACKEND_COMPILE], compile_seconds=compile_s,
+                trace_lower_seconds=trace_lower_s, compile_share=(compile_s + trace_lower_s) / max(wall, 1e-9),
+                persistent_cache_hits=log.counts[CACHE_HIT], distinct_programs=len(log.lowered),
+                compiled_again=log.repeated(), most_compiled=log.compiled_by_name.most_common(10))
+
+
+def report(m: dict) -> str:
+    again = ", ".join(f"{name} x{n + 1}" for name, n in m["compiled_again"][:8]) or "none"
+    return "\n".join([
+        f"experiment {m['config']} ({m['scale']}): {m['wall_seconds']:.1f} s wall",
+        f"  XLA compilations      {m['compilations']} ({m['persistent_cache_hits']} from the persistent cache)",
+        f"  compile seconds       {m['compile_seconds']:.1f}  (+ {m['trace_lower_seconds']:.1f} s tracing and lowering)",
+        f"  compile share of wall {100 * m['compile_share']:.0f}%",
+        f"  distinct programs     {m['distinct_programs']} (program x argument shapes)",
+        f"  compiled again for a shape they had: {again}",
+    ])
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        run_cli._exit_with(f"unexpected arguments: {' '.join(argv[1:])}.", 1)
+    workdir = run_cli._WORKDIR.value or tempfile.mkdtemp(prefix="compile_share_")
+    m = measure(run_cli._CONFIG.value, workdir, _CACHE.value)
+    print(report(m), flush=True)
+    if _OUT.value:
+        with open(_OUT.value, "w") as f:
+            json.dump(m, f, indent=1)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    flags.FLAGS.set_default("workdir", "")
+    flags.FLAGS["workdir"].required = False
+    app.run(main, flags_parser=run_cli._parse_flags)
