@@ -31,10 +31,10 @@ def image_paths(spec: str) -> list[str]:
     return paths
 
 
-def predict(bank_dir: str, task: str, spec: str) -> list[tuple[str, int, str]]:
+def predict(bank_dir: str, task: str, spec: str, allow_other_weights: bool = False) -> list[tuple[str, int, str]]:
     """(path, class index, class name) for every image `spec` names."""
     from modular import data, predict as predict_lib
-    predictor = predict_lib.BankPredictor(bank_dir)
+    predictor = predict_lib.BankPredictor(bank_dir, allow_other_weights=allow_other_weights)
     size, channels = predictor.image_spec(task)
     paths = image_paths(spec)
     labels = predictor.predict(task, data.read_images(paths, image_size=size, channels=channels))
@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--task", required=True)
     parser.add_argument("--images", required=True, help="image files and/or folders, comma-separated")
     parser.add_argument("--csv", default="", help="write the predictions here instead of printing them")
+    parser.add_argument("--allow_other_weights", action="store_true",
+                        help="load a task file trained on other weights of its backbone's architecture")
     args = parser.parse_args(argv)
     if args.csv:   # before any work: predictions are never computed only to be lost
         folder = os.path.dirname(os.path.abspath(args.csv))
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     from modular import checkpoint, params
     try:
-        rows = predict(args.bank, args.task, args.images)
+        rows = predict(args.bank, args.task, args.images, args.allow_other_weights)
     except (ValueError, KeyError, checkpoint.CheckpointError, params.SubtreeMismatchError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 1

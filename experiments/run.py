@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import datetime
 import importlib
 import importlib.util
 import os
@@ -60,7 +59,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def user_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean bad input (reported as one sentence), as opposed to bugs (full traceback)."""
     from modular import checkpoint, params, train, workdir
-    return (ValueError, KeyError, FileNotFoundError, checkpoint.CheckpointError, params.SubtreeMismatchError,
+    return (ValueError, KeyError, OSError, checkpoint.CheckpointError, params.SubtreeMismatchError,
             train.NonFiniteLossError, workdir.WorkdirError)
 
 
@@ -86,16 +85,27 @@ def run(config, workdir: str) -> dict:
         own = wd.prepare(module.run_dir(config, workdir)) if hasattr(module, "run_dir") else workdir
         changes = wd.check_config(own, record, resume_changed=bool(config.get("resume_changed", False))) \
             if is_main else []
-        attempts = wd.previous_attempts(own)
         if is_main and not wd.has_run(own):
             wd.write_config(own, record)  # a fresh run: the record of what is about to be written
+        attempts = wd.start_attempt(own, changes) if is_main else []
         train.DIVERGENCE_FACTOR[0] = float(config.get("divergence_factor", train.DIVERGENCE_FACTOR[0]))
-        started, start = datetime.datetime.now(), time.time()
-        results = dict(module.run(config, workdir))
+        start = time.time()
+        try:
+            results = dict(module.run(config, workdir))
+        except BaseException as e:   # every way a run ends is in the log, with its sentence
+            if is_main:
+                status = ("interrupted" if isinstance(e, KeyboardInterrupt) else
+                          "diverged" if isinstance(e, train.NonFiniteLossError) else "failed")
+                message = str(e.args[0] if isinstance(e, KeyboardInterrupt) and e.args else e).strip()
+                wd.end_attempt(own, status, message.splitlines()[0] if message else type(e).__name__,
+                               wall_seconds=round(time.time() - start, 1))
+            raise
         results.setdefault("wall_seconds", time.time() - start)
         results.setdefault("devices", f"{jax.device_count()} x {jax.devices()[0].platform} in "
                                       f"{jax.process_count()} process(es)")
-        results["attempts"] = attempts + [wd.attempt_record(started, changes, wall_seconds=results["wall_seconds"])]
+        if is_main:
+            attempts = wd.end_attempt(own, "finished", wall_seconds=round(results["wall_seconds"], 1))
+        results["attempts"] = attempts
         if is_main:
             wd.write_config(own, record)  # the run finished: config.json describes its results
             for directory in {own, workdir}:
@@ -181,6 +191,8 @@ def main(argv) -> None:
     platform.tune_cpu()  # before anything starts JAX; MODULAR_CPU_TUNING=off turns it off
     train.stop_between_steps_on_sigint()
     logging.set_verbosity(logging.WARNING)  # orbax/clu INFO logs drown the progress lines we print
+    logging.get_absl_handler().addFilter(_no_orbax_errors)
+    sys.unraisablehook = _quiet_closed_loops(sys.unraisablehook)
     from modular import compilation_cache
     compilation_cache.enable(_CONFIG.value.get("compilation_cache", ""))  # before the first compilation
     try:
@@ -196,7 +208,27 @@ def main(argv) -> None:
         if os.environ.get("MODULAR_DEBUG"):
             traceback.print_exc()
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        if isinstance(e, OSError) and e.strerror and e.filename:   # e.g. a full disk while writing results
+            msg = f"could not write {e.filename} ({e.strerror})"
         _exit_with(str(msg), 1)
+
+
+def _no_orbax_errors(record) -> bool:
+    """Orbax logs each failed background save with its traceback from every writer thread (hundreds of lines);
+    the run stops on the failure with one sentence of its own (checkpoint.raise_save_errors)."""
+    return not (record.levelno >= logging.converter.STANDARD_ERROR and "/orbax/" in record.pathname)
+
+
+def _quiet_closed_loops(hook):
+    """A failed checkpoint write leaves tensorstore callbacks firing into orbax's closed event loop; each
+    reports 'RuntimeError: Event loop is closed' as an unraisable exception (dozens of tracebacks). They say
+    nothing the run's own sentence does not; every other unraisable exception is reported as before."""
+    def unraisablehook(unraisable):
+        value = unraisable.exc_value
+        if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+            return
+        hook(unraisable)
+    return unraisablehook
 
 
 def _interrupted_while_starting(signum, frame) -> None:

@@ -42,11 +42,40 @@ def restore_latest(mngr: ocp.CheckpointManager, target: Any) -> tuple[Any, int] 
     try:
         state = mngr.restore(step, args=ocp.args.StandardRestore(abstract))
     except Exception as e:  # orbax raises many types; the user needs one sentence
+        folder = os.path.join(str(mngr.directory), str(step))
+        earlier = [s for s in intact_steps(str(mngr.directory)) if s < step]
+        fix = (f"to resume from the intact step {earlier[-1]} instead, move it away (mv {folder} {folder}.corrupt) "
+               f"and run again" if earlier else "move it away or choose another --workdir to start fresh")
         raise CheckpointError(
-            f"Checkpoint step {step} in {mngr.directory} could not be restored onto this run's state "
-            f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); it was left untouched: move it away "
-            f"or choose another --workdir to start fresh.") from e
+            f"Checkpoint step {step} in {mngr.directory} is corrupt or does not fit this run's state "
+            f"({type(e).__name__}); it was left untouched: {fix}.") from e
     return state, int(step)
+
+
+_OS_REASONS = ("No space left on device", "Disk quota exceeded", "Read-only file system", "Permission denied",
+               "Input/output error", "Stale file handle")
+
+
+def intact_steps(directory: str) -> list[int]:
+    """Checkpoint steps whose save completed (orbax renames a step's temporary folder only when it is whole)."""
+    try:
+        return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
+    except OSError:
+        return []
+
+
+def raise_save_errors(mngr: ocp.CheckpointManager, call, name: str = "train"):
+    """Run `call` (a save, a wait, or the check for a background save's error); a failure becomes one
+    CheckpointError sentence naming the folder, the reason and the last intact checkpoint."""
+    try:
+        return call()
+    except Exception as e:
+        text = f"{e!r} {e.__cause__!r} {e.__context__!r}"
+        reason = next((r for r in _OS_REASONS if r in text), str(e).splitlines()[0][:160] if str(e) else type(e).__name__)
+        steps = intact_steps(str(mngr.directory))
+        last = f"step {steps[-1]} in {mngr.directory}" if steps else "none"
+        raise CheckpointError(f"[{name}] saving a checkpoint to {mngr.directory} failed ({reason}); training stopped. "
+                              f"Last intact checkpoint: {last}.") from None
 
 
 def weights_fingerprint(tree: Mapping) -> str:
@@ -104,7 +133,8 @@ def import_subtree(path: str, *, backbone: Mapping, like: Mapping | None = None,
     if weights is not None and not allow_other_weights and weights != weights_fingerprint(backbone):
         raise CheckpointError(
             f"Subtree file {path} was trained on other weights of this backbone (fingerprint {weights}, this one "
-            f"{weights_fingerprint(backbone)}); pass allow_other_weights=True to load it anyway.")
+            f"{weights_fingerprint(backbone)}); pass allow_other_weights=True (experiments.predict: "
+            f"--allow_other_weights) to load it anyway.")
     if like is not None:
         P.check_compatible(like, tree)
     return tree, meta

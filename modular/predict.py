@@ -23,8 +23,10 @@ from modular.methods import head2toe, patches
 class BankPredictor:
     """The tasks of one bank, loaded lazily (each backbone once)."""
 
-    def __init__(self, path: str):
-        """`path`: a bank folder, or the workdir of adapt runs (its `bank/` folder)."""
+    def __init__(self, path: str, *, allow_other_weights: bool = False):
+        """`path`: a bank folder, or the workdir of adapt runs (its `bank/` folder). `allow_other_weights` loads
+        task files trained on other weights of their backbone's architecture (refused by default)."""
+        self.allow_other_weights = bool(allow_other_weights)
         self.bank_dir = bank.resolve(path)
         self.manifest = bank.read_manifest(self.bank_dir)
         if not self.manifest:
@@ -54,7 +56,8 @@ class BankPredictor:
         e, bb = self.entry(task), self._backbone(self.entry(task)["backbone"])
         model, start = patches.target_start(bb.classifier, bb.model_cfg, int(e["num_classes"]),
                                             (bb.image_size, bb.image_size, bb.channels), seed=0)
-        variables = patches.import_patch(os.path.join(self.bank_dir, e["file"]), start, e["mode"])
+        variables = patches.import_patch(os.path.join(self.bank_dir, e["file"]), start, e["mode"],
+                                         allow_other_weights=self.allow_other_weights)
         return model, start, variables
 
     def logits(self, task: str, images: np.ndarray) -> np.ndarray:
@@ -65,7 +68,8 @@ class BankPredictor:
             return np.asarray(train.predict(patches.eval_logits(model), variables, images))
         bb = self._backbone(e["backbone"])
         tree, meta = checkpoint.import_subtree(os.path.join(self.bank_dir, e["file"]),
-                                               backbone=bb.classifier.variables["params"])
+                                               backbone=bb.classifier.variables["params"],
+                                               allow_other_weights=self.allow_other_weights)
         features = head2toe.features_fn(bb.classifier.model, tuple(meta["layers"]), int(meta["target_size"]), "eval")
         kept, w, b = jnp.asarray(tree["features"]), jnp.asarray(tree["head"]["w"]), jnp.asarray(tree["head"]["b"])
         return np.asarray(train.predict(lambda v, batch: features(v, batch["image"])[0][:, kept] @ w + b,

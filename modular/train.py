@@ -172,6 +172,8 @@ def fit(*, state: TrainState, loss_fn: LossFn, tx: optax.GradientTransformation,
         for step in range(start, num_steps):
             if _STOP.is_set():
                 raise KeyboardInterrupt(f"stopped before step {step + 1}")
+            if mngr is not None:   # a failed background save stops training at once, not a few saves later
+                checkpoint.raise_save_errors(mngr, mngr.check_for_errors, name)
             batch = parallel.shard_batch(dict(batch_fn(step)), mesh)
             state, metrics = step_fn(state, batch, jax.random.fold_in(base_rng, step))
             done = step + 1
@@ -209,23 +211,29 @@ def fit(*, state: TrainState, loss_fn: LossFn, tx: optax.GradientTransformation,
                 if eval_fn is not None and eval_every and done % eval_every == 0 and done != num_steps:
                     _log_eval(eval_fn(state), done, name, writer, verbose and is_main)
                 if must_save:
-                    mngr.save(done, args=checkpoint.ocp.args.StandardSave(state.as_dict()))
+                    checkpoint.raise_save_errors(
+                        mngr, lambda: mngr.save(done, args=checkpoint.ocp.args.StandardSave(state.as_dict())), name)
                     last_good = done
                     if is_main:
                         _write_history(workdir, history)
     except BaseException:
         _IN_LOOP[0] = False
         if mngr is not None:  # an exception or Ctrl-C still lets pending async saves land
-            mngr.wait_until_finished()
-            mngr.close()
+            try:
+                mngr.wait_until_finished()
+                mngr.close()
+            except Exception:   # a save failing too: the error being raised already says what matters
+                pass
         if writer:
             writer.close()
         raise
     _IN_LOOP[0] = False
     if mngr is not None:
         if mngr.latest_step() != num_steps and start < num_steps:
-            mngr.save(num_steps, args=checkpoint.ocp.args.StandardSave(state.as_dict()), force=True)
-        mngr.wait_until_finished()
+            checkpoint.raise_save_errors(
+                mngr, lambda: mngr.save(num_steps, args=checkpoint.ocp.args.StandardSave(state.as_dict()), force=True),
+                name)
+        checkpoint.raise_save_errors(mngr, mngr.wait_until_finished, name)
         mngr.close()
         if is_main:
             _write_history(workdir, history)

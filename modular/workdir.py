@@ -7,7 +7,10 @@ and `results.json`. Three rules keep it consistent whatever the user does:
 - `check_config`: resuming with a different config refuses, listing the differing keys, unless
   `resume_changed` is set, in which case the changes are recorded in results.json's `attempts`;
 - `config.json` is written only when it describes what is there: a failed run never replaces the record
-  of a finished one.
+  of a finished one. A copy, `.config_record.json`, goes beside it, so deleting or corrupting config.json
+  never disables the check; with neither readable, checkpoints are not resumed without `resume_changed`;
+- `attempts.json` logs every run on the workdir as it starts and as it ends: finished, interrupted, failed
+  (with its sentence) or diverged; a run that was killed is marked so by the next one.
 """
 from __future__ import annotations
 
@@ -24,6 +27,10 @@ from flax import traverse_util
 from modular import reporting
 
 LOCK_FILE = ".lock"
+CONFIG_FILE = "config.json"
+RECORD_FILE = ".config_record.json"   # the checkpoints' own copy of config.json
+ATTEMPTS_FILE = "attempts.json"
+UNVERIFIED = "config record missing or unreadable: resumed without checking the config"
 # Keys that do not change what a run computes: a resume may change them freely.
 IGNORED_ON_RESUME = ("resume_changed", "log_every", "verbose", "compilation_cache")
 
@@ -95,19 +102,35 @@ def config_changes(old: Mapping, new: Mapping) -> list[str]:
     return [f"{k}: {a.get(k, '<unset>')!r} -> {b.get(k, '<unset>')!r}" for k in keys]
 
 
+def recorded_config(workdir: str) -> dict | None:
+    """The config the workdir's checkpoints and results belong to (its record, else config.json), or None."""
+    for name in (RECORD_FILE, CONFIG_FILE):
+        try:
+            with open(os.path.join(workdir, name)) as f:
+                record = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict):
+            return record
+    return None
+
+
 def check_config(workdir: str, config: Mapping, *, resume_changed: bool) -> list[str]:
     """The config changes against the workdir's record ([] for a fresh workdir or the same config).
 
-    Refuses (WorkdirError) when the workdir holds a run of another config, unless `resume_changed`."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path) or not has_run(workdir):
+    Refuses (WorkdirError) when the workdir holds a run of another config, or a run whose config record is
+    gone (config.json and its copy deleted or corrupt), unless `resume_changed`."""
+    if not has_run(workdir):
         return []
-    try:
-        with open(path) as f:
-            old = json.load(f)
-    except (OSError, ValueError):
-        raise WorkdirError(f"{path} is unreadable, so this workdir's checkpoints cannot be matched to a config; "
-                           f"move it away or choose another --workdir.") from None
+    old = recorded_config(workdir)
+    if old is None:
+        if resume_changed:
+            return [UNVERIFIED]
+        raise WorkdirError(
+            f"Workdir {workdir} holds checkpoints or results, but its config record ({CONFIG_FILE} and its copy "
+            f"{RECORD_FILE}) is missing or unreadable, so they cannot be matched to this config; choose another "
+            f"--workdir to start fresh, or pass --config.resume_changed=True to continue them anyway (the attempt "
+            f"is logged as unverified).")
     changes = config_changes(old, config)
     if changes and not resume_changed:
         shown = "; ".join(changes[:5]) + (f"; and {len(changes) - 5} more" if len(changes) > 5 else "")
@@ -117,18 +140,51 @@ def check_config(workdir: str, config: Mapping, *, resume_changed: bool) -> list
 
 
 def write_config(workdir: str, config: Mapping) -> None:
-    reporting.write_json(os.path.join(workdir, "config.json"), dict(config))
+    for name in (RECORD_FILE, CONFIG_FILE):
+        reporting.write_json(os.path.join(workdir, name), dict(config))
 
 
 def previous_attempts(workdir: str) -> list[dict]:
-    """The `attempts` log of the workdir's results.json ([] if there is none or it is unreadable)."""
+    """The attempts logged on the workdir (attempts.json; results.json's log for older workdirs), or []."""
+    for name, key in ((ATTEMPTS_FILE, None), ("results.json", "attempts")):
+        try:
+            with open(os.path.join(workdir, name)) as f:
+                content = json.load(f)
+            return [dict(a) for a in (content if key is None else content.get(key, []))]
+        except (OSError, ValueError, AttributeError, TypeError):
+            continue
+    return []
+
+
+def _now() -> str:
+    return datetime.datetime.now().isoformat(timespec="seconds")
+
+
+def start_attempt(workdir: str, changes: list[str]) -> list[dict]:
+    """Log a run that starts now (status 'running'); an earlier one still 'running' died without ending
+    (SIGKILL, a crash, a power cut): it is marked so. Call with the workdir's lock held."""
+    attempts = previous_attempts(workdir)
+    for a in attempts:
+        if a.get("status") == "running":
+            a["status"] = "killed"
+            a["message"] = "ended without a record (killed, crashed, the machine stopped, or the disk was full)"
+    attempts.append(dict(started=_now(), status="running", config_changes=list(changes), pid=os.getpid(),
+                         host=socket.gethostname()))
+    _write_attempts(workdir, attempts)
+    return attempts
+
+
+def end_attempt(workdir: str, status: str, message: str = "", **extra: Any) -> list[dict]:
+    """Close the run `start_attempt` opened with its status (finished, interrupted, failed, diverged)."""
+    attempts = previous_attempts(workdir) or [dict(started=_now(), config_changes=[])]
+    attempts[-1].update(status=status, finished=_now(), **({"message": message} if message else {}), **extra)
+    _write_attempts(workdir, attempts)
+    return attempts
+
+
+def _write_attempts(workdir: str, attempts: list[dict]) -> None:
+    """Best effort: on a full or read-only disk the log cannot be written, and the run's own error says why."""
     try:
-        with open(os.path.join(workdir, "results.json")) as f:
-            return list(json.load(f).get("attempts", []))
-    except (OSError, ValueError, AttributeError):
-        return []
-
-
-def attempt_record(started: datetime.datetime, changes: list[str], **extra: Any) -> dict:
-    return dict(started=started.isoformat(timespec="seconds"),
-                finished=datetime.datetime.now().isoformat(timespec="seconds"), config_changes=changes, **extra)
+        reporting.write_json(os.path.join(workdir, ATTEMPTS_FILE), attempts)
+    except OSError:
+        pass

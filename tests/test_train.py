@@ -76,10 +76,26 @@ def test_checkpoint_that_does_not_fit_is_one_sentence_and_untouched(tmp_path):
     params = {"w": jnp.zeros((4, 1)), "b": jnp.zeros((1,))}  # a different model in the same workdir
     tx = optax.adam(1e-3)
     state = train.TrainState.create(params, {}, tx)
-    with pytest.raises(checkpoint.CheckpointError, match="could not be restored.*left untouched"):
+    with pytest.raises(checkpoint.CheckpointError, match="is corrupt or does not fit.*left untouched"):
         train.fit(state=state, loss_fn=loss_fn, tx=tx, batch_fn=batch_fn, num_steps=20, workdir=str(tmp_path),
                   verbose=False)
     assert sorted(os.listdir(tmp_path / "checkpoints")) == before
+
+
+def test_a_corrupt_latest_checkpoint_names_the_intact_earlier_one(tmp_path):
+    run(str(tmp_path), num_steps=20)
+    latest = tmp_path / "checkpoints" / "20"
+    for root, _, files in os.walk(latest):   # damage every data file of the latest step
+        for f in files:
+            with open(os.path.join(root, f), "wb") as out:
+                out.write(b"garbage")
+    state, tx = new_state()
+    with pytest.raises(checkpoint.CheckpointError) as e:
+        train.fit(state=state, loss_fn=loss_fn, tx=tx, batch_fn=batch_fn, num_steps=30, workdir=str(tmp_path),
+                  verbose=False)
+    message = str(e.value)
+    assert "step 20" in message and "corrupt" in message and "intact step 10" in message
+    assert f"mv {latest} {latest}.corrupt" in message and "\n" not in message
 
 
 def test_frozen_leaves_get_no_gradient_and_no_update():

@@ -131,3 +131,76 @@ def test_subtree_files_refuse_other_weights_and_malformed_content(tmp_path):
             checkpoint.import_subtree(path, backbone=backbone)
     with pytest.raises(P.SubtreeMismatchError, match="must be a mapping"):
         P.replace_subtree({"head": {"w": np.ones(2)}}, "head", np.ones(2))
+
+
+SHORT = ["--config.num_steps=4", "--config.log_every=2", "--config.checkpoint_every=2"]
+
+
+def test_deleted_or_corrupt_config_json_never_disables_the_config_check(tmp_path):
+    assert run_cli(str(tmp_path), *SHORT).returncode == 0
+    (tmp_path / "config.json").unlink()            # the record beside it still says what the checkpoints are
+    one_sentence(run_cli(str(tmp_path), *SHORT, "--config.optim.lr=0.05"), "optim.lr: 0.01 -> 0.05")
+    (tmp_path / "config.json").write_text("{not json")
+    assert run_cli(str(tmp_path), *SHORT).returncode == 0      # same config: resumes, records restored
+    assert json.loads((tmp_path / "config.json").read_text())["num_steps"] == 4
+    for name in ("config.json", wd.RECORD_FILE):      # both gone: checkpoints are not resumed blindly
+        (tmp_path / name).unlink()
+    line = one_sentence(run_cli(str(tmp_path), *SHORT, "--config.optim.lr=0.05"), "config record",
+                        "missing or unreadable", "--config.resume_changed=True")
+    assert "choose another --workdir" in line
+    proc = run_cli(str(tmp_path), "--config.num_steps=6", "--config.log_every=2", "--config.checkpoint_every=2",
+                   "--config.resume_changed=True")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert results(tmp_path)["attempts"][-1]["config_changes"] == [wd.UNVERIFIED]
+
+
+def test_every_run_is_in_the_attempts_log(tmp_path):
+    bad = run_cli(str(tmp_path), *SHORT, "--config.data.name=mnist6k")           # fails before training
+    assert bad.returncode == 1
+    attempts = json.loads((tmp_path / wd.ATTEMPTS_FILE).read_text())
+    assert [a["status"] for a in attempts] == ["failed"] and "mnist6k" in attempts[0]["message"]
+    p = subprocess.Popen(cli(str(tmp_path), "--config.checkpoint_every=10", "--config.log_every=10"), cwd=ROOT,
+                         env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in p.stdout:
+        if "step 20/60" in line:
+            p.send_signal(signal.SIGKILL)
+            break
+    p.wait(timeout=120)
+    p = subprocess.Popen(cli(str(tmp_path), "--config.checkpoint_every=10", "--config.log_every=10"), cwd=ROOT,
+                         env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in p.stdout:
+        if "step 40/60" in line:
+            p.send_signal(signal.SIGINT)
+            break
+    p.communicate(timeout=300)
+    assert p.returncode == 130
+    proc = run_cli(str(tmp_path), "--config.checkpoint_every=10", "--config.log_every=10")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    statuses = [a["status"] for a in results(tmp_path)["attempts"]]
+    assert statuses == ["failed", "killed", "interrupted", "finished"], statuses
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MB tmpfs, nearly full: where mounting is not allowed (no root, a container without the
+    capability), the test is skipped with that reason."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2M", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {proc.stderr.strip() or proc.returncode}")
+    (mount / "filler").write_bytes(b"\0" * 1_600_000)
+    yield mount
+    subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+def test_disk_full_while_saving_is_one_sentence_and_resumes_from_the_intact_checkpoint(small_disk):
+    workdir = small_disk / "w"
+    args = ["--config.checkpoint_every=10", "--config.log_every=10"]
+    proc = run_cli(str(workdir), *args)
+    line = one_sentence(proc, "No space left on device", "training stopped", "Last intact checkpoint: step 10")
+    assert line.startswith("error: [pretrain] saving a checkpoint to")
+    (small_disk / "filler").unlink()
+    proc = run_cli(str(workdir), *args)
+    assert proc.returncode == 0 and "resuming from checkpoint step 10" in proc.stdout, proc.stderr[-2000:]

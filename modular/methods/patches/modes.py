@@ -98,10 +98,10 @@ def export_patch(path: str, variables: Mapping, mode: str, meta: Mapping | None 
     return checkpoint.export_subtree(path, patch, backbone=shared, meta={"mode": mode, **dict(meta or {})})
 
 
-def import_patch(path: str, backbone_variables: Mapping, mode: str) -> dict:
+def import_patch(path: str, backbone_variables: Mapping, mode: str, *, allow_other_weights: bool = False) -> dict:
     """Load a patch file onto a backbone; CheckpointError / SubtreeMismatchError if it does not fit."""
     shared, like = split_private(backbone_variables, mode)
-    patch, _ = checkpoint.import_subtree(path, backbone=shared, like=None)
+    patch, _ = checkpoint.import_subtree(path, backbone=shared, like=None, allow_other_weights=allow_other_weights)
     if set(patch) != set(like):
         raise checkpoint.CheckpointError(f"Patch file {path} holds {sorted(patch)} but mode {mode!r} "
                                          f"needs {sorted(like)}: it does not fit.")
