@@ -49,6 +49,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     cc, seeds = config.compat, protocol.seeds(config)
     verbose = config.get("verbose", True) and jax.process_index() == 0
     log = (lambda m: print(m, flush=True)) if verbose else (lambda m: None)
+    ds_a, ds_b, shared = data.align_classes(ds_a, ds_b)   # one label id = one class in both tasks
+    log(f"compat: {len(shared)} classes shared by {ds_a.name} and {ds_b.name}: {', '.join(shared)}")
     study = compat.study.run(ds_a, ds_b, cc, seeds=seeds, val_fraction=float(config.data.val_fraction),
                              model_cfg=config.model, optim_cfg=config.optim, num_steps=config.num_steps,
                              batch_size=config.batch_size, log=log,

@@ -93,6 +93,7 @@ def _compat(config, workdir: str) -> dict:
     cc, d = config.compat, config.data
     ds_a, ds_b = (data.load(n, image_size=d.image_size, channels=d.channels, seed=config.seed, max_train=cc.max_train)
                   for n in (cc.task_a, cc.task_b))
+    ds_a, ds_b, _ = data.align_classes(ds_a, ds_b)   # one label id = one class in both tasks
     settings, rows = {}, []
     for setting in map(compat.parse_setting, cc.settings):
         name = compat.setting_name(*setting)

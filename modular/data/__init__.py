@@ -20,7 +20,7 @@ from modular.data.streaming import StreamingDataset
 from modular.data.tasks import rotation_views
 from modular.data.user_files import read_images
 
-__all__ = ["Dataset", "StreamingDataset", "load", "load_for_training", "known_names", "read_images", "batch_at", "batch_indices", "multitask_batch",
+__all__ = ["Dataset", "StreamingDataset", "align_classes", "load", "load_for_training", "known_names", "read_images", "batch_at", "batch_indices", "multitask_batch",
            "rotation_views", "vtab_like"]
 
 OFFLINE = tuple(offline.NUM_CLASSES)
@@ -94,8 +94,9 @@ def load(name: str, *, image_size: int = 16, channels: int = 1, seed: int = 0, t
     if name.startswith("tfds:"):
         tr_x, tr_y, te_x, te_y, k = tfds_source.load(name, image_size=int(image_size), channels=channels,
                                                      seed=seed, test_fraction=test_fraction)
+        names = tfds_source.class_names(name)
         ds = Dataset(name=name, train_images=tr_x, train_labels=tr_y, test_images=te_x, test_labels=te_y,
-                     num_classes=k)
+                     num_classes=k, class_names=names if names and len(names) == k else None)
     elif name.startswith(user_files.PREFIXES):
         ds = _load_user_files(name, user_files.fingerprint(name), int(image_size), channels, int(seed),
                               float(test_fraction))
@@ -106,6 +107,40 @@ def load(name: str, *, image_size: int = 16, channels: int = 1, seed: int = 0, t
         ds = _load_offline(name, int(image_size), channels, int(seed), float(test_fraction))
     check_usable(ds)
     return ds if max_train is None else ds.subset(max_train=int(max_train), seed=seed)
+
+
+# Names that mean one class in two datasets: CIFAR-10's 'automobile' is STL-10's 'car'.
+SYNONYMS = {"automobile": "car"}
+
+
+def _canonical(name: str) -> str:
+    name = str(name).strip().lower().replace("_", " ")
+    return SYNONYMS.get(name, name)
+
+
+def align_classes(a: Dataset, b: Dataset) -> tuple[Dataset, Dataset, list[str]]:
+    """(a, b, shared names): two datasets whose label ids mean the same class, matched by class name.
+
+    Recombining one network's head with another's extractor compares label ids across datasets, so an id must
+    name one class in both. CIFAR-10 and STL-10 share 9 classes, but ids 1, 2, 6 and 7 name different ones
+    (automobile/bird, bird/car, frog/horse, horse/monkey): both keep the classes whose names match
+    (`SYNONYMS` joins 'automobile' and 'car'), relabelled 0..k-1 in `a`'s order, as Gygli et al. use the 9
+    common classes. Datasets without class names (the offline digit sets, whose ids are the digits) must have
+    the same number of classes and are returned as they are."""
+    if a.class_names is None or b.class_names is None:
+        if a.num_classes != b.num_classes:
+            raise ValueError(f"Datasets {a.name!r} ({a.num_classes} classes) and {b.name!r} ({b.num_classes}) "
+                             f"cannot share heads: their classes differ and have no names to match them by.")
+        return a, b, [str(c) for c in range(a.num_classes)]
+    in_b = {_canonical(n): i for i, n in enumerate(b.class_names)}
+    shared = [(i, in_b[_canonical(n)]) for i, n in enumerate(a.class_names) if _canonical(n) in in_b]
+    if len(shared) < 2:
+        raise ValueError(f"Datasets {a.name!r} and {b.name!r} share {len(shared)} class name(s); recombining "
+                         f"their components needs at least two common classes.")
+    names = [_canonical(a.class_names[i]) for i, _ in shared]
+    if len(shared) == a.num_classes == b.num_classes and all(i == j for i, j in shared):
+        return a, b, names
+    return (a.subset([i for i, _ in shared], relabel=True), b.subset([j for _, j in shared], relabel=True), names)
 
 
 def check_usable(ds: Dataset) -> None:

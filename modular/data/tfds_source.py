@@ -99,6 +99,26 @@ def prepared_builder(spec: str, *, data_dir: str | None = None):
     return builder
 
 
+# Class names of sets whose builders learn them only when the data is prepared (before that, and under
+# tfds.testing.mock_data, the names are '0', '1', ...): the datasets' published label orders.
+KNOWN_CLASS_NAMES = {
+    "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+    "stl10": ("airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"),
+}
+
+
+def class_names(spec: str) -> tuple[str, ...] | None:
+    """The names of a `tfds:` spec's classes: the builder's, or the published ones where the builder has only
+    numbers before the data is prepared; None when neither is known."""
+    name, _ = parse(spec)
+    _, builder = _checked_builder(spec)
+    names = tuple(str(n) for n in (getattr(builder.info.features[label_feature(spec)], "names", None) or ()))
+    if names and names != tuple(str(i) for i in range(len(names))):
+        return names
+    known = KNOWN_CLASS_NAMES.get(name)
+    return known if known and (not names or len(known) == len(names)) else (names or None)
+
+
 def load(spec: str, *, image_size: int, channels: int, seed: int, test_fraction: float):
     """Returns (train_x, train_y, test_x, test_y, num_classes) for a `tfds:` spec.
 
