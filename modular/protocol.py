@@ -8,7 +8,14 @@
 3. Every headline number is a mean with its standard error over `config.seeds` runs (`estimate`, `aggregate`).
 4. Each paper claim gets a verdict decided from a confidence interval, never by hand (`claim_*`):
    "holds" when the interval lies on the claimed side, "does not hold" when it lies on the other side, and
-   "inconclusive" when it straddles (always so with a single seed).
+   "inconclusive" when it straddles (always so with a single seed). Each claim also says its `kind`:
+   - "interval": the above, over seeds;
+   - "deterministic": every seed gave the same value (a grid choice, a parameter count): a fact, not a
+     statistic, so its verdict is read off the value and no interval is claimed;
+   - "effect_size" (`claim_effect`): "at least `fraction` of the paper's effect": "holds" when the interval
+     lies above that, "refuted" when it lies below it, so a failed reproduction reads as refuted;
+   - "not_testable" (`claim_not_testable`): the claim cannot be tested at this scale, with the reason and
+     what a test would need.
 """
 from __future__ import annotations
 
@@ -23,6 +30,8 @@ from modular.data import splits
 from modular.data.dataset import Dataset
 
 HOLDS, FAILS, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
+REFUTED, NOT_TESTABLE = "refuted", "not testable at this scale"
+INTERVAL, DETERMINISTIC, EFFECT_SIZE, UNTESTABLE = "interval", "deterministic", "effect_size", "not_testable"
 LEVEL = 0.95
 
 
@@ -167,8 +176,17 @@ def verdict(difference: Estimate, *, level: float = LEVEL) -> str:
     return INCONCLUSIVE
 
 
+def is_deterministic(difference: Estimate) -> bool:
+    """Several seeds and no spread at all: the value is a fact of the setup, not a sample."""
+    return difference.n > 1 and len(set(difference.values)) == 1
+
+
 def _claim(text: str, difference: Estimate, evidence: str, scale: float) -> dict:
-    return dict(claim=text, evidence=evidence, verdict=verdict(difference),
+    if is_deterministic(difference):
+        value = difference.values[0]
+        return dict(claim=text, evidence=f"{evidence}; the same in every seed", kind=DETERMINISTIC,
+                    verdict=HOLDS if value > 0 else FAILS, difference=difference.as_dict(scale), level=LEVEL)
+    return dict(claim=text, evidence=evidence, verdict=verdict(difference), kind=INTERVAL,
                 difference=difference.as_dict(scale), level=LEVEL)
 
 
@@ -204,6 +222,30 @@ def claim_above(text: str, values: Sequence[float], threshold: float, *, name: s
     return _claim(text, diff, evidence, scale)
 
 
+def claim_effect(text: str, a: Sequence[float], b: Sequence[float], *, paper_effect: float,
+                 fraction: float = 0.5, names: tuple[str, str] = ("a", "b"), scale: float = 100.0,
+                 unit: str = "pts") -> dict:
+    """Claim "a - b reaches at least `fraction` of the paper's effect `paper_effect`" (both as fractions, e.g.
+    0.395 for 39.5 points): "holds" when the interval of a - b lies above fraction x paper_effect, "refuted"
+    when it lies below it, "inconclusive" otherwise. Sized to the paper, so a null result can be rejected."""
+    if paper_effect <= 0:
+        raise ValueError(f"claim {text!r}: paper_effect must be a positive gain, got {paper_effect}.")
+    claim = claim_greater(text, a, b, names=names, margin=fraction * paper_effect, scale=scale, unit=unit)
+    claim["evidence"] += f"; paper's effect {scale * paper_effect:.1f} {unit}, {fraction:g} of it = {scale * fraction * paper_effect:.1f}"
+    if claim["verdict"] == FAILS:
+        claim["verdict"] = REFUTED
+    claim.update(paper_effect=scale * paper_effect, fraction=fraction)
+    if claim["kind"] == INTERVAL:
+        claim["kind"] = EFFECT_SIZE
+    return claim
+
+
+def claim_not_testable(text: str, reason: str, needed: str) -> dict:
+    """A paper claim that this scale cannot test: why, and what a test would need (a number where possible)."""
+    return dict(claim=text, verdict=NOT_TESTABLE, kind=UNTESTABLE, evidence=f"{reason}; a test needs {needed}",
+                reason=reason, needed=needed)
+
+
 def _interval_text(e: Estimate, scale: float, spec: str = ".1f") -> str:
     lo, hi = e.interval()
     if not math.isfinite(lo):
@@ -215,7 +257,9 @@ def _interval_text(e: Estimate, scale: float, spec: str = ".1f") -> str:
 def claims_table(claims: Sequence[Mapping]) -> str:
     """The printed form of a results.json `claims` list."""
     from modular import reporting
-    rows = [dict(claim=c["claim"], verdict=c["verdict"], evidence=c["evidence"]) for c in claims]
+    rows = [dict(claim=c["claim"], evidence=c["evidence"],
+                 verdict=c["verdict"] + (" (deterministic)" if c.get("kind") == DETERMINISTIC else ""))
+            for c in claims]
     return reporting.format_table(rows, ["claim", "verdict", "evidence"], title="Paper claims at this scale")
 
 

@@ -100,3 +100,29 @@ def test_readme_sections_are_replaced_from_results(tmp_path):
     md.write_text("no markers\n")
     with pytest.raises(SystemExit, match="results:h2t"):
         readme.main([str(run), "--readme", str(md)])
+
+
+def test_verdict_kinds_on_constructed_data():
+    # Deterministic: the same value in every seed is a fact, read off the value, with no interval claimed.
+    fact = protocol.claim_greater("a stores less than b", [0.9, 0.9, 0.9], [0.1, 0.1, 0.1])
+    assert fact["kind"] == protocol.DETERMINISTIC and fact["verdict"] == protocol.HOLDS
+    assert "the same in every seed" in fact["evidence"]
+    assert "holds (deterministic)" in protocol.claims_table([fact])
+    noisy = protocol.claim_greater("a beats b", [0.90, 0.91, 0.92], [0.80, 0.80, 0.81])
+    assert noisy["kind"] == protocol.INTERVAL and noisy["verdict"] == protocol.HOLDS
+    # Effect size: the paper's +39.5 points; a null result (interval around 0) is refuted, not inconclusive.
+    null = protocol.claim_effect("RP beats independent", [0.104, 0.10, 0.11], [0.10, 0.11, 0.105], paper_effect=0.395)
+    assert null["verdict"] == protocol.REFUTED and null["kind"] == protocol.EFFECT_SIZE
+    assert protocol.claim_greater("RP beats independent", [0.104, 0.10, 0.11], [0.10, 0.11, 0.105])["verdict"] == \
+        protocol.INCONCLUSIVE
+    half = protocol.claim_effect("x", [0.50, 0.52, 0.51], [0.20, 0.20, 0.21], paper_effect=0.395)
+    assert half["verdict"] == protocol.HOLDS and half["paper_effect"] == pytest.approx(39.5)
+    unsure = protocol.claim_effect("x", [0.30, 0.45, 0.20], [0.10, 0.10, 0.10], paper_effect=0.395)
+    assert unsure["verdict"] == protocol.INCONCLUSIVE
+    with pytest.raises(ValueError, match="positive gain"):
+        protocol.claim_effect("x", [0.1], [0.1], paper_effect=0.0)
+    # Not testable: the reason and what a test would need.
+    untestable = protocol.claim_not_testable("Head2Toe is 100x cheaper than fine-tuning",
+                                             "the ceiling here is t*B/N = 6.4x", "fine-tuning budgets of 640 epochs")
+    assert untestable["verdict"] == protocol.NOT_TESTABLE and "6.4x" in untestable["evidence"]
+    assert "not testable at this scale" in protocol.claims_table([untestable])
