@@ -220,6 +220,7 @@ def test_smoke_experiment_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setattr(exp, "_load", shuffled_test_labels)
     config.multitask.enabled = False
     config.transfer.modes = ["sb_last"]
+    config.resume_changed = True   # the copied backbone checkpoints come without a config record: reuse them knowingly
     shuffled = runner.run(config, str(tmp_path / "second"))
     assert shuffled["chosen_lr"] == {m: results["chosen_lr"][m] for m in config.transfer.modes}
     assert [s["multires"]["chosen"]["threshold"] for s in shuffled["per_seed"]] == \
