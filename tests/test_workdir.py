@@ -154,26 +154,25 @@ def test_deleted_or_corrupt_config_json_never_disables_the_config_check(tmp_path
     assert results(tmp_path)["attempts"][-1]["config_changes"] == [wd.UNVERIFIED]
 
 
+def signal_at(workdir, progress: str, sig) -> int:
+    """Run the smoke config on `workdir`, send `sig` when it prints `progress`; its exit code."""
+    p = subprocess.Popen(cli(str(workdir), "--config.checkpoint_every=10", "--config.log_every=10"), cwd=ROOT,
+                         env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in p.stdout:
+        if progress in line:
+            p.send_signal(sig)
+            break
+    p.communicate(timeout=300)
+    return p.returncode
+
+
 def test_every_run_is_in_the_attempts_log(tmp_path):
     bad = run_cli(str(tmp_path), *SHORT, "--config.data.name=mnist6k")           # fails before training
     assert bad.returncode == 1
     attempts = json.loads((tmp_path / wd.ATTEMPTS_FILE).read_text())
     assert [a["status"] for a in attempts] == ["failed"] and "mnist6k" in attempts[0]["message"]
-    p = subprocess.Popen(cli(str(tmp_path), "--config.checkpoint_every=10", "--config.log_every=10"), cwd=ROOT,
-                         env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for line in p.stdout:
-        if "step 20/60" in line:
-            p.send_signal(signal.SIGKILL)
-            break
-    p.wait(timeout=120)
-    p = subprocess.Popen(cli(str(tmp_path), "--config.checkpoint_every=10", "--config.log_every=10"), cwd=ROOT,
-                         env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for line in p.stdout:
-        if "step 40/60" in line:
-            p.send_signal(signal.SIGINT)
-            break
-    p.communicate(timeout=300)
-    assert p.returncode == 130
+    signal_at(tmp_path, "step 20/60", signal.SIGKILL)
+    assert signal_at(tmp_path, "step 40/60", signal.SIGINT) == 130
     proc = run_cli(str(tmp_path), "--config.checkpoint_every=10", "--config.log_every=10")
     assert proc.returncode == 0, proc.stderr[-2000:]
     statuses = [a["status"] for a in results(tmp_path)["attempts"]]

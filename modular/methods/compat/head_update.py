@@ -36,7 +36,8 @@ def class_subset(ds: Dataset, classes: int) -> Dataset:
     tr, te = ds.train_labels < classes, ds.test_labels < classes
     return dataclasses.replace(ds, name=f"{ds.name}[:{classes}]", train_images=ds.train_images[tr],
                                train_labels=ds.train_labels[tr], test_images=ds.test_images[te],
-                               test_labels=ds.test_labels[te], num_classes=int(classes))
+                               test_labels=ds.test_labels[te], num_classes=int(classes),
+                               class_names=ds.class_names[:classes] if ds.class_names else None)
 
 
 def _with_heads(tree: dict, head) -> dict:
