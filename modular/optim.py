@@ -118,9 +118,20 @@ def stats_update_mask(params: Mapping, model_state: Any, cfg: ml_collections.Con
 
 
 def stats_table(model_state: Any, update_mask: Any, title: str = "") -> str:
-    """The printed table of which model-state leaves (BatchNorm statistics) update and which stay frozen."""
-    labels = jax.tree.map(lambda u: "updates" if u else "frozen", update_mask)
-    return P.table(model_state, labels, title=title)
+    """Which modules' statistics (BatchNorm mean and variance) update and which stay frozen: one row per group
+    of modules that share their first two path components, with counts."""
+    groups: dict[tuple[str, str], set] = {}
+    for path, updates in P.flatten(update_mask).items():
+        module = path.rsplit("/", 1)[0]
+        group = "/".join(module.split("/")[:3]) + ("/..." if module.count("/") > 2 else "")
+        groups.setdefault((group, "updates" if updates else "frozen"), set()).add(module)
+    width = max([len(g) for g, _ in groups] + [6])
+    lines = [title] if title else []
+    lines.append(f"{'modules':<{width}}  {'count':>5}  statistics")
+    lines += [f"{g:<{width}}  {len(m):>5}  {label}" for (g, label), m in groups.items()]
+    total = {label: sum(len(m) for (_, l), m in groups.items() if l == label) for label in ("updates", "frozen")}
+    lines.append(f"totals: {total['updates']} module(s) update their statistics, {total['frozen']} frozen")
+    return "\n".join(lines)
 
 
 def override(base: ml_collections.ConfigDict, **fields) -> ml_collections.ConfigDict:

@@ -1,0 +1,33 @@
+"""benchmarks.compile_share measures compiling, and a second run with the persistent cache reuses programs."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from cli_helpers import ROOT, env
+
+pytestmark = pytest.mark.e2e
+
+
+def measure(tmp_path, name, cache):
+    out = tmp_path / f"{name}.json"
+    e = env()
+    e.pop("JAX_COMPILATION_CACHE_DIR", None)   # the suite's shared cache would make the cold run warm
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.compile_share", "--config=configs/pretrain.py:smoke",
+                           "--config.num_steps=4", "--config.log_every=2", f"--workdir={tmp_path / name}",
+                           f"--cache={cache}", f"--out={out}"], cwd=ROOT, env=e, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "compile share of wall" in proc.stdout
+    return json.loads(out.read_text())
+
+
+def test_cold_then_warm_run(tmp_path):
+    cache = tmp_path / "cache"
+    cold = measure(tmp_path, "cold", cache)
+    assert cold["compilations"] > 0 and 0 < cold["compile_seconds"] < cold["wall_seconds"]
+    assert cold["persistent_cache_hits"] == 0 and cold["distinct_programs"] > 0
+    warm = measure(tmp_path, "warm", cache)
+    assert warm["persistent_cache_hits"] > 0
+    assert warm["compile_seconds"] < cold["compile_seconds"]
