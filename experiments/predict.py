@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import signal
 import sys
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
@@ -43,6 +44,7 @@ def predict(bank_dir: str, task: str, spec: str, allow_other_weights: bool = Fal
 
 
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGINT, signal.default_int_handler)   # started: Ctrl-C is a KeyboardInterrupt again
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bank", required=True)
     parser.add_argument("--task", required=True)

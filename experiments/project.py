@@ -13,6 +13,7 @@ import argparse
 import importlib.util
 import json
 import os
+import signal
 import sys
 import time
 
@@ -76,6 +77,7 @@ def table(projections: dict, mfu: float, devices: int) -> str:
 
 
 def main(argv=None) -> int:
+    signal.signal(signal.SIGINT, signal.default_int_handler)   # started: Ctrl-C is a KeyboardInterrupt again
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", action="append",
                         help="configs/NAME.py:full or a HEADLINE_SETUPS name (repeat; default: every :full and "

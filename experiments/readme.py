@@ -13,6 +13,7 @@ import argparse
 import glob
 import json
 import os
+import signal
 import sys
 
 from modular import reporting
@@ -50,6 +51,7 @@ def _page_with_marker(texts: dict[str, str], name: str) -> str:
 
 
 def main(argv=None) -> int:
+    signal.signal(signal.SIGINT, signal.default_int_handler)   # started: Ctrl-C is a KeyboardInterrupt again
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("workdirs", nargs="+")
     parser.add_argument("--readme", action="append", default=None,

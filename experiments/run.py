@@ -20,6 +20,8 @@ import time
 import traceback
 
 from absl import app, flags, logging
+
+from experiments import interrupted_while_starting
 from ml_collections import config_flags
 
 
@@ -231,12 +233,8 @@ def _quiet_closed_loops(hook):
     return unraisablehook
 
 
-def _interrupted_while_starting(signum, frame) -> None:
-    _exit_with("interrupted while starting; nothing was run or written.", 130)
-
-
 if __name__ == "__main__":
     # Before the heavy imports (JAX, TensorFlow): Ctrl-C while starting is one line, never a traceback.
-    signal.signal(signal.SIGINT, _interrupted_while_starting)
+    signal.signal(signal.SIGINT, interrupted_while_starting)   # also set by the package, for the imports above
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     app.run(main, flags_parser=_parse_flags)

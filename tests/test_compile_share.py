@@ -27,7 +27,7 @@ def test_cold_then_warm_run(tmp_path):
     cache = tmp_path / "cache"
     cold = measure(tmp_path, "cold", cache)
     assert cold["compilations"] > 0 and 0 < cold["compile_seconds"] < cold["wall_seconds"]
-    assert cold["persistent_cache_hits"] == 0 and cold["distinct_programs"] > 0
+    assert cold["distinct_programs"] > 0   # (a program compiled twice in one run is a hit even when cold)
     warm = measure(tmp_path, "warm", cache)
-    assert warm["persistent_cache_hits"] > 0
+    assert warm["persistent_cache_hits"] > cold["persistent_cache_hits"]
     assert warm["compile_seconds"] < cold["compile_seconds"]
