@@ -324,7 +324,6 @@ def train_subtrees(params: Any, model_state: Any, *, loss_fn: LossFn, optim_cfg:
     if default_mult is not None:
         fields["default_mult"] = float(default_mult)
     cfg = optim.override(optim_cfg, **fields) if fields else optim_cfg
-    loss_contract.check_signature(loss_fn)
     tx, mask, stats_mask, step_fn = _compiled_step(loss_fn, cfg, params, num_steps, model_state,
                                                    update_frozen_stats)
     if num_steps > 0 and not any(jax.tree.leaves(mask)):

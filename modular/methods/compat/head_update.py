@@ -33,11 +33,8 @@ def class_subset(ds: Dataset, classes: int) -> Dataset:
     """`ds` restricted to labels 0..classes-1 (both splits)."""
     if not 1 < classes < ds.num_classes:
         raise ValueError(f"compat.cross_arch_old_classes must be between 2 and {ds.num_classes - 1}, got {classes}.")
-    tr, te = ds.train_labels < classes, ds.test_labels < classes
-    return dataclasses.replace(ds, name=f"{ds.name}[:{classes}]", train_images=ds.train_images[tr],
-                               train_labels=ds.train_labels[tr], test_images=ds.test_images[te],
-                               test_labels=ds.test_labels[te], num_classes=int(classes),
-                               class_names=ds.class_names[:classes] if ds.class_names else None)
+    kept = ds.subset(list(range(int(classes))), relabel=True)   # labels 0..classes-1 keep their ids
+    return dataclasses.replace(kept, name=f"{ds.name}[:{classes}]")
 
 
 def _with_heads(tree: dict, head) -> dict:
