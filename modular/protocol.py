@@ -4,7 +4,9 @@
    split carved from the training data (`validation_split`); the test set is read once, for the number
    that is reported.
 2. Every compared method gets the same tuning grid (`grid`, `budget`), plus its own regulariser grid where
-   the method has one; the grid is written into results.json.
+   the method has one; the grid is written into results.json. A choice on the edge of its grid
+   (`grid_edges`) is flagged in results.json and printed under the table (`edges_note`): the grid may not
+   contain that method's optimum.
 3. Every headline number is a mean with its standard error over `config.seeds` runs (`estimate`, `aggregate`).
 4. Each paper claim gets a verdict decided from a confidence interval, never by hand (`claim_*`):
    "holds" when the interval lies on the claimed side, "does not hold" when it lies on the other side, and
@@ -100,6 +102,50 @@ def choose(settings: Sequence[Mapping], evaluate: Callable[[Mapping], float]) ->
     scores = [float(evaluate(s)) for s in settings]
     best, score = select(settings, scores)
     return best, score, [dict(setting=dict(s), validation=v) for s, v in zip(settings, scores)]
+
+
+def grid_edges(axes: Mapping[str, Sequence[Any]], chosen: Sequence[Mapping[str, Any]],
+               seeds: Sequence[Any] | None = None) -> list[dict]:
+    """The choices that sit on the edge of an ordered grid axis, where the optimum may lie outside the grid.
+
+    `axes` {name: values} is the grid a method searched (its numeric axes are checked; an axis of one value
+    was not searched); `chosen` holds the chosen setting per seed ({name: value}, keys absent from `axes`
+    ignored). Returns one entry per (axis, edge) that some seed chose: {axis, value, edge: "lowest" |
+    "highest", seeds, of, grid}. Empty when every choice is interior: only then is a "best of the grid" a
+    result rather than a lower bound. A two-value axis has no interior, so every choice on it is an edge."""
+    seeds = list(range(len(chosen))) if seeds is None else list(seeds)
+    if len(seeds) != len(chosen):
+        raise ValueError(f"grid_edges: {len(chosen)} chosen settings but {len(seeds)} seeds.")
+    found = []
+    for name, values in axes.items():
+        values = list(values)
+        if len(values) < 2 or not all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
+                                      for v in values):
+            continue
+        ordered = sorted(float(v) for v in values)
+        for edge, value in (("lowest", ordered[0]), ("highest", ordered[-1])):
+            hit = [s for s, c in zip(seeds, chosen) if name in c and c[name] is not None
+                   and math.isclose(float(c[name]), value, rel_tol=1e-9, abs_tol=0.0)]
+            if hit:
+                found.append(dict(axis=name, value=value, edge=edge, seeds=hit, of=len(chosen),
+                                  grid=[v for v in ordered]))
+    return found
+
+
+def edge_text(edges: Sequence[Mapping]) -> str:
+    """'lr 0.1 (highest of 0.001..0.1, 3 of 3 seeds)'; '' when no choice is on an edge."""
+    return "; ".join(f"{e['axis']} {e['value']:g} ({e['edge']} of {e['grid'][0]:g}..{e['grid'][-1]:g}, "
+                     f"{len(e['seeds'])} of {e['of']} seeds)" for e in edges)
+
+
+def edges_note(rows: Mapping[str, Sequence[Mapping]]) -> str:
+    """The line printed under a table whose rows chose grid edges ({row: grid_edges(...)}); '' when none did."""
+    hit = {row: edges for row, edges in rows.items() if edges}
+    if not hit:
+        return ""
+    listed = "; ".join(f"{row}: {edge_text(edges)}" for row, edges in hit.items())
+    return (f"Grid-edge choices ({len(hit)} of {len(rows)} rows), so these rows' optimum may lie outside the "
+            f"grid and their numbers are lower bounds: {listed}.")
 
 
 # --------------------------------------------------------------------------- estimates over seeds

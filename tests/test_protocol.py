@@ -126,3 +126,23 @@ def test_verdict_kinds_on_constructed_data():
                                              "the ceiling here is t*B/N = 6.4x", "fine-tuning budgets of 640 epochs")
     assert untestable["verdict"] == protocol.NOT_TESTABLE and "6.4x" in untestable["evidence"]
     assert "not testable at this scale" in protocol.claims_table([untestable])
+
+
+def test_grid_edges_flag_choices_on_either_end_and_only_those():
+    axes = dict(lr=[0.001, 0.01, 0.1], steps=[100], opt=["adam", "sgd"])
+    chosen = [dict(lr=0.1, steps=100, opt="sgd"), dict(lr=0.01, steps=100, opt="adam"),
+              dict(lr=0.1, steps=100, opt="adam")]
+    edges = protocol.grid_edges(axes, chosen, seeds=[0, 1, 2])
+    # only lr is an ordered, searched axis: one value of steps was not searched, opt has no order
+    assert edges == [dict(axis="lr", value=0.1, edge="highest", seeds=[0, 2], of=3, grid=[0.001, 0.01, 0.1])]
+    assert protocol.edge_text(edges) == "lr 0.1 (highest of 0.001..0.1, 2 of 3 seeds)"
+    assert protocol.grid_edges(axes, [dict(lr=0.01, steps=100)] * 3) == []
+    low = protocol.grid_edges(dict(lr=[0.3, 0.03, 0.003]), [dict(lr=0.003)])   # order of the grid does not matter
+    assert [(e["edge"], e["value"]) for e in low] == [("lowest", 0.003)]
+    both = protocol.grid_edges(dict(lr=[1e-3, 1e-2]), [dict(lr=1e-3), dict(lr=1e-2)])
+    assert [e["edge"] for e in both] == ["lowest", "highest"]   # two values: no interior
+    note = protocol.edges_note({"S/B + last": edges, "full": []})
+    assert note.startswith("Grid-edge choices (1 of 2 rows)") and "S/B + last: lr 0.1 (highest" in note
+    assert protocol.edges_note({"full": []}) == ""
+    with pytest.raises(ValueError, match="2 chosen settings but 3 seeds"):
+        protocol.grid_edges(axes, chosen[:2], seeds=[0, 1, 2])
