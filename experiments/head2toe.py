@@ -27,9 +27,10 @@ def _targets(config) -> list:
 
 
 def _load_target(name: str, config, seed: int) -> data.Dataset:
-    """A target of the suite, subsampled with `seed`; structured tasks relabel the source's images."""
+    """A target of the suite, subsampled with `seed`; structured tasks relabel the source's images. Its test
+    split is the pretraining's (`split_seed=config.seed`) in every seed: no test image was a pretraining one."""
     return data.vtab_like.load_task(
-        name, image_size=config.data.image_size, channels=config.data.channels, seed=seed,
+        name, image_size=config.data.image_size, channels=config.data.channels, seed=seed, split_seed=config.seed,
         max_train=config.data.max_train_target, max_test=config.data.max_test_target,
         source=config.data.name if not config.data.name.startswith("tfds:") else "mnist5k")
 

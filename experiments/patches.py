@@ -44,8 +44,10 @@ PAPER_TABLES = {
 
 
 def _load(name: str, config, seed: int, image_size=None, max_train=None) -> data.Dataset:
+    """A target subsampled with `seed`; its test split is the pretraining's (`split_seed=config.seed`) in every
+    seed, so no test image of a task built from the source's images was a pretraining image."""
     return data.load(name, image_size=image_size or config.data.image_size, channels=config.data.channels,
-                     seed=seed, max_train=max_train)
+                     seed=seed, max_train=max_train, split_seed=config.seed)
 
 
 def _transfer_all(config, workdir, source, target, seed: int) -> dict:

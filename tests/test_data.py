@@ -195,3 +195,43 @@ def test_rotation_views():
         x = jnp.rot90(x, 1, axes=(1, 2))
     np.testing.assert_array_equal(x, images)
     np.testing.assert_array_equal(views[:3], images)
+
+
+def _fingerprints(images):
+    return {np.round(x, 4).tobytes() for x in np.asarray(images)}
+
+
+def test_transfer_test_images_never_derive_from_pretraining_images():
+    """Head2Toe's and patches' targets reuse the source's images (corruptions, rotation); across the seeds of
+    their CPU defaults no test image is a pretraining image, read through the experiments' own loaders.
+    (Without `split_seed`, seeds 1 and 2 re-split the source and ~80% of their test images were pretrained on.)"""
+    import importlib.util
+    import os
+    from experiments import head2toe as h2t_run
+    from experiments import patches as patches_run
+
+    def config(name):
+        path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", f"{name}.py")
+        spec = importlib.util.spec_from_file_location(f"cfg_{name}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.get_config()
+
+    for cfg, load in ((config("head2toe"), h2t_run._load_target), (config("patches"), patches_run._load)):
+        d = cfg.data
+        pretrain = data.load_for_training(d, seed=cfg.seed)   # what the backbone trains on
+        seen = {"clean": _fingerprints(pretrain.train_images)}
+        for corruption in ("invert", "edges"):  # deterministic corruptions, so a derived image is recognisable
+            seen[corruption] = _fingerprints(data.load(f"{d.name}/{corruption}", image_size=d.image_size,
+                                                       channels=d.channels, seed=cfg.seed).train_images)
+        for seed in range(3):
+            for name, kind in ((d.name, "clean"), (f"{d.name}/invert", "invert"), (f"{d.name}/edges", "edges"),
+                               ("rotation", "clean")):
+                if load is patches_run._load and name == "rotation":
+                    continue
+                target = load(name, cfg, seed)
+                views = [np.rot90(target.test_images, k, axes=(1, 2)) for k in range(4)] if name == "rotation" \
+                    else [target.test_images]
+                overlap = set().union(*(_fingerprints(v) for v in views)) & seen[kind]
+                assert not overlap, (f"seed {seed}, target {name}: {len(overlap)} test images were pretraining "
+                                     f"images")

@@ -46,10 +46,12 @@ def _readonly(ds: Dataset) -> Dataset:
 
 
 @functools.lru_cache(maxsize=16)
-def _load_offline(name: str, image_size: int, channels: int, seed: int, test_fraction: float) -> Dataset:
-    """Resize -> corrupt -> split; cached and read-only because experiments reload the same set often.
+def _load_offline(name: str, image_size: int, channels: int, seed: int, test_fraction: float,
+                  split_seed: int) -> Dataset:
+    """Resize -> corrupt (with `seed`) -> split (with `split_seed`); cached and read-only because experiments
+    reload the same set often.
 
-    The split depends only on labels and seed, so a clean set and its corruptions share the same
+    The split depends only on labels and split_seed, so a clean set and its corruptions share the same
     train/test examples.
     """
     base, _, corruption = name.partition("/")
@@ -58,7 +60,7 @@ def _load_offline(name: str, image_size: int, channels: int, seed: int, test_fra
     if corruption:
         x = corruptions.apply(corruption, x, seed)
     x = images.to_channels(x, channels)
-    tr, te = splits.train_test_indices(y, test_fraction, seed)
+    tr, te = splits.train_test_indices(y, test_fraction, split_seed)
     return _readonly(Dataset(name=name, train_images=x[tr], train_labels=y[tr], test_images=x[te],
                              test_labels=y[te], num_classes=offline.NUM_CLASSES[base]))
 
@@ -74,10 +76,13 @@ def _load_user_files(name: str, fingerprint: tuple, image_size: int, channels: i
 
 
 def load(name: str, *, image_size: int = 16, channels: int = 1, seed: int = 0, test_fraction: float = 0.2,
-         max_train: int | None = None) -> Dataset:
+         max_train: int | None = None, split_seed: int | None = None) -> Dataset:
     """Loads a dataset by name as float32 [N,image_size,image_size,channels] images in [0,1].
 
-    `seed` fixes the train/test split, random corruptions and the `max_train` draw (class-balanced).
+    `seed` fixes random corruptions and the `max_train` draw (class-balanced); `split_seed` (default: `seed`)
+    fixes the train/test split. A transfer target built from the images a backbone was pretrained on passes
+    the pretraining's seed as `split_seed`: then every seed's test images come from the pretraining's test
+    split, and no test image of any seed is an image the backbone was trained on.
     Offline and user-file (`folder:`, `npz:`) results are shared read-only arrays: copy before writing
     into them.
     """
@@ -91,20 +96,21 @@ def load(name: str, *, image_size: int = 16, channels: int = 1, seed: int = 0, t
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}.")
     if max_train is not None and (int(max_train) != max_train or max_train < 1):
         raise ValueError(f"max_train must be a positive integer or None, got {max_train}.")
+    split_seed = seed if split_seed is None else int(split_seed)
     if name.startswith("tfds:"):
         tr_x, tr_y, te_x, te_y, k = tfds_source.load(name, image_size=int(image_size), channels=channels,
-                                                     seed=seed, test_fraction=test_fraction)
+                                                     seed=split_seed, test_fraction=test_fraction)
         names = tfds_source.class_names(name)
         ds = Dataset(name=name, train_images=tr_x, train_labels=tr_y, test_images=te_x, test_labels=te_y,
                      num_classes=k, class_names=names if names and len(names) == k else None)
     elif name.startswith(user_files.PREFIXES):
-        ds = _load_user_files(name, user_files.fingerprint(name), int(image_size), channels, int(seed),
+        ds = _load_user_files(name, user_files.fingerprint(name), int(image_size), channels, split_seed,
                               float(test_fraction))
     else:
         base, slash, corruption = name.partition("/")
         if base not in OFFLINE or (slash and corruption not in CORRUPTIONS):
             raise _unknown(name)
-        ds = _load_offline(name, int(image_size), channels, int(seed), float(test_fraction))
+        ds = _load_offline(name, int(image_size), channels, int(seed), float(test_fraction), split_seed)
     check_usable(ds)
     return ds if max_train is None else ds.subset(max_train=int(max_train), seed=seed)
 

@@ -53,9 +53,13 @@ def structured(kind: str, images: np.ndarray, seed: int) -> tuple[np.ndarray, np
 
 
 def load_task(name: str, *, image_size: int = 16, channels: int = 1, seed: int = 0, max_train: int = 1000,
-              max_test: int | None = 1000, source: str = "mnist5k") -> data.Dataset:
-    """A target task: a data.load name, or 'rotation' / 'location' / 'count' built from `source` images."""
-    base = data.load(source if name in STRUCTURED else name, image_size=image_size, channels=channels, seed=seed)
+              max_test: int | None = 1000, source: str = "mnist5k", split_seed: int | None = None) -> data.Dataset:
+    """A target task: a data.load name, or 'rotation' / 'location' / 'count' built from `source` images.
+
+    `seed` draws the training subsample, the test cap and the structured labels; `split_seed` (default `seed`)
+    the train/test split: pass the backbone's pretraining seed so no test image derives from a pretraining one."""
+    base = data.load(source if name in STRUCTURED else name, image_size=image_size, channels=channels, seed=seed,
+                     split_seed=split_seed)
     ds = base.subset(max_train=max_train, seed=seed)
     if max_test is not None and len(ds.test_labels) > max_test:
         keep = np.random.default_rng(seed).permutation(len(ds.test_labels))[:max_test]
