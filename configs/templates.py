@@ -5,7 +5,8 @@
   python -m experiments.run --config=configs/templates.py --workdir=/tmp/t_sig --config.mode=signatures
 
 Modes: single | signatures | multitask (default) | transfer | adapt.
-  transfer inits: source | random | bn_logits | accuracy_interp | learned_interp | learned_interp_tuned
+  transfer inits: plain_bn_logits (the paper's Table 2 baseline) | source | worst_source | random | bn_logits |
+                  accuracy_interp | learned_interp | learned_interp_tuned
   adapt methods:  moment_matching | adversarial (ADDA or gradient reversal) | m3sda (moments + two-classifier
                   discrepancy), on xi and on a plain input adapter
 """
@@ -21,7 +22,8 @@ def get_config(arg: str = ""):
     config.tasks = ["mnist5k", "mnist5k/rotate", "mnist5k/invert", "mnist5k/blur"]
     config.transfer_target = "mnist5k/shear"
     config.adapt_target = "mnist5k/shot_noise"
-    config.transfer_inits = ["source", "random", "bn_logits", "accuracy_interp", "learned_interp"]
+    config.transfer_inits = ["plain_bn_logits", "source", "worst_source", "random", "bn_logits", "accuracy_interp",
+                             "learned_interp"]
     config.multitask_transfer = True     # multitask mode also runs the transfer table from its regularised sources
     config.multitask_adapt = True        # ... and the adaptation table of mode 'adapt' (its own source pretraining)
     # self-organisation claims: mean one-hotness above this, each task's accuracy within this of the
@@ -45,11 +47,14 @@ def get_config(arg: str = ""):
     config.m3sda = dict(generator_steps=4, moment_weight=1.0, classifier_lr_mult=1.0, second_init_noise=0.1)
     config.signature_kinds = ["learned", "sequential", "cyclic", "random"]
     config.model = isometric.default_config(width=16, expansion=2, depth=6, num_templates=3, stride=4)
-    # the paper's clustering regulariser; its xi-gradient is comparable to the cross-entropy's at this weight
-    # (the entropy regulariser has zero gradient at a uniform mixture, so it is off)
+    # the paper's clustering regulariser (Sec. 3.2). Its weight is OUR choice: the paper gives no value for alpha;
+    # at 20 its xi-gradient is comparable to the cross-entropy's (the entropy regulariser has zero gradient at a
+    # uniform mixture, so it is off)
     config.entropy_weight = 0.0
     config.clustering_weight = 20.0
-    config.mixture_lr_mult = 10.0   # xi's Adam rate 3e-3 x 10 = 0.03, near the paper's
+    # xi's learning-rate multiplier is OUR choice too: the paper gives xi no rate of its own (App. A.2: RMSProp at
+    # 0.02-0.04 for every variable; App. D: adaptation by Adam at 1e-4 to 2e-4, decaying); ours is Adam 3e-3 x 10
+    config.mixture_lr_mult = 10.0
     config.batch_size = 64          # per task
     config.num_steps = 300
     if not arg:
@@ -62,7 +67,7 @@ def get_config(arg: str = ""):
                                                 out_dim=16, bn_momentum=0.8)
         config.signature_kinds = ["learned", "cyclic"]
         config.transfer_steps = 20
-        config.transfer_inits = ["source", "random"]
+        config.transfer_inits = ["plain_bn_logits", "source", "random"]
         config.interp_score_examples = 200
         config.interp_tune_steps = 10
         config.adapt_methods = ["m3sda"]  # the smoke's adaptation table: one method (the others are unit-tested)

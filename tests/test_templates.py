@@ -291,11 +291,48 @@ def test_transfer_inits_start_from_the_best_source_or_fresh():
                             "task1", num_steps=2, interp_temperature=0.1, interp_score_examples=12,
                             interp_lr_mult=10.0, interp_tune_steps=2)
     best, fresh = src["tasks"]["task1"]["mixture"], params["tasks"][task]["mixture"]
-    for kind, mixture, xi_trains in (("source", best, True), ("bn_logits", best, False), ("random", fresh, True)):
+    with pytest.raises(ValueError, match="worst_source"):
+        T.TRANSFER_INITS["worst_source"](ctx)
+    ctx.worst_source = "task0"
+    worst = src["tasks"]["task0"]["mixture"]
+    assert not np.array_equal(worst, best)
+    for kind, mixture, xi_trains in (("source", best, True), ("bn_logits", best, False), ("random", fresh, True),
+                                     ("worst_source", worst, True)):
         start = T.TRANSFER_INITS[kind](ctx)
         np.testing.assert_array_equal(start.params["tasks"][task]["mixture"], mixture)
         assert start.num_steps == 2 and start.loss_fn is None and start.stats is stats
         assert ("tasks/task2/mixture" in trainable_paths(start.params, start.rules)) == xi_trains
+
+
+def test_plain_baselines_follow_the_paper():
+    """Table 2's baseline: the same depth L, no templates, per-task BN + logits; the adaptation baseline (App.
+    D.3): K plain layers, so about the template model's parameter count."""
+    cfg = tiny(depth=6, num_templates=2)
+    table2 = X.plain_config(cfg)
+    assert (table2.num_templates, table2.bn, table2.depth) == (0, "per_task", 6)
+    adapt = A.plain_adapter_config(cfg)
+    assert (adapt.num_templates, adapt.depth) == (0, 2)
+    count = lambda c: P.count(isometric.init(c, jax.random.key(0), 1, [3])[0]["shared"])
+    assert count(adapt) < count(table2)
+    assert abs(count(adapt) - count(cfg)) < 0.2 * count(cfg)   # about the template model's shared parameters
+
+
+def test_plain_bn_logits_transfer_trains_only_the_new_tasks_bn_and_logits(tmp_path):
+    sources, target = [tiny_dataset("a", seed=0), tiny_dataset("b", seed=1)], tiny_dataset("t", seed=2)
+    outcome = T.compare_transfer_inits(tiny(), tiny_recipe(workdir=str(tmp_path)), sources, target,
+                                       inits=["plain_bn_logits", "worst_source"], num_steps=2, interp_temperature=0.0,
+                                       interp_score_examples=12, interp_lr_mult=1.0, interp_tune_steps=0)
+    assert set(outcome.accuracy) == {"plain_bn_logits", "worst_source"} and set(outcome.summaries) == {"worst_source"}
+    plain = outcome.extra["plain"]
+    assert set(plain["source_accuracy"]) == {"a", "b"} and set(plain["params"]["per_task"]) == {"task0", "task1", "task2"}
+    assert outcome.extra["worst_source_task"] in {"a", "b"}
+    scores = outcome.extra["validation_scores"]
+    assert scores[outcome.extra["worst_source_task"]] == min(scores.values())
+    # what the plain target trained: only its BN patch and logits (the rule the baseline uses)
+    params, _ = isometric.init(X.plain_config(tiny()), jax.random.key(0), 1, [3, 3, 3])
+    trained = trainable_paths(params, X.plain_transfer_rules("task2"))
+    assert trained and all(p.startswith(("tasks/task2/bn", "tasks/task2/head")) for p in trained)
+    assert any("/bn" in p for p in trained) and any("/head" in p for p in trained)
 
 
 def test_training_a_new_task_leaves_shared_parts_and_sources_untouched():

@@ -288,6 +288,13 @@ def _tuned(method: str, what: str, count: int, head) -> dict:
     return dict(tuned=what, params=count)
 
 
+def plain_adapter_config(model_cfg) -> ml_collections.ConfigDict:
+    """The adaptation baseline's architecture (paper App. D.3): a plain isometric net whose number of layers is
+    the template model's number of templates K, so that it holds about as many parameters; BN shared."""
+    return ml_collections.ConfigDict(dict(model_cfg.items(), num_templates=0, bn="shared",
+                                          depth=int(model_cfg.num_templates)))
+
+
 def _method_key(prefix: str, method: str, adversarial: Adversarial) -> str:
     return f"{prefix}_{method}" if method != "adversarial" else f"{prefix}_{method}_{adversarial.formulation}"
 
@@ -304,8 +311,9 @@ def compare_adaptation(model_cfg, recipe: Recipe, sources, target: data.Dataset,
     target towards that frozen source on the source's images. Every method is reported as target test
     accuracy before (that source model as is) and after tuning. 'target BN statistics only' runs the same
     loop with nothing trainable: it isolates how much of a gain comes from the target's moving BN
-    statistics (which every unsupervised run also re-estimates). The baseline is a plain isometric net of
-    equal depth, pretrained on the same sources, whose input adapter alone adapts.
+    statistics (which every unsupervised run also re-estimates). The baseline is a plain isometric net with K
+    layers (K = the template model's number of templates, so about its parameter count, as in the paper's
+    App. D.3), pretrained on the same sources, whose input adapter alone adapts.
     extra: source (the chosen one), sources, validation_scores, target, adapt_log, source_accuracy_on_source,
     before_after rows (accuracy in %).
     """
@@ -352,8 +360,9 @@ def compare_adaptation(model_cfg, recipe: Recipe, sources, target: data.Dataset,
     rows.append(dict(method="mixture_supervised_upper_bound (labels)", tuned="target xi", params=n_xi,
                      before=before, after=after))
     summaries["target (supervised)"] = summary(run.params, {tgt_task: None})[tgt_task]
-    # 2. baseline: a plain isometric net of equal depth, only its input adapter adapts
-    plain = ml_collections.ConfigDict(dict(model_cfg.items(), num_templates=0, bn="shared"))
+    # 2. baseline: a plain isometric net with as many layers as the template model has templates (about its
+    #    parameter count, paper App. D.3), only its input adapter adapts
+    plain = plain_adapter_config(model_cfg)
     base = train_tasks(plain, recipe, named, stage="adapt_plain_source", rules=[])
     plain_best, _ = choose_source(plain, base.params, base.model_state, validation, list(named), score_examples,
                                   recipe.seed)

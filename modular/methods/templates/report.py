@@ -68,30 +68,41 @@ def _pm(values, scale: float = 1.0, spec: str = ".1f") -> str:
     return format(e, spec)
 
 
-def multitask_tables(records: Sequence[dict], paper: Mapping[str, str]) -> dict:
+def multitask_tables(records: Sequence[dict], paper: Mapping[str, Mapping[str, str]],
+                     plain: Sequence[Mapping[str, float]] | None = None) -> dict:
     """{name: markdown} of the multi-seed multitask study (`study.SeedRun.record` per seed): accuracy and
-    organisation with vs without the regulariser, per-layer one-hotness, and every seed's signatures."""
+    organisation with vs without the regulariser, per-layer one-hotness, and every seed's signatures.
+    paper: {task or 'mean': {'isometric': cell, 'compositional': cell}} (the paper's numbers beside ours);
+    plain: per seed {task: accuracy} of a plain multi-task net on the same tasks (a column when given)."""
     reg, unreg = [r["regularised"] for r in records], [r["unregularised"] for r in records]
     tasks = list(reg[0]["accuracy"])
     rows = []
     for t in tasks:
-        rows.append(dict(task=t, paper=paper.get("accuracy", "-"),
+        rows.append(dict(task=t, paper_isometric=paper.get(t, {}).get("isometric", "-"),
+                         paper_comp=paper.get(t, {}).get("compositional", "-"),
+                         plain=_pm([p[t] for p in plain], 100) if plain else None,
                          regularised=_pm([r["accuracy"][t] for r in reg], 100),
                          unregularised=_pm([r["accuracy"][t] for r in unreg], 100),
                          one_hot_reg=_pm([r["organisation"][t]["one_hotness"] for r in reg], 1, ".3f"),
                          one_hot_unreg=_pm([r["organisation"][t]["one_hotness"] for r in unreg], 1, ".3f"),
                          progressiveness=_pm([r["organisation"][t]["progressiveness"] for r in reg], 1, ".2f")))
-    rows.append(dict(task="mean over tasks", paper=paper.get("one_hotness", "-"),
+    rows.append(dict(task="mean over tasks", paper_isometric=paper.get("mean", {}).get("isometric", "-"),
+                     paper_comp=paper.get("mean", {}).get("compositional", "-"),
+                     plain=_pm([np.mean([p[t] for t in tasks]) for p in plain], 100) if plain else None,
                      regularised=_pm([np.mean(list(r["accuracy"].values())) for r in reg], 100),
                      unregularised=_pm([np.mean(list(r["accuracy"].values())) for r in unreg], 100),
                      one_hot_reg=_pm([r["mean_one_hotness"] for r in reg], 1, ".3f"),
                      one_hot_unreg=_pm([r["mean_one_hotness"] for r in unreg], 1, ".3f"),
                      progressiveness=_pm([r["mean_progressiveness"] for r in reg], 1, ".2f")))
     n = len(records)
-    main = reporting.format_table(rows, ["task", "paper", "regularised", "unregularised", "one_hot_reg",
-                                         "one_hot_unreg", "progressiveness"],
+    columns = ["task", "paper_isometric", "paper_comp"] + (["plain"] if plain else []) + [
+        "regularised", "unregularised", "one_hot_reg", "one_hot_unreg", "progressiveness"]
+    main = reporting.format_table(rows, columns,
                                   title=f"templates/multitask: test accuracy (%) and one-hotness, mean ± SE over "
-                                        f"{n} seed(s); regularised = clustering regulariser on, unregularised = off")
+                                        f"{n} seed(s); regularised = clustering regulariser on, unregularised = off"
+                                        + ("; plain = a plain multi-task net (L layers, per-task BN + logits)"
+                                           if plain else "") + "; paper = Table 12 (its digit domains, "
+                                        "supervised multi-domain training)")
     depth = len(reg[0]["organisation"][tasks[0]]["layer_one_hotness"])
     layer_rows = []
     for kind, runs in (("regularised", reg), ("unregularised", unreg)):
@@ -139,7 +150,8 @@ def before_after_seeds_table(rows_per_seed: Sequence[Sequence[dict]], paper: Map
         runs = [rows[i] for rows in rows_per_seed]
         kind = ("bn_stats" if row["tuned"] == "-" else "plain" if "plain" in row["method"]
                 else "mixture" if "supervised" not in row["method"] else None)
-        out.append(dict(method=row["method"], tuned=row["tuned"], params=row["params"], paper=paper.get(kind, "-"),
+        out.append(dict(method=row["method"], tuned=row["tuned"], params=row["params"],
+                        paper=paper.get(row["method"], paper.get(kind, "-")),
                         before=_pm([r["before"] for r in runs]), after=_pm([r["after"] for r in runs]),
                         delta=_pm([r["delta"] for r in runs])))
     return reporting.format_table(out, ["method", "tuned", "params", "paper", "before", "after", "delta"], title=title)

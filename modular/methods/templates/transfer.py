@@ -3,8 +3,13 @@
 The target task gets its own xi [L, K], BN patch and head; templates, adapters and the source tasks are
 frozen. `TRANSFER_INITS` names each way to start xi:
   source / bn_logits: the xi of the source whose model does best on the target's validation split
-    (bn_logits then freezes it: only BN + head train, the paper's "BN + logits" baseline);
+    (bn_logits then freezes it: only BN + head train; the paper's Sec. 4.3 "without fine-tuning Xi" arm);
+  worst_source: the xi of the source whose model does worst there (the analogue of Table 2's FOOD column,
+    a poorly matched source);
   random: the target's fresh xi;
+  plain_bn_logits: the paper's Table 2 baseline: a plain multi-task isometric net (no templates, L layers,
+    per-task BN + logits, following Mudrakarta et al.) trained on the same sources, whose new task trains only
+    its BN patch and logits;
   accuracy_interp: a convex combination of all S source tasks' mixtures,
       xi_tgt = sum_s w_s * xi_s,   w = softmax(score_s / T) (or score_s / sum score for T = 0),
     where score_s is how well source model s does on the target's validation split (its own head when the
@@ -176,7 +181,8 @@ class TransferContext:
     interp_score_examples: int
     interp_lr_mult: float
     interp_tune_steps: int
-    validation_scores: np.ndarray | None = None  # [S] each source model's accuracy on the target's validation
+    validation_scores: dict | None = None  # `source_scores` of each source model on the target's validation
+    worst_source: str | None = None   # the source whose model does worst on the target's validation split
     finished: dict = dataclasses.field(default_factory=dict)       # init -> its trained (params, stats)
     interpolation: dict = dataclasses.field(default_factory=dict)  # init -> chosen weights (and scores)
 
@@ -253,13 +259,50 @@ def _learned_interp_tuned(ctx: TransferContext) -> TransferStart:
                          ctx.interp_tune_steps, prior_steps=ctx.num_steps)
 
 
+def _worst_source_xi(ctx: TransferContext) -> jax.Array:
+    if ctx.worst_source is None:
+        raise ValueError("Transfer init 'worst_source' needs the sources' validation scores (worst_source unset).")
+    return ctx.start[0]["tasks"][ctx.worst_source]["mixture"]
+
+
+def plain_config(model_cfg) -> ml_collections.ConfigDict:
+    """The paper's Table 2 baseline architecture: the same isometric net with L plain (unshared) layers, no
+    templates, per-task BN patches and logits."""
+    return ml_collections.ConfigDict(dict(model_cfg.items(), num_templates=0, bn="per_task"))
+
+
+def plain_transfer_rules(target: str) -> list[tuple[str, float]]:
+    """The Table 2 baseline's new task: only its BN patch and logits train (use with default 0)."""
+    return [(rf"tasks/{target}/(bn|head)/.*", 1.0)]
+
+
+def plain_bn_logits_transfer(model_cfg, recipe: Recipe, sources: Sequence[data.Dataset], fit: data.Dataset,
+                             target: data.Dataset, num_steps: int) -> tuple[float, dict, dict]:
+    """(target test accuracy, source test accuracies, parameter counts) of the paper's Table 2 baseline: a plain
+    multi-task net trained jointly on `sources` (same recipe and steps as the template model), then a new task
+    whose BN patch and logits alone train on `fit` for `num_steps`."""
+    plain = plain_config(model_cfg)
+    tasks = {isometric.task_name(i): ds for i, ds in enumerate(sources)}
+    trained = train_tasks(plain, recipe, tasks, stage="transfer_plain_sources", rules=[])
+    source_accuracy = {ds.name: evaluate(plain, trained.params, trained.model_state, ds, t) for t, ds in tasks.items()}
+    params, stats, task = new_task_start(plain, trained.params, trained.model_state, target.num_classes,
+                                         target.image_shape[-1], recipe.seed)
+    run = train_tasks(plain, recipe, {task: fit}, stage="transfer_plain_bn_logits", start=(params, stats),
+                      rules=plain_transfer_rules(task), default_mult=0.0, num_steps=num_steps)
+    return evaluate(plain, run.params, run.model_state, target, task), source_accuracy, param_counts(run.params)
+
+
+PLAIN = "plain_bn_logits"
+
 TRANSFER_INITS: dict[str, Callable[[TransferContext], TransferStart]] = {
     "source": lambda ctx: _start_with(ctx, _best_source_xi(ctx)),
+    "worst_source": lambda ctx: _start_with(ctx, _worst_source_xi(ctx)),
     "random": lambda ctx: _start_with(ctx, None),
     "bn_logits": lambda ctx: _start_with(ctx, _best_source_xi(ctx), "bn_logits"),
     "accuracy_interp": _accuracy_interp,
     "learned_interp": _learned_interp,
     "learned_interp_tuned": _learned_interp_tuned,
+    PLAIN: None,   # its own model and sources: `plain_bn_logits_transfer`
 }
 
 
@@ -284,10 +327,17 @@ def compare_transfer_inits(model_cfg, recipe: Recipe, sources: Sequence[data.Dat
                                          target.image_shape[-1], recipe.seed)
     fit, validation = protocol.validation_split(target, val_fraction, recipe.seed)
     best, scored = choose_source(model_cfg, params, stats, validation, list(names), interp_score_examples, recipe.seed)
+    worst = list(names)[int(np.argmin(scored["scores"]))]
     ctx = TransferContext(model_cfg, recipe, (params, stats), task, fit, names, best, num_steps, interp_temperature,
-                          interp_score_examples, interp_lr_mult, interp_tune_steps, validation_scores=scored)
-    accuracy, steps, summaries = {}, {}, {}
+                          interp_score_examples, interp_lr_mult, interp_tune_steps, validation_scores=scored,
+                          worst_source=worst)
+    accuracy, steps, summaries, plain = {}, {}, {}, {}
     for kind in inits:
+        if kind == PLAIN:
+            accuracy[kind], plain["source_accuracy"], plain["params"] = plain_bn_logits_transfer(
+                model_cfg, recipe, sources, fit, target, num_steps)
+            steps[kind] = num_steps
+            continue
         start = TRANSFER_INITS[kind](ctx)
         run = train_tasks(model_cfg, recipe, {task: fit}, stage=f"transfer_{kind}", start=(start.params, start.stats),
                           rules=start.rules, default_mult=0.0, num_steps=start.num_steps, loss_fn=start.loss_fn)
@@ -299,5 +349,6 @@ def compare_transfer_inits(model_cfg, recipe: Recipe, sources: Sequence[data.Dat
         steps[kind] = start.num_steps + start.prior_steps
         summaries[kind] = summary(params, {task: None})[task]
     return Outcome(accuracy, summaries, param_counts(params),
-                   dict(source_accuracy=multi.accuracy, source_task=names[ctx.best_source], steps=steps,
+                   dict(source_accuracy=multi.accuracy, source_task=names[ctx.best_source],
+                        worst_source_task=names[worst], plain=plain, steps=steps,
                         validation_scores=ctx.by_source(scored["scores"]), interpolation=ctx.interpolation))
