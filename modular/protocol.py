@@ -133,9 +133,10 @@ def grid_edges(axes: Mapping[str, Sequence[Any]], chosen: Sequence[Mapping[str, 
 
 
 def edge_text(edges: Sequence[Mapping]) -> str:
-    """'lr 0.1 (highest of 0.001..0.1, 3 of 3 seeds)'; '' when no choice is on an edge."""
+    """'lr 0.1 (highest of 0.001..0.1, in 3 of 3 choices)'; '' when no choice is on an edge. A choice is one
+    seed's (or one seed and target's) selection."""
     return "; ".join(f"{e['axis']} {e['value']:g} ({e['edge']} of {e['grid'][0]:g}..{e['grid'][-1]:g}, "
-                     f"{len(e['seeds'])} of {e['of']} seeds)" for e in edges)
+                     f"in {len(e['seeds'])} of {e['of']} choices)" for e in edges)
 
 
 def edges_note(rows: Mapping[str, Sequence[Mapping]]) -> str:
@@ -311,17 +312,22 @@ def claims_table(claims: Sequence[Mapping]) -> str:
 
 def mean_se_table(estimates: Mapping[str, Mapping[str, Estimate]], *, rows: Sequence[str],
                   columns: Sequence[str], scale: float = 100.0, paper: Mapping | None = None,
-                  row_title: str = "method", title: str = "") -> str:
-    """A markdown table of `estimates[row][column]` as 'mean ± se' (scaled, default %), optional paper column."""
+                  row_title: str = "method", title: str = "", paper_title: str = "paper",
+                  extra: Mapping[str, Mapping[str, Any]] | None = None) -> str:
+    """A markdown table of `estimates[row][column]` as 'mean ± se' (scaled, default %), optional paper column
+    (headed `paper_title`, which should say which of the paper's tables and settings its numbers come from)
+    and `extra` columns {title: {row: value}} at the end."""
     from modular import reporting
     table = []
     for r in rows:
         row = {row_title: r}
         if paper is not None:
-            row["paper"] = paper.get(r)
+            row[paper_title] = paper.get(r)
         for c in columns:
             e = estimates.get(r, {}).get(c)
             row[c] = None if e is None else format(Estimate(e.mean * scale, e.se * scale, e.n, ()), ".1f")
+        for name, values in (extra or {}).items():
+            row[name] = values.get(r)
         table.append(row)
-    cols = [row_title] + (["paper"] if paper is not None else []) + list(columns)
+    cols = [row_title] + ([paper_title] if paper is not None else []) + list(columns) + list(extra or {})
     return reporting.format_table(table, cols, title=title)

@@ -1,6 +1,6 @@
 """Head2Toe's comparison protocol: the vmapped grid equals training one setting alone, the refit
 re-normalises each layer's kept subset, layer-wise selection takes exactly the matched count, every method
-gets the same lr x steps grid. (That test labels never reach a choice is checked on the smoke run in
+gets its family's lr x steps grid, adaptation FLOPs follow the paper's accounting. (That test labels never reach a choice is checked on the smoke run in
 test_head2toe.py, which reuses its compiled programs.)"""
 import numpy as np
 import pytest
@@ -70,12 +70,41 @@ def _settings():
     return h
 
 
-def test_every_method_gets_the_same_lr_steps_grid():
+def test_every_method_of_a_family_gets_the_same_lr_steps_grid():
     h = _settings()
     grids = head2toe.settings_grids(h)
-    budget = protocol.budget(h)
+    heads_budget = sorted((lr, s) for lr in h.lrs for s in h.steps)
+    network_budget = sorted((lr, s) for lr in h.network_lrs for s in h.steps)
     assert set(grids) == set(head2toe.METHODS)
     for method, points in grids.items():
-        assert sorted({(p["lr"], p["steps"]) for p in points}) == sorted((b["lr"], b["steps"]) for b in budget), method
+        want = network_budget if method in head2toe.compare.BACKBONE_METHODS else heads_budget
+        assert sorted({(p["lr"], p["steps"]) for p in points}) == want, method
     assert {p["fraction"] for p in grids["head2toe"]} == set(h.fractions)
+    axes = head2toe.grid_axes(h)                           # what the edge check reads: the grids' own axes
+    for method, points in grids.items():
+        assert len(points) == int(np.prod([len(v) for v in axes[method].values()])), method
+    del h["network_lrs"]                                   # a config without the key: one range for all
+    assert {p["lr"] for p in head2toe.settings_grids(h)["finetune"]} == set(h.lrs)
     assert {p["coef"] for p in grids["all_l1"]} == set(h.baseline_coefs.l1)
+
+
+def test_adaptation_flops_follow_the_papers_accounting():
+    """XLA's counts: fine-tuning's forward+backward step costs more than its forward step, Head2Toe's cost is its
+    feature pass plus head steps, and the paper's ratio never exceeds its ceiling t*B/N."""
+    from configs import head2toe as cfg_module
+    from modular import data, supervised
+    from modular.methods.head2toe import costs
+    config = cfg_module.get_config("smoke")
+    ds = data.load("mnist5k", image_size=config.data.image_size, channels=config.data.channels, max_train=64)
+    clf = supervised.train_classifier(ds, model_cfg=config.model, optim_cfg=config.optim, num_steps=1,
+                                      batch_size=16, seed=0, verbose=False)
+    kw = dict(image_shape=ds.image_shape, num_train=1000, batch_size=64, num_classes=4, num_features=2000,
+              head2toe_steps=100, fractions=[0.05, 0.2])
+    short, long = (costs.adaptation_flops(clf.model, clf.variables, finetune_steps=t, **kw) for t in (100, 400))
+    assert short["finetune_forward_backward"] > 2 * short["finetune_paper"] > 0
+    assert long["finetune_paper"] == 4 * short["finetune_paper"] and long["head2toe"] == short["head2toe"]
+    assert short["head2toe"] == short["head2toe_features"] + short["head2toe_heads"]
+    assert short["head2toe_heads"] > 0 and short["ceiling"] == 100 * 64 / 1000
+    assert short["ratio_paper"] < short["ceiling"] and long["ratio_paper"] < long["ceiling"]
+    step = costs.head_step_flops(2000, 4, 64, 1000)
+    assert step > 2 * 64 * 2000 * 4             # at least the forward matmul's multiply-adds

@@ -135,7 +135,7 @@ def test_grid_edges_flag_choices_on_either_end_and_only_those():
     edges = protocol.grid_edges(axes, chosen, seeds=[0, 1, 2])
     # only lr is an ordered, searched axis: one value of steps was not searched, opt has no order
     assert edges == [dict(axis="lr", value=0.1, edge="highest", seeds=[0, 2], of=3, grid=[0.001, 0.01, 0.1])]
-    assert protocol.edge_text(edges) == "lr 0.1 (highest of 0.001..0.1, 2 of 3 seeds)"
+    assert protocol.edge_text(edges) == "lr 0.1 (highest of 0.001..0.1, in 2 of 3 choices)"
     assert protocol.grid_edges(axes, [dict(lr=0.01, steps=100)] * 3) == []
     low = protocol.grid_edges(dict(lr=[0.3, 0.03, 0.003]), [dict(lr=0.003)])   # order of the grid does not matter
     assert [(e["edge"], e["value"]) for e in low] == [("lowest", 0.003)]

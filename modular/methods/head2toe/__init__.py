@@ -19,7 +19,7 @@ from modular.methods.head2toe.features import (FeatureCache, cache_features, fea
                                                l2_normalise, layer_features, pool_layer, pool_size, token_pool_size)
 from modular.methods.head2toe.finetune import head2toe_ft, train_model
 from modular.methods.head2toe.heads import REGULARISERS, head_accuracy, relevance, train_linear
-from modular.methods.head2toe.compare import METHODS, compare_on_task, settings_grids
+from modular.methods.head2toe.compare import METHODS, compare_on_task, grid_axes, settings_grids
 from modular.methods.head2toe.grid import grid_accuracy, train_grid
 from modular.methods.head2toe.report import (CORRELATION_NOTE, accuracy_table, claims, correlation, correlations,
                                              per_task_table, plots, summarize)
@@ -33,7 +33,7 @@ __all__ = [
     "feature_scores", "top_fraction_mask", "layerwise_mask", "head2toe", "fold_indices", "cross_validate",
     "train_model", "head2toe_ft",
     "train_grid", "grid_accuracy",
-    "METHODS", "compare_on_task", "settings_grids",
+    "METHODS", "compare_on_task", "grid_axes", "settings_grids",
     "summarize", "claims", "correlation", "correlations", "accuracy_table", "per_task_table", "plots",
     "CORRELATION_NOTE",
     "adapt",

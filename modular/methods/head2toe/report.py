@@ -63,48 +63,59 @@ def summarize(per_seed: list[list[dict]]) -> dict:
 
 
 def claims(summary: dict) -> list[dict]:
-    """The paper's claims, each judged from the interval of its per-seed paired differences."""
+    """The paper's claims (Evci et al. 2022), each judged from the interval of its per-seed paired differences,
+    or marked not testable at this scale with the reason and what a test would need."""
     means = summary["per_seed_means"]
     col = lambda m: [s[m] for s in means]
     have = set(summary["methods"])
-    out = [protocol.claim_greater("Head2Toe beats Linear probing (mean over targets)", col("head2toe"),
-                                  col("linear"), names=("Head2Toe", "Linear"))]
+    out = [protocol.claim_greater("Head2Toe beats Linear probing on average (Table 1: 65.8 vs 57.0, ResNet-50)",
+                                  col("head2toe"), col("linear"), names=("Head2Toe", "Linear"))]
+    paper_all = {"all_l1": "64.6", "all_l2": "63.3", "all_l21": "64.3"}
     for m, name in (("all_l1", "All+L1"), ("all_l2", "All+L2"), ("all_l21", "All+L2,1")):
-        out.append(protocol.claim_greater(f"Head2Toe beats {name} (every feature, no selection)", col("head2toe"),
-                                          col(m), names=("Head2Toe", name)))
+        out.append(protocol.claim_greater(
+            f"Head2Toe beats {name}, every feature without selection (Table 1: 65.8 vs {paper_all[m]})",
+            col("head2toe"), col(m), names=("Head2Toe", name)))
     for m, name in (("layerwise", "layer-wise (mean score)"), ("layerwise_group", "layer-wise (group lasso)")):
-        out.append(protocol.claim_greater(f"feature-wise selection beats {name} at equal feature counts",
+        out.append(protocol.claim_greater(f"feature-wise selection beats {name} at equal feature counts (Sec. 4.3, Fig. 6 left)",
                                           col("head2toe"), col(m), names=("Head2Toe", name)))
     if "finetune" in have:
-        out.append(protocol.claim_within("Head2Toe matches fine-tuning on average (no worse by more than 1 point)",
-                                         col("head2toe"), col("finetune"), tolerance=0.01,
-                                         names=("Head2Toe", "fine-tuning")))
+        out.append(protocol.claim_within(
+            "Head2Toe matches fine-tuning on average (Table 1: 65.8 vs 63.6; ours: no worse by more than 1 point)",
+            col("head2toe"), col("finetune"), tolerance=0.01, names=("Head2Toe", "fine-tuning")))
     corr = summary["correlations"]
     if "test" in corr:
         n = len(summary["targets"])
-        out.append(protocol.claim_above(
-            f"gain over Linear anti-correlates with domain affinity (-r over n={n} targets per seed > 0)",
-            [-r for r in corr["test"]], 0.0, name="-r"))
-        out.append(protocol.claim_above(
-            "the same with affinity measured on validation (Linear's test noise not shared)",
-            [-r for r in corr["validation"]], 0.0, name="-r"))
+        per_seed = ", ".join(f"{r:.2f}" for r in corr["test"])
+        out.append(protocol.claim_not_testable(
+            "Head2Toe's gain over Linear is largest on targets of low domain affinity (Fig. 2, Sec. 2)",
+            f"over n = {n} targets, and gain (Head2Toe - Linear) and affinity (Linear - scratch) share Linear's "
+            f"accuracy with opposite signs, so Linear's noise alone makes r negative (ours per seed: {per_seed})",
+            "many targets (the paper orders 19) and an affinity that does not share Linear's test accuracy"))
     if summary["cost_ratios"]:
         r = summary["cost_ratios"]
+        paper_ratio = [s["flops_finetune_over_head2toe_paper"] for s in r]
+        both = [s["flops_finetune_over_head2toe_forward_backward"] for s in r]
+        ceiling = float(np.mean([s["flops_ceiling"] for s in r]))
+        out.append(protocol.claim_not_testable(
+            "Head2Toe adapts with a small fraction of fine-tuning's training FLOPs (Table 3: 0.5% on average)",
+            f"fine-tuning / Head2Toe adaptation FLOPs here: {np.mean(paper_ratio):.1f}x in the paper's App. B "
+            f"accounting, {np.mean(both):.1f}x counting forward and backward; at t steps of batch B on N images "
+            f"the paper's accounting cannot exceed t*B/N = {ceiling:.1f}x, whatever Head2Toe does",
+            "t*B/N of at least 200 (0.5%), e.g. the paper's 5000 steps at batch 128 on 1000 images (640)"))
         out.append(protocol.claim_above(
-            "Head2Toe adapts a hundred times cheaper than fine-tuning (training time, chosen setting)",
-            [s["time_finetune_over_head2toe"] for s in r], 100.0, name="fine-tuning / Head2Toe time"))
-        out.append(protocol.claim_above(
-            "Head2Toe stores a hundred times less than fine-tuning",
+            "Head2Toe stores a hundred times less than fine-tuning (Table 3: about 1% of fine-tuning's storage)",
             [1 / s["bytes_head2toe_over_finetune"] for s in r], 100.0, name="fine-tuning / Head2Toe bytes"))
     return out
 
 
-def accuracy_table(summary: dict, paper: dict) -> str:
-    """Markdown: mean ± SE test accuracy (%) per method per target and over targets, the paper's column."""
+def accuracy_table(summary: dict, paper: dict, grid_sizes: dict | None = None) -> str:
+    """Markdown: mean ± SE test accuracy (%) per method per target and over targets, the paper's column
+    (Table 1's ResNet-50 VTAB-1k mean) and, given `grid_sizes`, the number of grid points each method searched."""
     est = summary["estimates"]
     columns = list(next(iter(est.values())).keys())
-    return protocol.mean_se_table(est, rows=summary["methods"], columns=columns, paper=paper,
-                                  title="")
+    return protocol.mean_se_table(est, rows=summary["methods"], columns=columns, paper=paper, title="",
+                                  paper_title="paper (VTAB-1k mean, Table 1)",
+                                  extra={"grid points": grid_sizes} if grid_sizes else None)
 
 
 def per_task_table(tasks: list[dict], methods) -> str:
