@@ -16,6 +16,8 @@ from configs.adapt import METHODS
 from modular import backbone as backbone_lib, bank, data, optim
 from modular.data import splits
 from modular.methods import head2toe, patches
+from modular.methods.head2toe import serving as head2toe_serving
+from modular.methods.patches import serving as patches_serving
 
 PATCH_MODES = {"linear": "last_layer", "sb_patch": "sb_last", "dw_patch": "dw_last", "mixture": "mixture"}
 
@@ -79,8 +81,9 @@ def run(config, workdir: str) -> dict:
         chosen = {k: v for k, v in adapted.info["chosen"].items() if v is not None}
     else:
         adapted, chosen = _adapt_patch(config, bb, ds, PATCH_MODES[method], path, meta, run_dir(config, workdir))
-    entry = dict(method=method, mode=PATCH_MODES.get(method), file=os.path.relpath(path, bank_dir), classes=classes,
-                 num_classes=ds.num_classes, accuracy=adapted.accuracy, bytes=adapted.file_bytes,
+    server = (head2toe_serving if method == "head2toe" else patches_serving).__name__   # serves the file
+    entry = dict(method=method, server=server, mode=PATCH_MODES.get(method), file=os.path.relpath(path, bank_dir),
+                 classes=classes, num_classes=ds.num_classes, accuracy=adapted.accuracy, bytes=adapted.file_bytes,
                  trainable=adapted.trainable, backbone=bb.path, image_size=bb.image_size, channels=bb.channels,
                  dataset=ds.name, chosen=chosen)
     manifest = bank.add_to_manifest(bank_dir, task, entry)

@@ -15,6 +15,8 @@ import ml_collections
 from modular import bank, data, optim, reporting, supervised
 from modular.data import vtab_like
 from modular.methods import compat, head2toe, patches, templates
+from modular.methods.head2toe import serving as head2toe_serving
+from modular.methods.patches import serving as patches_serving
 
 # method -> (paper, patch mode, description)
 METHODS = {
@@ -78,8 +80,10 @@ def _adapt_method(method, config, workdir, source, src_ds, targets, stages) -> t
             dict(method=method, source=src_ds.name, target=ds.name))
         r = results[ds.name]
         if paper != "templates":  # on the pretrained backbone: `experiments.predict --bank=WORKDIR` serves it
+            server = (head2toe_serving if paper == "head2toe" else patches_serving).__name__
             bank.add_to_manifest(bank_dir, f"{method}:{ds.name}", dict(
-                method="head2toe" if paper == "head2toe" else method, mode=mode, file=os.path.relpath(path, bank_dir),
+                method="head2toe" if paper == "head2toe" else method, server=server, mode=mode,
+                file=os.path.relpath(path, bank_dir),
                 classes=[str(c) for c in range(ds.num_classes)], num_classes=ds.num_classes, accuracy=r.accuracy,
                 bytes=r.file_bytes, backbone=os.path.abspath(workdir), image_size=config.data.image_size,
                 channels=config.data.channels, dataset=ds.name))

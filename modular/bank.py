@@ -4,13 +4,19 @@ Every method ends in the same record (`Adapted`: accuracy, what it trained, what
 took), so a leaderboard compares methods on equal terms, and `summarize` sets a bank's bytes against the
 stand-alone models it replaces. The files themselves are `checkpoint.export_subtree` files, tagged with
 the identity of the backbone they fit.
+
+Serving knows no method: each manifest entry names, under `server`, the module that serves its file (the
+paper's own, e.g. its `serving.py`), and that module's `load_task(entry, bank_dir, backbone,
+allow_other_weights) -> ServedTask` puts the file back on its backbone (`load_served`). A new method serves
+from a bank by writing its module's name into its entries; nothing in the core changes.
 """
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import os
-from typing import Any, Mapping
+from typing import Any, Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 
@@ -100,3 +106,39 @@ def add_to_manifest(bank_dir: str, task: str, entry: Mapping[str, Any]) -> dict:
     tasks[task] = dict(entry)
     reporting.write_json(os.path.join(bank_dir, MANIFEST), {"tasks": tasks})
     return tasks
+
+
+# --------------------------------------------------------------------------- serving
+@dataclasses.dataclass(frozen=True)
+class ServedTask:
+    """A bank task put back on its backbone, ready to answer.
+
+    `logits(images) -> [N, classes]`. Tasks whose `group` is equal (not None) can answer one mixed batch
+    together: `serve_group(members, ids, images)` gives each image the logits of `members[ids[i]]`, using each
+    member's `payload` (what the method stacks, e.g. a patch)."""
+    logits: Callable[[Any], Any]
+    group: Hashable | None = None
+    serve_group: Callable[[Sequence["ServedTask"], Any, Any], Any] | None = None
+    payload: Any = None
+
+
+def load_served(entry: Mapping[str, Any], bank_dir: str, backbone: Any, *, allow_other_weights: bool = False,
+                task: str = "") -> ServedTask:
+    """The task of manifest `entry` served by the module its `server` names (`load_task` there)."""
+    module_name = entry.get("server")
+    if not module_name:
+        raise ValueError(f"Bank entry {task or entry.get('file')!r} in {bank_dir} names no server module (the "
+                         f"manifest's \"server\" key): it was written by an older version; adapt the task again.")
+    try:
+        module = importlib.import_module(str(module_name))
+    except ImportError as e:
+        raise ValueError(f"Bank entry {task or entry.get('file')!r} is served by module {module_name!r}, which "
+                         f"cannot be imported ({e}).") from None
+    load = getattr(module, "load_task", None)
+    if not callable(load):
+        raise ValueError(f"Module {module_name!r}, named as the server of bank entry {task or entry.get('file')!r}, "
+                         f"has no load_task(entry, bank_dir, backbone, allow_other_weights) function.")
+    served = load(entry, bank_dir, backbone, allow_other_weights=allow_other_weights)
+    if not isinstance(served, ServedTask):
+        raise TypeError(f"{module_name}.load_task returned {type(served).__name__}, not a bank.ServedTask.")
+    return served

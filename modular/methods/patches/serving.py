@@ -1,4 +1,5 @@
 """Mixed-task serving: one batch whose examples belong to different tasks, answered in one jitted call.
+`load_task` serves a patch file of a bank (`modular.bank.load_served`).
 
 Each example gathers its task's patch from patches stacked on a leading task axis and runs the shared
 backbone with it. BN in eval mode is a per-example affine map, so vmapping over examples with the shared
@@ -6,6 +7,7 @@ weights unbatched is exact: the logits equal each task's own model run on its ow
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Mapping, Sequence
 
@@ -13,10 +15,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from modular import checkpoint, data, models, params as P, rng, supervised, train
-from modular.methods.patches.modes import apply_patch, split_private
+from modular import bank, checkpoint, data, models, params as P, rng, supervised, train
+from modular.methods.patches.modes import apply_patch, import_patch, split_private
 from modular.methods.patches.multitask import task_key, task_variables
-from modular.methods.patches.transfer import eval_logits
+from modular.methods.patches.transfer import eval_logits, target_start
 
 SERVED_MODE = "sb_last"   # the patch a bank serves: S/B + head + BN statistics on a shared backbone
 
@@ -87,3 +89,22 @@ def serve_mixed(source: supervised.Classifier, bank_paths: Sequence[str], classi
                 bank_files=[os.path.basename(os.path.dirname(p)) + "/" + os.path.basename(p) for p in bank_paths],
                 backbone_frozen_in_every_patch=bool(backbone_frozen),
                 shared_params=P.count(shared), patch_params=P.count(task_params[task_key(0)]))
+
+
+def load_task(entry: Mapping, bank_dir: str, backbone, *, allow_other_weights: bool = False) -> bank.ServedTask:
+    """A bank's patch file (entry: file, mode, num_classes, backbone) on its backbone. Patches of one mode and
+    class count on one backbone form a group: a mixed batch of them runs in one jitted call."""
+    mode, num_classes = entry["mode"], int(entry["num_classes"])
+    model, start = target_start(backbone.classifier, backbone.model_cfg, num_classes,
+                                (backbone.image_size, backbone.image_size, backbone.channels), seed=0)
+    variables = import_patch(os.path.join(bank_dir, entry["file"]), start, mode,
+                             allow_other_weights=allow_other_weights)
+    return bank.ServedTask(logits=lambda images: np.asarray(train.predict(eval_logits(model), variables, images)),
+                           group=(entry["backbone"], mode, num_classes),
+                           serve_group=functools.partial(_serve_group, model, start, mode), payload=variables)
+
+
+def _serve_group(model, start: Mapping, mode: str, members: Sequence[bank.ServedTask], ids, images) -> np.ndarray:
+    patch_of = [split_private(m.payload, mode)[1] for m in members]
+    stacked = jax.tree.map(lambda *leaves: np.stack(leaves), *patch_of)
+    return np.asarray(make_mixed_server(model, start)(stacked, np.asarray(ids), images))
