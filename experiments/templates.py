@@ -164,6 +164,8 @@ def _transfer(config, recipe, sources, target, trained_sources=None):
 def run_signatures(config, recipe, workdir):
     outcome = T.compare_signatures(config.model, recipe, _load(config, config.tasks[0]), config.signature_kinds)
     results, acc = report.results(outcome, workdir, "signatures"), outcome.accuracy
+    (k, l), row = P.table5_row(config.model.num_templates, config.model.depth)
+    results["paper_cells"] = {kind: f"{row[col]} (CIFAR-100, K={k}, L={l}, T5)" for kind, col in P.TABLE5_KINDS.items()}
     if {"learned", "cyclic", "random"} <= set(acc):
         results["paper_ordering_holds"] = bool(acc["learned"] >= max(acc["cyclic"], acc["random"]))
     return results
@@ -238,7 +240,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if "text" in results:
         text = results.pop("text") + f"\npaper: {PAPER[mode]}"
     elif mode != "single" or config.model.num_templates:
-        results["table"], text = report.accuracy_table(results, f"templates/{mode}: test accuracy (%)")
+        results["table"], text = report.accuracy_table(results, f"templates/{mode}: test accuracy (%)",
+                                                       results.get("paper_cells"))
         if results.get("extra_text"):
             text += "\n" + results["extra_text"]
         text += f"\npaper: {PAPER[mode]}"

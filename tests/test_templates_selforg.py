@@ -184,3 +184,12 @@ def test_source_chosen_on_validation_ignores_the_target_test_labels():
     best, scored = X.choose_source(cfg, start, start_stats, val, ["task0", "task1"], 40, 0)
     assert one.extra["validation_scores"] == pytest.approx(dict(zip(["a", "b"], scored["scores"])))
     assert one.extra["source_task"] == {"task0": "a", "task1": "b"}[best]
+
+
+def test_table5_row_is_the_exact_or_the_nearest_layers_per_template_row():
+    from modular.methods.templates import paper
+    assert paper.table5_row(4, 16) == ((4, 16), paper.TABLE5[(4, 16)])
+    assert paper.table5_row(4, 16)[1] == dict(cyclic=63.3, sequential=66.7, random=65.1, mixture=66.4)
+    assert paper.table5_row(3, 6)[0] == (2, 4)         # L/K = 2: (2, 4), (4, 8), (8, 16); nearest K is 2
+    assert paper.table5_row(6, 12)[0] == (4, 8)        # L/K = 2, K=6 is nearer 4 than 8 (tie broken by K)
+    assert paper.table5_row(2, 64)[0] == (2, 32)

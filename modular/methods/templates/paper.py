@@ -41,6 +41,33 @@ TABLE12 = {
 }
 
 
+# Table 5: single-task CIFAR-100 validation accuracy by signature, keyed by (K templates, L layers); the paper
+# reports a standard deviation of about 0.5 between repeats (App. B.1). "mixture" = learned mixture weights.
+TABLE5 = {
+    (2, 4): dict(cyclic=60.6, sequential=61.0, random=60.5, mixture=61.1),
+    (2, 8): dict(cyclic=61.6, sequential=63.2, random=61.7, mixture=62.5),
+    (2, 16): dict(cyclic=62.4, sequential=64.1, random=64.1, mixture=63.4),
+    (2, 32): dict(cyclic=63.7, sequential=65.2, random=64.2, mixture=64.9),
+    (4, 8): dict(cyclic=64.0, sequential=65.1, random=65.5, mixture=64.1),
+    (4, 16): dict(cyclic=63.3, sequential=66.7, random=65.1, mixture=66.4),
+    (4, 32): dict(cyclic=64.9, sequential=65.5, random=63.7, mixture=66.2),
+    (8, 16): dict(cyclic=65.3, sequential=67.3, random=66.5, mixture=67.0),
+    (8, 32): dict(cyclic=66.2, sequential=67.4, random=66.6, mixture=66.4),
+}
+# our signature kinds -> Table 5's columns
+TABLE5_KINDS = dict(learned="mixture", sequential="sequential", cyclic="cyclic", random="random")
+
+
+def table5_row(num_templates: int, depth: int) -> tuple[tuple[int, int], dict]:
+    """((K, L), row) of Table 5 for our K templates and L layers: the exact row if the paper has it, else the row
+    with the nearest layers-per-template ratio L/K, then the nearest K."""
+    if (num_templates, depth) in TABLE5:
+        return (num_templates, depth), TABLE5[(num_templates, depth)]
+    ratio = depth / num_templates
+    key = min(TABLE5, key=lambda kl: (abs(kl[1] / kl[0] - ratio), abs(kl[0] - num_templates), kl))
+    return key, TABLE5[key]
+
+
 def mean(values) -> float:
     values = list(values)
     return sum(values) / len(values)

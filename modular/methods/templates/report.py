@@ -36,13 +36,15 @@ def results(outcome: Outcome, workdir: str, title: str) -> dict:
     return out
 
 
-def accuracy_table(results: Mapping, title: str) -> tuple[list[dict], str]:
-    """(rows, text): test accuracy (%) per setting with its one-hotness, signature and steps."""
+def accuracy_table(results: Mapping, title: str, paper: Mapping[str, str] | None = None) -> tuple[list[dict], str]:
+    """(rows, text): test accuracy (%) per setting with its one-hotness, signature and steps, and the paper's
+    cell per setting when `paper` is given."""
     steps = results.get("steps", {})
-    rows = [dict(setting=k, ours=100 * v, one_hotness=results["one_hotness"].get(k),
+    rows = [dict(setting=k, paper=(paper or {}).get(k, "-"), ours=100 * v, one_hotness=results["one_hotness"].get(k),
                  signature=" ".join(map(str, results["signature"].get(k, []))), steps=steps.get(k))
             for k, v in results["accuracy"].items()]
-    columns = ["setting", "ours", "one_hotness", "signature"] + (["steps"] if steps else [])
+    columns = ["setting"] + (["paper"] if paper else []) + ["ours", "one_hotness", "signature"] + (
+        ["steps"] if steps else [])
     return rows, reporting.format_table(rows, columns, title=title)
 
 
