@@ -36,6 +36,7 @@ def _check(config) -> None:
         raise ValueError("compat.applications 'uda' adapts through the rotation head, so it needs compat.rp=True.")
     if "fast_transfer" in apps and not list(cc.get("fast_transfer_settings") or ()):
         raise ValueError("compat.applications 'fast_transfer' needs compat.fast_transfer_settings (e.g. RP, IIW+RP).")
+    compat.study.check_target(cc)   # before any data is loaded or any network trained
 
 
 def _load(config, name: str):

@@ -190,7 +190,7 @@ def member_step(mods: CompatModules, v: Variant, task: str, train_shared: bool, 
             rp_logits, shared_s[rp_name] = run_module(mods.rp_head, shared_p[rp_name], shared_s[rp_name], r_feats,
                                                       head_mode)
             rp_loss = losses.cross_entropy(rp_logits, ids)
-            total = total + rp_loss
+            total = total + batch["rp_weight"] * rp_loss
             metrics["rp"], metrics["rp_acc"] = rp_loss, losses.accuracy(rp_logits, ids)
         new_stats = {"shared": shared_s, "tasks": dict(stats["tasks"], **{task: {"extractor": ext_s, "head": head_s}})}
         return total, (new_stats, metrics)
@@ -223,15 +223,18 @@ def member_step(mods: CompatModules, v: Variant, task: str, train_shared: bool, 
 
 
 def member_batches(fit_sets: Sequence[dict], seeds: Sequence[int], variants: Sequence[Variant], task: str,
-                   step: int, batch_size: int) -> dict:
+                   step: int, batch_size: int, *, dcc_weight: float = 1.0, rp_weight: float = 1.0) -> dict:
     """The stacked batch of network `task`'s `step`-th update for each member: member i draws from its fit
-    sets with its seed's named streams, so variants with the same seed see the same images."""
+    sets with its seed's named streams, so variants with the same seed see the same images. Each member's
+    loss weights ride along: `dcc_weight` (0 for members without DCC) and `rp_weight` (`compat.dcc_weight`,
+    `compat.rp_weight`; the paper sets both to 1, App. E)."""
     out = []
     for sets, s, v in zip(fit_sets, seeds, variants):
         ds = sets[task]
         n = min(batch_size, len(ds.train_images))
         b = pipeline.batch_at(ds.train_images, ds.train_labels, step, n, rng.seed(s, "batches", task))
-        b["dcc_weight"] = np.float32(1.0 if v.dcc else 0.0)
+        b["dcc_weight"] = np.float32(dcc_weight if v.dcc else 0.0)
+        b["rp_weight"] = np.float32(rp_weight if v.rp else 0.0)
         if v.rp:
             b["rp_ids"] = pretext.draw(np.random.default_rng(rng.seed(s, "rp_ids", task, step)), n, v.rp_transforms)
         out.append(b)

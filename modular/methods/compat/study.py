@@ -12,6 +12,7 @@ seed's test numbers are.
 """
 from __future__ import annotations
 
+import math
 import time
 from typing import Callable
 
@@ -93,6 +94,26 @@ def incremental_variants(cc: ml_collections.ConfigDict, target: str) -> list[M.V
     return out
 
 
+def target_name(cc: ml_collections.ConfigDict) -> str:
+    """The setting named by compat.dcc/rp/iiw: its metrics lead results.json, it trains incrementally and the
+    applications use its pairs."""
+    return setting_name(bool(cc.dcc), bool(cc.rp), bool(cc.iiw))
+
+
+def check_target(cc: ml_collections.ConfigDict) -> None:
+    """Before any training: the target setting must be one of compat.settings, and the loss weights valid."""
+    target, settings = target_name(cc), [setting_name(*parse_setting(str(n))) for n in cc.settings]
+    if target not in settings:
+        raise ValueError(f"compat.settings {tuple(settings)} must include the setting named by compat.dcc/rp/iiw "
+                         f"({target!r}), whose metrics lead results.json: add it to compat.settings or set "
+                         f"compat.dcc/rp/iiw to one of the settings (e.g. --config.compat.dcc=False "
+                         f"--config.compat.iiw=False for 'RP').")
+    for key in ("dcc_weight", "rp_weight"):
+        w = cc.get(key, 1.0)
+        if not isinstance(w, (int, float)) or isinstance(w, bool) or not math.isfinite(w) or w < 0:
+            raise ValueError(f"compat.{key} must be a finite non-negative number, got {w!r}.")
+
+
 def uses_pretraining(cc: ml_collections.ConfigDict) -> bool:
     return bool(cc.get("pretrain_data") and cc.get("pretrained_settings"))
 
@@ -119,11 +140,13 @@ def run(ds_a, ds_b, cc: ml_collections.ConfigDict, *, seeds: list[int], val_frac
         num_steps: int, batch_size: int, log: Callable[[str], None] = print, pretrain_source=None) -> dict:
     """The study's per-seed test metrics, curves, the step choice and the pairs (for the applications).
     `pretrain_source`: the pretraining Dataset of the pretrained-IIW variants (its test split is never read)."""
+    check_target(cc)
     common = resolve_common_classes(cc.get("common_classes"), ds_a.num_classes, ds_b.num_classes)
     model_cfg = ml_collections.ConfigDict(dict(model_cfg.to_dict(), split=cc.split))
     split = sweep.splits(ds_a, ds_b, seeds, val_fraction)
     kw = dict(model_cfg=model_cfg, optim_cfg=optim_cfg, batch_size=batch_size, rp_fraction=float(cc.rp_fraction),
-              common=common, num_classes=(ds_a.num_classes, ds_b.num_classes), log=log)
+              common=common, num_classes=(ds_a.num_classes, ds_b.num_classes), log=log,
+              dcc_weight=float(cc.get("dcc_weight", 1.0)), rp_weight=float(cc.get("rp_weight", 1.0)))
     main, chooser = variants(cc)
     points = max(1, int(cc.eval_points))
     eval_steps = sorted({max(1, int(round(num_steps * (i + 1) / points))) for i in range(points)})
@@ -135,7 +158,7 @@ def run(ds_a, ds_b, cc: ml_collections.ConfigDict, *, seeds: list[int], val_frac
     step, reason = sweep.choose_steps(curves, float(cc.converge_tolerance))
     log(f"[compat] step count chosen on validation: {step} per network ({reason})")
     at = {n: step for n in trained}
-    target = setting_name(bool(cc.dcc), bool(cc.rp), bool(cc.iiw))
+    target = target_name(cc)
     inc = incremental_variants(cc, target)
     if inc:
         for name, t in sweep.train_variants(inc, split, seeds, num_steps=step, eval_steps=[step], **kw).items():

@@ -64,7 +64,7 @@ def val_metrics(mods, params, stats, common, val: dict) -> dict:
 def train_group(variants: Sequence[M.Variant], split: dict, seeds: Sequence[int], *, model_cfg, optim_cfg,
                 num_steps: int, batch_size: int, rp_fraction: float, common: Sequence[int], num_classes: tuple,
                 eval_steps: Sequence[int], log: Callable[[str], None] = print,
-                pretrained: dict | None = None) -> list[Trained]:
+                pretrained: dict | None = None, dcc_weight: float = 1.0, rp_weight: float = 1.0) -> list[Trained]:
     """Train variants that share a group key (they differ in IIW) over `seeds`, as one member axis.
     `pretrained[seed]` = (extractor params, stats) for variants that start from pretrained weights."""
     v0 = variants[0]
@@ -89,7 +89,8 @@ def train_group(variants: Sequence[M.Variant], split: dict, seeds: Sequence[int]
     for i, (task, train_shared) in enumerate(steps):
         fn = M.member_step(mods, program, task, train_shared, tuple(common), max(num_classes), float(rp_fraction),
                            optim_json, num_steps)
-        batch = M.member_batches(fit, member_seeds, member_variants, task, counts[task], batch_size)
+        batch = M.member_batches(fit, member_seeds, member_variants, task, counts[task], batch_size,
+                                 dcc_weight=dcc_weight, rp_weight=rp_weight)
         state, metrics = fn(state, batch)
         counts[task] += 1
         done = min(counts.values()) if v0.schedule == "joint" else (num_steps if i == len(steps) - 1 else 0)
