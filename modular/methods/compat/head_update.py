@@ -25,8 +25,9 @@ from modular.methods.compat.recombine import evaluate, task_accuracy
 from modular.methods.compat.schedule import Pair, default_options, setting_name, train_pair
 
 MODES = ("batch_stats", "eval")
-PAPER_CLAIM = ("Sec. 5: a head trained on a frozen reference extractor transfers, without training, to a "
-               "compatible extractor of another architecture, far better than to an independently trained one.")
+PAPER_CLAIM = ("Sec. 5.2, Fig. 3: extractors of three architectures trained jointly with one DCC head on 5 "
+               "classes; the head, extended to 10 classes and fine-tuned on the frozen reference extractor, works "
+               "on the others at 91.7% (ResNet-56) and 91.6% (MobileNetV2) vs upper bounds 94.6% and 93.3%.")
 
 
 def class_subset(ds: Dataset, classes: int) -> Dataset:

@@ -20,8 +20,10 @@ from modular.methods.compat.modules import CompatModules, init_variables
 from modular.methods.compat.recombine import recombine_trees, task_accuracy
 from modular.methods.compat.schedule import Pair
 
-PAPER_CLAIM = ("Sec. 5: recombining the pretrained extractor with the head of a network trained against its "
-               "frozen RP head starts fine-tuning far above a re-initialised head and converges faster.")
+PAPER_CLAIM = ("Sec. 5.3, Fig. 4: source and target models trained against one frozen RP head (itself trained on "
+               "a third task, CIFAR-100) recombine at 40.0-66.4% before fine-tuning, where a re-initialised head "
+               "and recombined independently trained components are at chance, and stay significantly better "
+               "after 1 epoch.")
 MODES = ("batch_stats", "eval")
 
 

@@ -22,9 +22,10 @@ from modular.methods.compat.modules import CompatModules, even_chunks, forward, 
 from modular.methods.compat.recombine import task_accuracy
 from modular.methods.compat.schedule import Pair
 
-PAPER_CLAIM = ("Sec. 5: fine-tuning the extractor on unlabeled target images against the frozen RP head, then "
-               "reusing the frozen source task head, improves target-domain accuracy over the unadapted source "
-               "network.")
+PAPER_CLAIM = ("Sec. 5.1, Tab. 1: fine-tuning the source extractor for 1000 steps on unlabeled target images "
+               "against the frozen RP head, then recombining it with the source task head, improves on the source "
+               "model with test-time BN statistics (average over CIFAR-10 <-> STL-10: 77.9% vs 76.7%; the source "
+               "model as is: 65.1%).")
 
 
 def _target_batch(task: str, images: np.ndarray, step: int, batch_size: int, seed: int) -> dict:
