@@ -241,3 +241,65 @@ def test_applications_config_and_bad_names():
     config.compat.update(dict(pretrained_settings=("RP",), applications=()))
     with pytest.raises(ValueError, match="pretrained_settings"):
         E.run(config, "/nonexistent")
+
+
+def _runs(values, **extra):
+    """Per-seed metric dicts: recombination `values`, other keys from `extra` (lists per seed)."""
+    return [dict(recombination_accuracy=v, own_accuracy=0.95, recombination_accuracy_train_stats=v / 2,
+                 unit_correlation=0.0, **{k: x[i] for k, x in extra.items()}) for i, v in enumerate(values)]
+
+
+def _by_claim(claims, start):
+    found = [c for c in claims if c["claim"].startswith(start)]
+    assert found, start
+    return found
+
+
+def test_two_sided_equivalence_claim():
+    eq = C.claims.claim_equivalent
+    assert eq("x", [0.50, 0.51, 0.52], [0.50, 0.50, 0.51], tolerance=0.05)["verdict"] == "holds"
+    assert eq("x", [0.70, 0.72, 0.71], [0.50, 0.50, 0.51], tolerance=0.05)["verdict"] == "does not hold"
+    assert eq("x", [0.30, 0.31, 0.29], [0.50, 0.50, 0.51], tolerance=0.05)["verdict"] == "does not hold"  # both sides
+    assert eq("x", [0.50, 0.60, 0.40], [0.50, 0.50, 0.50], tolerance=0.05)["verdict"] == "inconclusive"
+    assert eq("x", [0.5], [0.5], tolerance=0.05)["verdict"] == "inconclusive"   # one seed: no interval
+    assert eq("x", [0.6, 0.6], [0.5, 0.5], tolerance=0.05)["kind"] == "deterministic"
+
+
+def test_study_claims_sized_to_the_paper_and_best_against_every_setting():
+    indep = [0.10, 0.12, 0.11]
+    per_seed = {"independent": _runs(indep), "RP": _runs([0.11, 0.10, 0.12]), "DCC": _runs([0.65, 0.66, 0.64]),
+                "IIW": _runs([0.25, 0.26, 0.24]), "RP+DCC": _runs([0.5, 0.5, 0.51]),
+                "IIW+DCC": _runs([0.80, 0.81, 0.79]), "IIW+RP": _runs([0.4, 0.41, 0.39]),
+                "IIW+RP+DCC": _runs([0.76, 0.77, 0.75]),
+                "IIW+RP+DCC, incremental": _runs([0.75, 0.77, 0.76]),
+                "IIW+RP+DCC, incremental_ba": _runs([0.76, 0.76, 0.74])}
+    claims = C.claims.study_claims(per_seed, "IIW+RP+DCC")
+    rp = _by_claim(claims, "Sec. 4, Fig. 2: RP makes")[0]
+    assert rp["verdict"] == "refuted" and rp["kind"] == "effect_size" and rp["paper_effect"] == pytest.approx(39.5)
+    assert _by_claim(claims, "Sec. 4, Fig. 2: DCC makes")[0]["verdict"] == "holds"
+    # "Best" is tested against every other Fig. 2 setting: here IIW+DCC is above IIW+RP+DCC.
+    best = _by_claim(claims, "Sec. 4, Fig. 2: the three methods are complementary")
+    assert len(best) == 6
+    assert [c["verdict"] for c in best if "IIW+DCC" in c["claim"]] == ["does not hold"]
+    inc = _by_claim(claims, "Sec. 4: incremental training is close to joint")
+    assert len(inc) == 1 and inc[0]["verdict"] == "holds" and "either way" in inc[0]["claim"]
+    # Far below joint is also outside the band (two-sided).
+    per_seed["IIW+RP+DCC, incremental"] = per_seed["IIW+RP+DCC, incremental_ba"] = _runs([0.50, 0.51, 0.49])
+    far = _by_claim(C.claims.study_claims(per_seed, "IIW+RP+DCC"), "Sec. 4: incremental training is close")
+    assert far[0]["verdict"] == "does not hold"
+    not_testable = [c for c in claims if c["kind"] == "not_testable"]
+    assert not_testable and all(c["verdict"] == "not testable at this scale" for c in not_testable)
+
+
+def test_cross_architecture_claims_compare_the_same_bn_statistics():
+    row = lambda t_bs, own_bs: dict(transferred_bs=t_bs, own_b_bs=own_bs, transferred_stored=0.0, own_b_stored=0.99)
+    apps = {"cross_arch": dict(settings=["independent", "RP+DCC"], old_classes=5, new_classes=10, per_seed=[
+        {"independent": row(0.1, 0.8), "RP+DCC": row(0.80, 0.81)},
+        {"independent": row(0.1, 0.8), "RP+DCC": row(0.79, 0.80)},
+        {"independent": row(0.1, 0.8), "RP+DCC": row(0.81, 0.81)}])}
+    claims = C.claims.application_claims(apps)
+    within = _by_claim(claims, "Sec. 5.2, Fig. 3: the updated head on a non-reference extractor (RP+DCC) is within")
+    # Test-batch statistics on both sides: 0.80 vs 0.81 (the stored own_b 0.99 would make it fail).
+    assert within[0]["verdict"] == "holds" and "own head 80.7" in within[0]["evidence"]
+    assert _by_claim(claims, "Sec. 5.2, Fig. 3: the updated head on a non-reference extractor (RP+DCC) beats")[0][
+        "verdict"] == "holds"

@@ -31,7 +31,7 @@ def _batch(members, seed=0, n=8, rp=True):
     rng = np.random.default_rng(seed)
     b = {"image": rng.random((members, n, 8, 8, 1), np.float32),
          "label": rng.integers(0, 10, (members, n)).astype(np.int32),
-         "dcc_weight": np.ones((members,), np.float32)}
+         "dcc_weight": np.ones((members,), np.float32), "rp_weight": np.ones((members,), np.float32)}
     if rp:
         b["rp_ids"] = rng.integers(0, 4, (members, n)).astype(np.int32)
     return b
@@ -144,8 +144,8 @@ def test_smoke_run_controls_plots_and_step_choice_without_test_data(tmp_path):
     assert {"transferred_bs", "own_b_stored", "reference_stored", "old_recombination"} <= set(rows["independent"])
     assert {"compat_uda", "compat_fast_transfer", "compat_cross_arch"} <= set(saved["readme_tables"])
     texts = [c["claim"] for c in saved["claims"]]
-    assert any("fast transfer" in t for t in texts) and any("UDA" in t for t in texts)
-    assert any("Pretrained IIW" in t for t in texts)
+    assert any(t.startswith("Sec. 5.3") for t in texts) and any(t.startswith("Sec. 5.1") for t in texts)
+    assert any("pretrained IIW" in t for t in texts)
     d = config.data
     sets = [data.load(n, image_size=d.image_size, channels=d.channels, seed=config.seed, max_train=d.max_train)
             for n in (d.task_a, d.task_b)]
@@ -165,8 +165,12 @@ def test_smoke_run_controls_plots_and_step_choice_without_test_data(tmp_path):
 def test_paper_optimiser_step_decay_and_l2():
     full = compat_config.get_config("full")
     assert full.optim.name == "adam" and full.optim.lr == 0.01 and full.optim.weight_decay == 1e-7
-    lr = optim.schedule(full.optim, 100)  # the general 'step' schedule of modular.optim
-    np.testing.assert_allclose([lr(0), lr(49), lr(50), lr(75), lr(99)], [1e-2, 1e-2, 1e-3, 1e-4, 1e-4], rtol=1e-6)
+    # App. E: batch 512, 20k steps, the learning rate divided by 10 every 5k steps; Sec. 4: ResNet-56 split after
+    # stage 2.
+    assert (full.batch_size, full.num_steps, full.model.depth, full.compat.split) == (512, 20_000, 56, "stage2")
+    lr = optim.schedule(full.optim, full.num_steps)  # the general 'step' schedule of modular.optim
+    np.testing.assert_allclose([lr(0), lr(4999), lr(5000), lr(9999), lr(10_000), lr(14_999), lr(15_000), lr(19_999)],
+                               [1e-2, 1e-2, 1e-3, 1e-3, 1e-4, 1e-4, 1e-5, 1e-5], rtol=1e-5)
     warm = optim.schedule(common_config.optim_config(lr=1.0, schedule="step", decay_at=(0.5,), decay_factor=0.5,
                                                      warmup_steps=10), 100)
     np.testing.assert_allclose([warm(0), warm(5), warm(10), warm(49), warm(50), warm(99)],
@@ -195,3 +199,74 @@ def test_linear_cka_invariant_to_rotation_and_low_for_unrelated():
     assert C.similarity.linear_cka(x, rng.normal(size=(200, 16))) < 0.2
     assert C.similarity.unit_correlation(x, x) == pytest.approx(1.0)
     assert abs(C.similarity.unit_correlation(x, x @ q)) < 0.5
+
+
+def test_study_loss_weights_reach_the_members():
+    """compat.dcc_weight / rp_weight ride in each member's batch; a zero RP weight leaves the RP head untouched."""
+    v = M.Variant(dcc=True, rp=True, iiw=False)
+    ds = data.load("mnist5k", image_size=8, channels=1, seed=0, max_train=64)
+    fit = [{"a": ds, "b": ds}, {"a": ds, "b": ds}]
+    b = M.member_batches(fit, [0, 0], [v, M.Variant(dcc=False, rp=True, iiw=True)], "a", 0, 4,
+                         dcc_weight=0.25, rp_weight=3.0)
+    np.testing.assert_allclose(b["dcc_weight"], [0.25, 0.0])   # members without DCC: weight 0
+    np.testing.assert_allclose(b["rp_weight"], [3.0, 3.0])
+    assert M.member_batches(fit[:1], [0], [M.Variant(dcc=False, rp=False, iiw=False)], "a", 0, 4,
+                            rp_weight=3.0)["rp_weight"][0] == 0.0
+    mods, state = _group(v)
+    before = M.unpack(state)[0]
+    for weight, moves in ((0.0, False), (1.0, True)):
+        _, state = _group(v)
+        batch = dict(_batch(1), rp_weight=np.full((1,), weight, np.float32))
+        after = M.unpack(_step(mods, v, "a")(state, batch)[0])[0]
+        assert _leaves_equal(before["params"]["shared"]["rp"], after["params"]["shared"]["rp"]) != moves, weight
+
+
+def test_study_uses_the_configured_weights_and_checks_the_target_before_training(monkeypatch):
+    config = compat_config.get_config("smoke")
+    config.compat.update(dict(dcc_weight=0.5, rp_weight=2.0))
+    seen = {}
+
+    def fake_train_variants(variants, split, seeds, **kw):
+        seen.update(dcc_weight=kw["dcc_weight"], rp_weight=kw["rp_weight"])
+        raise RuntimeError("stop")
+    monkeypatch.setattr(C.sweep, "train_variants", fake_train_variants)
+    ds = data.load("mnist5k", image_size=16, channels=1, seed=0, max_train=64)
+    kw = dict(seeds=[0], val_fraction=0.2, model_cfg=config.model, optim_cfg=config.optim, num_steps=2, batch_size=4,
+              log=lambda m: None)
+    config.compat.update(dict(pretrained_settings=()))
+    with pytest.raises(RuntimeError, match="stop"):
+        C.study.run(ds, ds, config.compat, **kw)
+    assert seen == dict(dcc_weight=0.5, rp_weight=2.0)
+    # The config docstring's smaller study without its target: one sentence, before any training.
+    seen.clear()
+    config.compat.settings = ("independent", "RP")
+    with pytest.raises(ValueError, match=r"must include the setting named by compat.dcc/rp/iiw \('IIW\+RP\+DCC'\)"):
+        C.study.run(ds, ds, config.compat, **kw)
+    assert not seen
+    from experiments import compat as E
+    with pytest.raises(ValueError, match="must include the setting"):
+        E.run(config, "/nonexistent")   # before any data is loaded
+    config.compat.update(dict(dcc=False, iiw=False))    # the docstring's fix: the target RP is among them
+    C.study.check_target(config.compat)
+    config.compat.settings = ("independent", "DCC+RP+IIW")
+    config.compat.update(dict(dcc=True, iiw=True))
+    C.study.check_target(config.compat)                 # any spelling of a setting names it
+    config.compat.rp_weight = -1.0
+    with pytest.raises(ValueError, match="rp_weight"):
+        C.study.check_target(config.compat)
+
+
+def test_pretraining_is_rotation_prediction_only():
+    """Sec. 4: the pretrained extractor learns rotation prediction only: the labels change nothing."""
+    from modular import rng as R
+    from modular.methods.compat.modules import build_modules, init_variables
+    from modular.methods.compat.pretrain import pretrain_extractor
+    ds = data.load("mnist5k", image_size=8, channels=1, seed=0, max_train=64)
+    kw = dict(num_steps=2, batch_size=8, optim_cfg=common_config.optim_config(lr=1e-2), seed=0)
+    p1 = pretrain_extractor(TINY, ds, **kw)
+    shuffled = dataclasses.replace(ds, train_labels=np.random.default_rng(0).permutation(ds.train_labels))
+    p2 = pretrain_extractor(TINY, shuffled, **kw)
+    assert _leaves_equal(p1, p2)
+    init, _ = init_variables(build_modules(TINY, 10, 10, 10), R.key(0, "pretrain"), ds.image_shape,
+                             identical_init=False)
+    assert not _leaves_equal(p1[0], init["tasks"]["a"]["extractor"])   # it trained
