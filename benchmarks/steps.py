@@ -36,8 +36,8 @@ def _model_and_loss(name: str, size: int, isometric_overrides: dict):
     cfg = common.model_config(depth=20, width=16) if name == "resnet20" else models.default_config(name)
     model = models.build(cfg, 10)
     variables = models.init(model, jax.random.key(0), (1, size, size, 3))
-    state = {k: v for k, v in variables.items() if k != "params"}
-    return variables["params"], state, supervised.classification_loss(model), lambda x, y: dict(image=x, label=y)
+    params, state = models.split_variables(variables)
+    return params, state, supervised.classification_loss(model), lambda x, y: dict(image=x, label=y)
 
 
 def train_step(name: str, batch: int, size: int, *, compiler_options: dict | None = None,

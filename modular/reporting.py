@@ -9,7 +9,7 @@ import json
 import math
 import os
 import time
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -56,15 +56,6 @@ def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | Non
     out += [line(columns), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
     out += [line(row) for row in cells]
     return "\n".join(out)
-
-
-def paper_vs_ours(ours: Mapping[str, float], paper: Mapping[str, float], *, keys: Iterable[str] | None = None,
-                  title: str = "", scale: float = 100.0) -> tuple[list[dict], str]:
-    """Rows {setting, paper, ours} (ours scaled to the paper's unit, default %) and their printed table."""
-    keys = list(keys or paper.keys())
-    rows = [dict(setting=k, paper=paper.get(k), ours=None if ours.get(k) is None else scale * float(ours[k]))
-            for k in keys]
-    return rows, format_table(rows, ["setting", "paper", "ours"], title=title)
 
 
 def figure_path(workdir: str, name: str) -> str:

@@ -94,7 +94,7 @@ def train_classifier(ds: data.Dataset | data.StreamingDataset, *, model_cfg: ml_
     """Train model_cfg on ds from scratch (or resume in workdir); returns the trained classifier."""
     model = models.build(model_cfg, ds.num_classes)
     variables = models.init(model, jax.random.key(seed), (1,) + tuple(ds.image_shape))
-    params, model_state = variables["params"], {k: v for k, v in variables.items() if k != "params"}
+    params, model_state = models.split_variables(variables)
     batches = train_batches(ds, batch_size, seed)
     try:
         trained = train.train_subtrees(
@@ -126,7 +126,7 @@ def classifier_from_weights(path: str, ds: data.Dataset | data.StreamingDataset,
         print(pretrained.describe(report, path), flush=True)
     if not report["reinitialised"] or num_steps <= 0:
         return Classifier(model=model, variables=variables, fit=None)
-    params, model_state = variables["params"], {k: v for k, v in variables.items() if k != "params"}
+    params, model_state = models.split_variables(variables)
     batches = train_batches(ds, batch_size, seed)
     try:
         trained = train.train_subtrees(

@@ -51,7 +51,7 @@ def apply(model: nn.Module, variables: dict, x, *, mode: str = "eval", rngs=None
     """
     if mode not in MODES:
         raise ValueError(f"Unknown apply mode {mode!r}; known modes are: {', '.join(MODES)}.")
-    state = {k: v for k, v in variables.items() if k != "params"}
+    state = split_variables(variables)[1]
     if mode == "eval":
         logits, out = model.apply(variables, x, train=False, rngs=rngs, method=method)
         return logits, out, state

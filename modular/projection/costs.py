@@ -63,8 +63,7 @@ def train_step(model_cfg, *, num_classes: int, image_shape: tuple, batch_size: i
     x = jax.ShapeDtypeStruct((batch_size,) + tuple(image_shape), jnp.float32)
     variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
                                jax.ShapeDtypeStruct((1,) + tuple(image_shape), jnp.float32))
-    params = variables["params"]
-    model_state = {k: v for k, v in variables.items() if k != "params"}
+    params, model_state = models.split_variables(variables)
     tx = optim.build(optim_cfg, params, num_steps)
     mask = optim.trainable_mask(params, optim_cfg)
     state = jax.eval_shape(lambda p, s: train.TrainState.create(p, s, tx), params, model_state)

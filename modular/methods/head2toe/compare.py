@@ -103,9 +103,10 @@ class Heads:
                 w = heads[scorer_of[(reg, p["lr"], p["steps"], p["coef"])]]["w"]
                 if m == "head2toe":
                     mask = select.top_fraction_mask(np.linalg.norm(w, axis=1), p["fraction"])
+                elif m == "layerwise":
+                    mask = select.layerwise_mask(np.linalg.norm(w, axis=1), self.layers, p["fraction"])
                 else:
-                    score = {n: (np.linalg.norm(w[a:b]) if m == "layerwise_group"
-                                 else np.linalg.norm(w[a:b], axis=1).mean()) for n, (a, b) in self.layers.items()}
+                    score = {n: np.linalg.norm(w[a:b]) for n, (a, b) in self.layers.items()}
                     mask = select.layer_ranking_mask(score, self.layers, select.num_kept(len(w), p["fraction"]))
                 refits.append(dict(lr=p["lr"], steps=p["steps"], coefs=grid.penalty_row("none", 0.0), mask=mask,
                                    stream=f"{m}_selected_head"))

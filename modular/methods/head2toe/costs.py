@@ -45,8 +45,7 @@ def backbone_flops(model, variables, image_shape, batch: int, num_classes: int) 
     images = _spec((batch, *image_shape))
     forward = program_flops(lambda v, x: models.apply(model, v, x, mode="eval")[0], variables, images)
     loss_fn = supervised.classification_loss(model)
-    params = variables["params"]
-    state = {k: v for k, v in variables.items() if k != "params"}
+    params, state = models.split_variables(variables)
     batch_spec = {"image": images, "label": _spec((batch,), jnp.int32)}
     grad = jax.value_and_grad(lambda p, s, b, r: loss_fn(p, s, b, r)[0])
     both = program_flops(grad, params, state, batch_spec, jax.random.key(0))

@@ -33,7 +33,7 @@ def train_model(ds: data.Dataset, *, model_cfg, optim_cfg, num_steps: int, batch
     variables = models.init(model, jax.random.key(seed), (1,) + tuple(ds.image_shape))
     if init_from is not None:
         variables = P.load_matching(variables, init_from, dont_load=FRESH_CLASSIFIER)
-    params, model_state = variables["params"], {k: v for k, v in variables.items() if k != "params"}
+    params, model_state = models.split_variables(variables)
     trained = train.train_subtrees(params, model_state, loss_fn=supervised.classification_loss(model),
                                    optim_cfg=optim_cfg, rules=[], default_mult=1.0,
                                    batch_fn=_batches(ds, batch_size, seed), num_steps=num_steps, seed=seed,
@@ -75,7 +75,7 @@ def head2toe_ft(ds: data.Dataset, clf: supervised.Classifier, *, layers: dict, m
     layer_names = tuple(layers)
     slices = tuple(tuple(int(i) for i in layers[n]) for n in layer_names)
     params = {"extractor": clf.variables["params"], "head": {"w": np.asarray(head["w"]), "b": np.asarray(head["b"])}}
-    state = {"extractor": {k: v for k, v in clf.variables.items() if k != "params"},
+    state = {"extractor": models.split_variables(clf.variables)[1],
              "head": {"feature_mask": np.asarray(mask, np.float32)}}
     trained = train.train_subtrees(params, state, loss_fn=head2toe_ft_loss(clf.model, layer_names, target, slices),
                                    optim_cfg=optim_cfg, rules=[], default_mult=1.0,

@@ -163,16 +163,3 @@ def grid_accuracy(heads: dict, x: np.ndarray, y: np.ndarray, *, masks: np.ndarra
     acc = np.mean(pred == np.asarray(y)[None, :], axis=1)
     finite = np.all(np.isfinite(heads["w"]), axis=(1, 2)) & np.all(np.isfinite(heads["b"]), axis=1)
     return np.where(finite, acc, np.nan)
-
-
-def row_norms(heads: dict) -> np.ndarray:
-    """[G, D] Head2Toe relevance of every feature under each head: the L2 norm of its weight row."""
-    return np.linalg.norm(heads["w"], axis=2)
-
-
-def layer_norms(heads: dict, layers) -> np.ndarray:
-    """[G, D] each feature scored by its layer's block norm (the group-over-layers variant's relevance)."""
-    out = np.zeros(heads["w"].shape[:2], np.float32)
-    for a, b in layers:
-        out[:, a:b] = np.linalg.norm(heads["w"][:, a:b].reshape(len(out), -1), axis=1)[:, None]
-    return out
