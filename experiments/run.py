@@ -72,7 +72,7 @@ def run(config, workdir: str) -> dict:
     with `run_dir(config, workdir)`; the config record and results of that run live there (results.json
     is also copied to the workdir)."""
     import jax
-    from modular import parallel, protocol, reporting, train
+    from modular import parallel, protocol, reporting, settings, train
     from modular import workdir as wd
 
     parallel.maybe_initialize_distributed()
@@ -90,7 +90,8 @@ def run(config, workdir: str) -> dict:
         if is_main and not wd.has_run(own):
             wd.write_config(own, record)  # a fresh run: the record of what is about to be written
         attempts = wd.start_attempt(own, changes) if is_main else []
-        train.DIVERGENCE_FACTOR[0] = float(config.get("divergence_factor", train.DIVERGENCE_FACTOR[0]))
+        settings.configure(divergence_factor=float(config.get("divergence_factor",
+                                                              settings.Settings.divergence_factor)))
         start = time.time()
         try:
             results = dict(module.run(config, workdir))

@@ -27,7 +27,7 @@ import optax
 
 import ml_collections
 
-from modular import checkpoint, loss_contract, optim, parallel, reporting
+from modular import checkpoint, loss_contract, optim, parallel, reporting, settings
 from modular import params as P
 from modular.platform import xla_cpu
 
@@ -39,14 +39,13 @@ class NonFiniteLossError(FloatingPointError):
     """The loss or gradient became NaN/inf, or diverged; the last good checkpoint is kept."""
 
 
-# A loss above this multiple of the median of the losses seen so far (this process's first step included)
-# stops the run before it saves: a diverged state never replaces a good checkpoint. 0 turns the check off.
-# experiments.run sets it from `config.divergence_factor`.
-DIVERGENCE_FACTOR = [100.0]
+# A loss above `settings.current().divergence_factor` times the median of the losses seen so far (this
+# process's first step included) stops the run before it saves: a diverged state never replaces a good
+# checkpoint. 0 turns the check off. experiments.run sets it from `config.divergence_factor`.
 HISTORY_FILE = "history.json"
 _STOP = threading.Event()
 _PENDING_INTERRUPT = threading.Event()
-_IN_LOOP = [False]
+_IN_LOOP = threading.Event()     # a fit loop is running: Ctrl-C waits for its step boundary
 
 
 def stop_between_steps_on_sigint() -> None:
@@ -54,7 +53,7 @@ def stop_between_steps_on_sigint() -> None:
     flight (KeyboardInterrupt is raised there, after pending saves land); a second Ctrl-C, or one outside
     `fit`, interrupts at once. Call from the main thread of a driver (experiments.run does)."""
     def handler(signum, frame):
-        if _IN_LOOP[0] and not _STOP.is_set():
+        if _IN_LOOP.is_set() and not _STOP.is_set():
             _STOP.set()
             return
         _PENDING_INTERRUPT.set()   # sticky: a library that swallows the KeyboardInterrupt cannot lose it
@@ -167,7 +166,7 @@ def fit(*, state: TrainState, loss_fn: LossFn, tx: optax.GradientTransformation,
     _STOP.clear()
     if _PENDING_INTERRUPT.is_set():
         raise KeyboardInterrupt("interrupted before training started")
-    _IN_LOOP[0] = True
+    _IN_LOOP.set()
     try:
         for step in range(start, num_steps):
             if _STOP.is_set():
@@ -190,7 +189,7 @@ def fit(*, state: TrainState, loss_fn: LossFn, tx: optax.GradientTransformation,
                         f"stopping. Last good checkpoint: {where}.")
                 seen_losses.append(host["loss"])
                 reference = float(np.median(seen_losses))
-                factor = DIVERGENCE_FACTOR[0]
+                factor = settings.current().divergence_factor
                 if factor and host["loss"] > factor * max(reference, 1e-6) and len(seen_losses) > 1:
                     raise NonFiniteLossError(
                         f"[{name}] loss {host['loss']:.4g} at step {done} is over {factor:g}x the median "
@@ -217,7 +216,7 @@ def fit(*, state: TrainState, loss_fn: LossFn, tx: optax.GradientTransformation,
                     if is_main:
                         _write_history(workdir, history)
     except BaseException:
-        _IN_LOOP[0] = False
+        _IN_LOOP.clear()
         if mngr is not None:  # an exception or Ctrl-C still lets pending async saves land
             try:
                 mngr.wait_until_finished()
@@ -227,7 +226,7 @@ def fit(*, state: TrainState, loss_fn: LossFn, tx: optax.GradientTransformation,
         if writer:
             writer.close()
         raise
-    _IN_LOOP[0] = False
+    _IN_LOOP.clear()
     if mngr is not None:
         if mngr.latest_step() != num_steps and start < num_steps:
             checkpoint.raise_save_errors(

@@ -9,10 +9,10 @@ import re
 import jax
 import pytest
 
-from modular import models, platform, projection
+from modular import models, platform, projection, settings
 from modular.models import depthwise as model_depthwise
 from modular.platform import depthwise as cpu_depthwise
-from modular.platform import fusion, host_memory, xla_cpu
+from modular.platform import host_memory, xla_cpu
 
 # Small widths and depths: the structure of the lowered module is what is checked, not its size.
 SMALL = {
@@ -57,8 +57,7 @@ def problems(text: str, expected_grouped: int) -> list:
 def cpu_tuning(monkeypatch):
     """tune_cpu() for the test only: its process-wide allocator setting is skipped, its switches restored."""
     monkeypatch.setattr(host_memory, "reuse_freed_memory", lambda: [])
-    for module in (cpu_depthwise, fusion, xla_cpu):
-        monkeypatch.setattr(module, "_ENABLED", [False])
+    monkeypatch.setattr(settings, "_default", settings.Settings())   # the switches off, restored afterwards
     monkeypatch.delenv(platform.OPT_OUT_ENV, raising=False)
     xla_cpu.compiler_options.cache_clear()
     yield platform.tune_cpu

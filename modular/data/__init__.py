@@ -156,8 +156,8 @@ def check_usable(ds: Dataset) -> None:
     if int(ds.num_classes) < 2 or len(present) < 2:
         raise ValueError(f"Dataset {ds.name!r} has {len(present)} class(es) in its training split; a classifier "
                          f"needs at least two.")
-    for split, images in (("training", ds.train_images), ("test", ds.test_images)):
-        finite = np.isfinite(images).reshape(len(images), -1).all(axis=1)
+    for split, pixels in (("training", ds.train_images), ("test", ds.test_images)):
+        finite = np.isfinite(pixels).reshape(len(pixels), -1).all(axis=1)
         if not finite.all():
             raise ValueError(f"Dataset {ds.name!r} has {int((~finite).sum())} {split} image(s) with NaN or infinite "
                              f"pixels (the first is example {int(np.flatnonzero(~finite)[0])}).")

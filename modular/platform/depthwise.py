@@ -20,19 +20,19 @@ import operator
 import jax
 import jax.numpy as jnp
 
+from modular import settings
 from modular.platform.fusion import fusion_boundary
 
 CACHE_BYTES = 2.5e6  # input + output-gradient bytes per block of images in the kernel gradient
-_ENABLED = [False]
 
 
 def enable(on: bool = True) -> None:
     """Use the shifted kernel on CPU in every model traced from now on (jit afresh to see the change)."""
-    _ENABLED[0] = bool(on)
+    settings.configure(shifted_depthwise=bool(on))
 
 
 def is_enabled() -> bool:
-    return _ENABLED[0]
+    return settings.current().shifted_depthwise
 
 
 def _padded_taps(x, k: int, stride: int):

@@ -17,31 +17,24 @@ XLA's own. `experiments.run` turns them on.
 """
 from __future__ import annotations
 
-import contextlib
-
 import jax
 import jax.numpy as jnp
 
-_ENABLED = [False]
+from modular import settings
 
 
 def enable(on: bool = True) -> None:
     """Turn boundaries on (or off) for every model traced from now on (jit afresh to see the change)."""
-    _ENABLED[0] = bool(on)
+    settings.configure(fusion_boundaries=bool(on))
 
 
 def is_enabled() -> bool:
-    return _ENABLED[-1]
+    return settings.current().fusion_boundaries
 
 
-@contextlib.contextmanager
 def scoped(on: bool):
     """Trace models with boundaries `on` inside the block only (A/B benchmarks and tests; jit afresh inside)."""
-    _ENABLED.append(bool(on))
-    try:
-        yield
-    finally:
-        _ENABLED.pop()
+    return settings.scoped(fusion_boundaries=bool(on))
 
 
 def disabled():
@@ -58,7 +51,7 @@ def _opaque_identity(x: jax.Array) -> jax.Array:
 
 
 def _identity_on_cpu_only(x: jax.Array) -> jax.Array:
-    if x.size == 0 or not _ENABLED[-1]:
+    if x.size == 0 or not is_enabled():
         return x
     return jax.lax.platform_dependent(x, cpu=_opaque_identity, default=lambda v: v)
 

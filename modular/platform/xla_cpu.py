@@ -18,29 +18,37 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from modular import settings
+
 YNN_FUSION_TYPE = "xla_cpu_experimental_ynn_fusion_type"
 PREFERRED = {YNN_FUSION_TYPE: "LIBRARY_FUSION_TYPE_REDUCE"}
-_ENABLED = [False]
 
 
 def enable(on: bool = True) -> None:
     """Ask for PREFERRED in every `jit` built from now on (off by default)."""
-    _ENABLED[0] = bool(on)
-    compiler_options.cache_clear()
+    settings.configure(xla_cpu_options=bool(on))
+
+
+def compiler_options() -> dict:
+    """PREFERRED where it is enabled (`modular.settings`), applies and this jaxlib accepts it; {} otherwise."""
+    return dict(_options(settings.current().xla_cpu_options, os.environ.get("XLA_FLAGS", "")))
 
 
 @functools.cache
-def compiler_options() -> dict:
-    """PREFERRED where it is enabled, applies and this jaxlib accepts it; {} otherwise."""
-    if not _ENABLED[0] or jax.default_backend() != "cpu" or YNN_FUSION_TYPE in os.environ.get("XLA_FLAGS", ""):
-        return {}
+def _options(enabled: bool, xla_flags: str) -> tuple:
+    """(name, value) pairs; cached per setting and XLA_FLAGS (the probe compiles a program)."""
+    if not enabled or jax.default_backend() != "cpu" or YNN_FUSION_TYPE in xla_flags:
+        return ()
     if "compiler_options" not in inspect.signature(jax.jit).parameters:
-        return {}
+        return ()
     try:
         jax.jit(lambda x: x.sum()).lower(jnp.zeros(2)).compile(dict(PREFERRED))
     except Exception:  # an older or newer jaxlib without this option: keep XLA's defaults
-        return {}
-    return dict(PREFERRED)
+        return ()
+    return tuple(PREFERRED.items())
+
+
+compiler_options.cache_clear = _options.cache_clear   # probe again (tests that change what jaxlib accepts)
 
 
 def jit(fn: Callable, **kwargs: Any):

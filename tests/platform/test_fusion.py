@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from modular import settings
 from modular.models import layers, resnet
 from modular.platform import fusion
 
@@ -38,7 +39,7 @@ def test_boundary_survives_cpu_compilation_unless_disabled():
 
 
 def test_boundaries_are_off_by_default():
-    with fusion.scoped(fusion._ENABLED[0]):  # the process-wide default, not this module's fixture
+    with fusion.scoped(settings.Settings().fusion_boundaries):  # the library default, not this module's fixture
         assert not fusion.is_enabled()
         x = jnp.ones((2, 8))
         assert "conditional" not in jax.jit(fusion.fusion_boundary).lower(x).compile().as_text()
