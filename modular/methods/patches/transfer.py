@@ -52,7 +52,10 @@ def transfer(source: supervised.Classifier, ds: data.Dataset, mode: str, *, mode
         loss_fn=patch_loss(model, mode), optim_cfg=optim_cfg, rules=lr_rules(mode), default_mult=0.0,
         batch_fn=lambda step: data.batch_at(ds.train_images, ds.train_labels, step, batch_size, seed),
         num_steps=num_steps, seed=seed, name=f"patch:{mode}", workdir=workdir, checkpoint_every=num_steps,
-        log_every=log_every, show_table=True, verbose=verbose)
+        log_every=log_every, show_table=True, verbose=verbose,
+        # A mode with the task's own statistics re-estimates every BN layer's, frozen scale/bias or not (DW
+        # + last layer, last layer + statistics); train_subtrees would otherwise keep a frozen module's.
+        update_frozen_stats=get_mode(mode).task_bn_stats)
     final = {"params": trained.params, **trained.model_state}
     return supervised.Classifier(model=model, variables=final, fit=trained.fit), trained.trainable
 
