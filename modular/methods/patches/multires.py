@@ -1,4 +1,4 @@
-"""Multi-resolution patches (Mudrakarta et al. 2018, Sec. 5): one task seen at several input resolutions.
+"""Multi-resolution patches (Mudrakarta et al. 2018, Sec. 3.2 and Table 4): one task seen at several input resolutions.
 
 Every resolution owns an S/B patch (BN gamma/beta and statistics); the backbone and the last layer are
 shared, and all train together (multi-task patches with sharing 'sb_shared_head'). At test time a
@@ -8,18 +8,20 @@ split of the training data (the cheapest one that loses no validation accuracy a
 resolution alone); the test set then gives the reported accuracy and cost at that threshold. Costs are XLA's
 FLOP counts of the compiled forward pass at each resolution, not a guess from pixel counts. Baselines: one
 model shared by every resolution (statistics included) and an independent fine-tuned model per resolution.
+Every row chooses its learning rate from one grid on the same validation split (`sweep.sweep_multitask`,
+`sweep.sweep`: all rates through one compiled program).
 """
 from __future__ import annotations
 
-import os
 from typing import Mapping, Sequence
 
 import jax
 import numpy as np
 
 from modular import data, models, params as P, protocol, train
-from modular.methods.patches.multitask import per_task_count, task_variables, train_multitask
-from modular.methods.patches.transfer import accuracy, eval_logits, target_start, transfer
+from modular.methods.patches import sweep as sweeps
+from modular.methods.patches.multitask import per_task_count, task_variables
+from modular.methods.patches.transfer import accuracy, eval_logits, target_start
 
 
 def check_aligned(datasets: Sequence[data.Dataset]) -> None:
@@ -94,26 +96,34 @@ def choose_threshold(curve: Sequence[Mapping], top_accuracy: float) -> dict:
     return min(ok, key=lambda c: (c["relative_cost"], -c["accuracy"], c["threshold"]))
 
 
-def _per_resolution_row(setting: str, datasets, accuracies, per_task: int, total: int) -> dict:
+def _per_resolution_row(setting: str, datasets, accuracies, per_task: int, total: int, lr) -> dict:
     return dict(setting=setting, **{f"{int(ds.image_shape[0])}px": a for ds, a in zip(datasets, accuracies)},
-                mean=float(np.mean(accuracies)), per_resolution_params=per_task, total_params=total)
+                mean=float(np.mean(accuracies)), per_resolution_params=per_task, total_params=total, lr=lr)
 
 
 def train_and_evaluate(source, datasets: Sequence[data.Dataset], thresholds: Sequence[float], *, model_cfg,
-                       optim_cfg, num_steps: int, batch_size: int, seed: int, workdir: str | None,
-                       log_every: int, val_fraction: float = 0.2, baselines: bool = True) -> dict:
+                       optim_cfg, lrs: Sequence[float], num_steps: int, batch_size: int, seed: int,
+                       val_fraction: float = 0.2, baselines: bool = True, sequential: bool = True) -> dict:
     """From the source backbone, on the training data minus a validation split: an S/B patch per resolution
-    and one last layer trained together; the cascade threshold chosen on validation and its test accuracy
-    and cost reported; with `baselines`, one shared model and independent models per resolution."""
+    and one last layer trained together at every rate of `lrs`, the rate chosen by the mean validation
+    accuracy over resolutions; the cascade threshold chosen on the same validation split, and its test accuracy
+    and cost reported; with `baselines`, one shared model and independent models per resolution, each choosing
+    its rate from the same grid on the same validation split. Every row keeps the model its sweep trained at the
+    chosen rate (trained on the same data a retrain would use), so the test sets are read once, after choosing."""
     check_aligned(datasets)
     halves = [protocol.validation_split(ds, val_fraction, seed) for ds in datasets]
     fits = [fit for fit, _ in halves]          # the training data minus validation, with the real test arrays
     vals = [val for _, val in halves]
     model, start = target_start(source, model_cfg, datasets[0].num_classes, datasets[0].image_shape, seed)
-    sub = (lambda name: None if workdir is None else os.path.join(workdir, name))
-    params, state = train_multitask(model, start, fits, "sb_shared_head", optim_cfg=optim_cfg,
-                                    num_steps=num_steps, batch_size=batch_size, seed=seed, workdir=sub("sb"),
-                                    log_every=log_every)
+    common = dict(optim_cfg=optim_cfg, num_steps=num_steps, batch_size=batch_size, seed=seed, sequential=sequential)
+    grids, chosen_lr = {}, {}
+
+    def joint(row: str, sharing: str):
+        swept = sweeps.sweep_multitask(model, start, fits, vals, sharing, lrs, **common)
+        chosen_lr[row], grids[row] = sweeps.choose_rate(lrs, swept["validation"])
+        return swept["trees"][[float(v) for v in lrs].index(chosen_lr[row])]
+
+    params, state = joint("sb_patch_per_resolution", "sb_shared_head")
     out = evaluate(model, params, state, fits, thresholds)
     variables, order, costs = out.pop("variables"), out.pop("order"), out.pop("costs")
     val_probs = _probabilities(model, variables, vals, order, "test")
@@ -129,23 +139,25 @@ def train_and_evaluate(source, datasets: Sequence[data.Dataset], thresholds: Seq
                            validation_relative_cost=chosen["relative_cost"], accuracy=test_at["accuracy"],
                            relative_cost=test_at["relative_cost"], stopped_at=test_at["stopped_at"]))
     rows = [_per_resolution_row("sb_patch_per_resolution", fits, [r["accuracy"] for r in _by_input(out, fits)],
-                                per_task, P.count(params["shared"]) + per_task * len(fits))]
+                                per_task, P.count(params["shared"]) + per_task * len(fits),
+                                chosen_lr["sb_patch_per_resolution"])]
     if baselines:
-        shared_params, shared_state = train_multitask(
-            model, start, fits, "none", optim_cfg=optim_cfg, num_steps=num_steps, batch_size=batch_size, seed=seed,
-            workdir=sub("shared"), log_every=log_every)
+        shared_params, shared_state = joint("all_shared", "none")
         whole = P.count(shared_params["shared"]) + P.count(shared_state["shared"])
         rows.append(_per_resolution_row("all_shared", fits, [
             accuracy(model, task_variables(shared_params, shared_state, i), ds.test_images, ds.test_labels)
-            for i, ds in enumerate(fits)], 0, whole))
-        accuracies = []
-        for i, ds in enumerate(fits):
-            clf, _ = transfer(source, ds, "full", model_cfg=model_cfg, optim_cfg=optim_cfg, num_steps=num_steps,
-                              batch_size=batch_size, seed=seed, log_every=log_every, verbose=False,
-                              workdir=sub(f"independent_{int(ds.image_shape[0])}px"))
-            accuracies.append(accuracy(model, clf.variables, ds.test_images, ds.test_labels))
-        rows.append(_per_resolution_row("independent_per_resolution", fits, accuracies, whole, whole * len(fits)))
-    out["table"] = rows
+            for i, ds in enumerate(fits)], 0, whole, chosen_lr["all_shared"]))
+        accuracies, rates, grids["independent_per_resolution"] = [], [], {}
+        for fit, val in zip(fits, vals):
+            swept = sweeps.sweep(source, fit, val, "full", lrs, model_cfg=model_cfg, verbose=True, **common)
+            lr, grids["independent_per_resolution"][f"{int(fit.image_shape[0])}px"] = sweeps.choose_rate(
+                lrs, swept["validation"])
+            v = swept["variables"][[float(x) for x in lrs].index(lr)]
+            accuracies.append(accuracy(model, v, fit.test_images, fit.test_labels))
+            rates.append(lr)
+        rows.append(_per_resolution_row("independent_per_resolution", fits, accuracies, whole, whole * len(fits),
+                                        rates))
+    out.update(table=rows, grids=grids)
     return out
 
 

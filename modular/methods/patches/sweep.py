@@ -1,4 +1,6 @@
-"""A transfer mode's learning-rate sweep, every rate of the grid trained side by side in one compiled program.
+"""Learning-rate sweeps, every rate of the grid trained in one compiled program: a transfer mode's patch
+(`sweep`, `tune_and_adapt`) and the joint multi-task training of several tasks (`sweep_multitask`, used by the
+multi-task and multi-resolution rows).
 
 The paper's practical finding is that patches want a much larger learning rate than full fine-tuning, so
 every mode gets the same grid and picks its rate on a validation split. The rate lives in the optimizer
@@ -8,7 +10,7 @@ differs per rate is batched (the patch, its optimizer state, re-estimated statis
 backbone. On 2 CPU cores the rates trained one after another through the same single compilation were
 faster still (`resolve_program('auto')` picks that on the CPU); both beat one compilation per rate. This is
 exact for the configured optimizers, whose update is linear in the base rate (Adam, AdamW, SGD/momentum,
-any multiplicative schedule); `sequential=True` trains one program per rate instead (for comparison).
+any multiplicative schedule); `sequential=True` trains the rates one after another through that one step.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import optax
 
 from modular import data, optim, params as P, protocol, reporting
 from modular.platform import xla_cpu
+from modular.methods.patches import multitask
 from modular.methods.patches.modes import check_applicable, get_mode, lr_rules
 from modular.methods.patches.transfer import accuracy, adapt, patch_loss, target_start
 
@@ -53,19 +56,50 @@ def lane_step(loss_fn, tx, stats_train: bool):
 _COMPILED: dict = {}
 
 
-def _compiled(model, mode: str, cfg, trainable, num_steps: int, sequential: bool):
-    """The jitted (vmapped) lane step, reused by later sweeps of the same mode and shapes (other seeds)."""
+def _compiled(program_key, loss_fn, cfg, trainable, num_steps: int, sequential: bool, stats_train: bool):
+    """The jitted (vmapped) lane step, reused by later sweeps of the same program and shapes (other seeds).
+    `program_key` names what `loss_fn` computes (the model and the mode, or the multi-task sharing)."""
     shapes = tuple((np.shape(x), str(np.result_type(x))) for x in jax.tree.leaves(trainable))
-    key = (model, mode, json.dumps(cfg.to_dict(), sort_keys=True, default=str), int(num_steps), sequential,
+    key = (program_key, json.dumps(cfg.to_dict(), sort_keys=True, default=str), int(num_steps), sequential,
            jax.tree.structure(trainable), shapes)
     if key not in _COMPILED:
-        step = lane_step(patch_loss(model, mode), rate_in_state(cfg, trainable, num_steps, 1.0),
-                         get_mode(mode).task_bn_stats)
+        step = lane_step(loss_fn, rate_in_state(cfg, trainable, num_steps, 1.0), stats_train)
         _COMPILED[key] = (xla_cpu.jit(step) if sequential else
                           xla_cpu.jit(jax.vmap(step, in_axes=(0, None, None, None)), donate_argnums=(0,)))
         while len(_COMPILED) > 16:
             _COMPILED.pop(next(iter(_COMPILED)))
     return _COMPILED[key]
+
+
+def train_rates(loss_fn, program_key, cfg, trainable, frozen, model_state, lrs: Sequence[float], batches, *,
+                num_steps: int, seed: int, stats_train: bool, sequential: bool, name: str,
+                verbose: bool = True) -> list:
+    """Train `trainable` (with `frozen` and `model_state` beside it) at every rate of `lrs` on the same
+    batches, through one compiled step; returns each rate's final (trainable, optimizer state[, model state])."""
+    txs = [rate_in_state(cfg, trainable, num_steps, lr) for lr in lrs]
+    lanes = [(trainable, tx.init(trainable)) + ((model_state,) if stats_train else ()) for tx in txs]
+    shared = (frozen, model_state)
+    base_key = jax.random.key(seed)
+    compiled = _compiled(program_key, loss_fn, cfg, trainable, num_steps, sequential, stats_train)
+    if sequential:   # one compilation too (the rate is state), the rates one after another
+        finals = []
+        for lane in lanes:
+            for s in range(num_steps):
+                lane, _ = compiled(lane, shared, batches(s), jax.random.fold_in(base_key, s))
+            finals.append(jax.device_get(lane))
+        return finals
+    state = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *lanes)
+    for s in range(num_steps):
+        state, metrics = compiled(state, shared, batches(s), jax.random.fold_in(base_key, s))
+        if verbose and (s + 1) % max(num_steps // 2, 1) == 0:
+            losses = " ".join(f"{v:.3g}" for v in np.asarray(metrics["loss"]))
+            print(f"[sweep:{name}] step {s + 1}/{num_steps} loss per lr {losses}", flush=True)
+    host = jax.device_get(state)
+    return [_lane(host, i) for i in range(len(lrs))]
+
+
+def _finite(tree) -> bool:
+    return all(np.isfinite(x).all() for x in jax.tree.leaves(tree))
 
 
 def resolve_program(program: str) -> bool:
@@ -93,33 +127,15 @@ def sweep(source, fit: data.Dataset, val: data.Dataset, mode: str, lrs: Sequence
     trainable, frozen = parts.get("train", {}), parts.get("frozen", {})
     model_state = {k: v for k, v in start.items() if k != "params"}
     stats_train = get_mode(mode).task_bn_stats
-    txs = [rate_in_state(cfg, trainable, num_steps, lr) for lr in lrs]
-    lanes = [(trainable, tx.init(trainable)) + ((model_state,) if stats_train else ()) for tx in txs]
-    shared = (frozen, model_state)
     batches = lambda s: data.batch_at(fit.train_images, fit.train_labels, s, batch_size, seed)
-    base_key = jax.random.key(seed)
     t0 = time.perf_counter()
-    compiled = _compiled(model, mode, cfg, trainable, num_steps, sequential)
-    if sequential:   # one compilation too (the rate is state), the rates one after another
-        finals = []
-        for lane in lanes:
-            for s in range(num_steps):
-                lane, _ = compiled(lane, shared, batches(s), jax.random.fold_in(base_key, s))
-            finals.append(jax.device_get(lane))
-    else:
-        state = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *lanes)
-        for s in range(num_steps):
-            state, metrics = compiled(state, shared, batches(s), jax.random.fold_in(base_key, s))
-            if verbose and (s + 1) % max(num_steps // 2, 1) == 0:
-                losses = " ".join(f"{v:.3g}" for v in np.asarray(metrics["loss"]))
-                print(f"[sweep:{mode}] step {s + 1}/{num_steps} loss per lr {losses}", flush=True)
-        host = jax.device_get(state)
-        finals = [_lane(host, i) for i in range(len(lrs))]
+    finals = train_rates(patch_loss(model, mode), (model, mode), cfg, trainable, frozen, model_state, lrs, batches,
+                         num_steps=num_steps, seed=seed, stats_train=stats_train, sequential=sequential, name=mode,
+                         verbose=verbose)
     scores, variables = [], []
     for lane in finals:
         v = {"params": P.merge(lane[0], frozen), **(lane[2] if stats_train else model_state)}
-        finite = all(np.isfinite(x).all() for x in jax.tree.leaves(v))
-        scores.append(accuracy(model, v, val.test_images, val.test_labels) if finite else float("nan"))
+        scores.append(accuracy(model, v, val.test_images, val.test_labels) if _finite(v) else float("nan"))
         variables.append(v)
     seconds = time.perf_counter() - t0
     if verbose:
@@ -127,6 +143,51 @@ def sweep(source, fit: data.Dataset, val: data.Dataset, mode: str, lrs: Sequence
         print(f"[sweep:{mode}] validation {shown} ({seconds:.1f}s)", flush=True)
     return dict(lrs=lrs, validation=scores, seconds=seconds, program="sequential" if sequential else "vmap",
                 variables=variables)
+
+
+def choose_rate(lrs: Sequence[float], scores: Sequence[float]) -> tuple[float, list]:
+    """(the rate with the best validation score, [{'setting': {'lr'}, 'validation'}] for results.json); ties
+    go to the earlier rate of the grid (`protocol.select`)."""
+    settings = [dict(lr=float(v)) for v in lrs]
+    best, _ = protocol.select(settings, scores)
+    return best["lr"], [dict(setting=s, validation=v) for s, v in zip(settings, scores)]
+
+
+def sweep_multitask(model, variables: Mapping, fits: Sequence[data.Dataset], vals: Sequence[data.Dataset],
+                    sharing: str, lrs: Sequence[float], *, optim_cfg, num_steps: int, batch_size: int, seed: int,
+                    sequential: bool = False, verbose: bool = True) -> dict:
+    """Joint multi-task training (`multitask.train_multitask`'s loss, every parameter trains) of the tasks
+    `fits` at every rate of `lrs` through one compiled step; each rate is scored by its mean accuracy over
+    the tasks' validation splits `vals` (their test arrays hold held-out training examples).
+
+    Returns {'lrs', 'validation' (mean over tasks per rate, NaN if it diverged), 'validation_per_task',
+    'seconds', 'program', 'trees' (each rate's final (params, model state))}."""
+    lrs = [float(v) for v in lrs]
+    classes = {ds.num_classes for ds in fits}
+    if len(classes) != 1:
+        raise ValueError(f"Multi-task patches need tasks with one class count (to stack heads); got {sorted(classes)}.")
+    params, state = multitask.init_multitask(variables, len(fits), sharing)
+    cfg = optim.override(optim_cfg, lr_mults=[], default_mult=1.0)
+    named = {multitask.task_key(i): ds for i, ds in enumerate(fits)}
+    batches = lambda s: data.multitask_batch(named, s, batch_size, seed)
+    t0 = time.perf_counter()
+    finals = train_rates(multitask.multitask_loss(model, len(fits)), (model, "multitask", sharing, len(fits)), cfg,
+                         params, {}, state, lrs, batches, num_steps=num_steps, seed=seed, stats_train=True,
+                         sequential=sequential, name=f"multitask:{sharing}", verbose=verbose)
+    per_task, trees = [], []
+    for lane in finals:
+        p, st = lane[0], lane[2]
+        ok = _finite((p, st))
+        per_task.append([accuracy(model, multitask.task_variables(p, st, i), v.test_images, v.test_labels)
+                         if ok else float("nan") for i, v in enumerate(vals)])
+        trees.append((p, st))
+    scores = [float(np.mean(a)) for a in per_task]
+    seconds = time.perf_counter() - t0
+    if verbose:
+        shown = "  ".join(f"lr {lr:g}: {100 * a:.1f}%" for lr, a in zip(lrs, scores))
+        print(f"[sweep:multitask:{sharing}] mean validation {shown} ({seconds:.1f}s)", flush=True)
+    return dict(lrs=lrs, validation=scores, validation_per_task=per_task, seconds=seconds,
+                program="sequential" if sequential else "vmap", trees=trees)
 
 
 def tune_and_adapt(source, ds: data.Dataset, mode: str, lrs: Sequence[float], *, val_fraction: float,
@@ -150,14 +211,12 @@ def tune_and_adapt(source, ds: data.Dataset, mode: str, lrs: Sequence[float], *,
         scores, seconds, program = out["validation"], out["seconds"], out["program"]
         if cache:
             reporting.write_json(cache, dict(key=key, validation=scores, seconds=seconds, program=program))
-    settings = [dict(lr=float(v)) for v in lrs]
-    best, _ = protocol.select(settings, scores)
-    adapted, _ = adapt(source, ds, mode, model_cfg=model_cfg, optim_cfg=optim.override(optim_cfg, lr=best["lr"]),
+    lr, grid = choose_rate(lrs, scores)
+    adapted, _ = adapt(source, ds, mode, model_cfg=model_cfg, optim_cfg=optim.override(optim_cfg, lr=lr),
                        num_steps=num_steps, batch_size=batch_size, seed=seed,
                        workdir=os.path.join(workdir, "final") if workdir else None, bank_path=bank_path,
                        log_every=log_every, meta=meta)
-    return dict(lr=best["lr"], grid=[dict(setting=s, validation=v) for s, v in zip(settings, scores)],
-                sweep_seconds=seconds, program=program, adapted=adapted)
+    return dict(lr=lr, grid=grid, sweep_seconds=seconds, program=program, adapted=adapted)
 
 
 def _read_json(path):
