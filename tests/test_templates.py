@@ -435,6 +435,24 @@ def test_unsupervised_adaptation_of_a_plain_input_adapter_keeps_its_frozen_sourc
     changed = changed_paths(params, run.params)
     assert changed == ["shared/adapter_in/bias", "shared/adapter_in/kernel"]
     assert run.fit.history[-1]["moment_distance"] > 0
+    # the target's moving BN statistics follow the target domain although only the input adapter trains
+    assert any(k.startswith("tasks/task0/") for k in changed_paths(stats, run.model_state))
+
+
+def test_adapting_xi_or_nothing_re_estimates_only_the_target_tasks_bn_statistics():
+    """Tuning only xi, the frozen target task's BN statistics still follow the target domain (as the paper's
+    unsupervised runs re-estimate them); tuning nothing (the BN-statistics-only control) moves those statistics
+    and no parameter. The source task's statistics stay as they were in both."""
+    cfg = tiny()
+    params, stats = isometric.init(cfg, jax.random.key(0), 1, [3, 3])
+    kw = dict(method="moment_matching", source_task="task0", target_task="task1", num_steps=2,
+              adversarial=T.Adversarial(), stage=None)
+    for tunable, moved in ((r"tasks/task1/mixture", ["tasks/task1/mixture"]), (None, [])):
+        run = T.adapt_unsupervised(cfg, tiny_recipe(), params, stats, tiny_dataset(seed=0), tiny_dataset(seed=1),
+                                   tunable=tunable, **kw)
+        assert changed_paths(params, run.params) == moved
+        stats_moved = changed_paths(stats, run.model_state)
+        assert stats_moved and all(k.startswith("tasks/task1/") for k in stats_moved), stats_moved
 
 
 # --- the isometric network as a models.build architecture --------------------------------------------------

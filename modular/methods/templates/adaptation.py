@@ -259,7 +259,12 @@ def adapt_unsupervised(model_cfg, recipe: Recipe, params, stats, source: data.Da
                         seed=recipe.seed, name=name, workdir=workdir, checkpoint_every=recipe.checkpoint_every,
                         log_every=recipe.log_every, verbose=recipe.verbose)
         return dataclasses.replace(trained, params=model_params(trained.params))
-    start, rules = with_reference(params, stats), [(tunable, mult)] if tunable else []
+    images = {"source": (source.train_images, None), "target": (target.train_images, None)}
+    batch_fn = lambda step: data.multitask_batch(images, step, recipe.batch_size, recipe.seed)
+    if not tunable:   # nothing trains: only the target task's moving BN statistics follow the target domain
+        return train.Trained(params, reestimate_bn_stats(model_cfg, params, stats, target_task, num_steps, batch_fn),
+                             None, 0, 0)
+    start, rules = with_reference(params, stats), [(tunable, mult)]
     if method == "moment_matching":
         loss_fn = moment_matching_loss(model_cfg, source_task, target_task)
     else:
@@ -268,15 +273,31 @@ def adapt_unsupervised(model_cfg, recipe: Recipe, params, stats, source: data.Da
         start = add_discriminator(start, rng.key(recipe.seed, "discriminator"), dim, int(a.hidden), a.placement)
         rules.append(discriminator_rule(a.discriminator_lr_mult))
         loss_fn = adversarial_loss(model_cfg, source_task, target_task, a.formulation, a.weight, a.placement)
-    images = {"source": (source.train_images, None), "target": (target.train_images, None)}
+    # the target task's moving BN statistics follow the target domain although its BN patch is frozen
     trained = train_tasks(model_cfg, recipe, {target_task: target}, stage=stage, start=(start, stats), rules=rules,
-                          default_mult=0.0, num_steps=num_steps, loss_fn=loss_fn,
-                          batch_fn=lambda step: data.multitask_batch(images, step, recipe.batch_size, recipe.seed))
+                          default_mult=0.0, num_steps=num_steps, loss_fn=loss_fn, batch_fn=batch_fn,
+                          update_frozen_stats=True)
     return dataclasses.replace(trained, params=model_params(trained.params))
 
 
-def _last_metrics(fit: train.FitResult) -> dict:
-    last = fit.history[-1] if fit.history else {}
+def reestimate_bn_stats(model_cfg, params, stats, target_task: str, num_steps: int, batch_fn) -> dict:
+    """`stats` after `num_steps` forward passes of `target_task` in train mode on `batch_fn(step)['target']`
+    images: its moving BN statistics follow the target domain, no parameter changes (the BN-statistics-only
+    control; the trainer refuses a run that trains nothing)."""
+    forward = _stats_step(ml_collections.FrozenConfigDict(model_cfg), target_task)
+    for step in range(int(num_steps)):
+        stats = forward(params, stats, jnp.asarray(batch_fn(step)["target"]["image"]))
+    return jax.device_get(stats)
+
+
+@functools.lru_cache(maxsize=16)
+def _stats_step(cfg, target_task: str):
+    return jax.jit(lambda params, stats, images: isometric.apply(cfg, params, stats, images, task=target_task,
+                                                                 train=True)[2])
+
+
+def _last_metrics(fit: train.FitResult | None) -> dict:
+    last = fit.history[-1] if fit is not None and fit.history else {}
     return {k: float(last[k]) for k in ("moment_distance", "disc_loss", "domain_accuracy", "source_ce",
                                         "discrepancy_max", "discrepancy") if k in last}
 
@@ -354,7 +375,8 @@ def compare_adaptation(model_cfg, recipe: Recipe, sources, target: data.Dataset,
                          before=before, after=after))
         summaries[f"target ({method})"] = summary(run.params, {tgt_task: None})[tgt_task]
     run = train_tasks(model_cfg, recipe, {tgt_task: fit}, stage="adapt_mixture_supervised", start=(params, stats),
-                      rules=[(xi, recipe.mixture_lr_mult)], default_mult=0.0, num_steps=num_steps)
+                      rules=[(xi, recipe.mixture_lr_mult)], default_mult=0.0, num_steps=num_steps,
+                      update_frozen_stats=True)
     after = accuracy["mixture_supervised_upper_bound"] = evaluate(model_cfg, run.params, run.model_state, target,
                                                                   tgt_task)
     rows.append(dict(method="mixture_supervised_upper_bound (labels)", tuned="target xi", params=n_xi,

@@ -90,13 +90,14 @@ def train_tasks(model_cfg, recipe: Recipe, datasets: Mapping[str, data.Dataset],
                 signatures: Mapping[str, Sequence[int] | None] | None = None, start: tuple | None = None,
                 num_classes: Sequence[int] | None = None, rules: Sequence | None = None, default_mult: float = 1.0,
                 num_steps: int | None = None, loss_fn: Callable | None = None,
-                batch_fn: Callable | None = None) -> train.Trained:
+                batch_fn: Callable | None = None, update_frozen_stats: bool = False) -> train.Trained:
     """Train the tasks named in `datasets` jointly and return host trees.
 
     start: (params, batch_stats) to continue from; otherwise a fresh tree with `num_classes` tasks (default:
     one per dataset, in order). rules/default_mult: what trains (default: everything, mixtures at
     `recipe.mixture_lr_mult`, frozen for fixed signatures). loss_fn/batch_fn default to the summed loss on
-    `data.multitask_batch` of the datasets.
+    `data.multitask_batch` of the datasets. update_frozen_stats: the BN statistics of frozen modules follow the
+    batches too (`train.train_subtrees`; by default a frozen module's statistics stay as they are).
     """
     signatures = dict(signatures or {task: None for task in datasets})
     if start is None:
@@ -112,7 +113,8 @@ def train_tasks(model_cfg, recipe: Recipe, datasets: Mapping[str, data.Dataset],
     return train.train_subtrees(start[0], start[1], loss_fn=loss_fn, optim_cfg=recipe.optim_cfg, rules=list(rules),
                                 default_mult=default_mult, batch_fn=batch_fn, num_steps=num_steps or recipe.num_steps,
                                 seed=recipe.seed, name=name, workdir=workdir, checkpoint_every=recipe.checkpoint_every,
-                                log_every=recipe.log_every, verbose=recipe.verbose)
+                                log_every=recipe.log_every, verbose=recipe.verbose,
+                                update_frozen_stats=update_frozen_stats)
 
 
 def logits_fn(cfg, task: str, signature: Sequence[int] | None = None):
