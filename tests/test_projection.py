@@ -118,12 +118,13 @@ def _steps(found, prefix):
 def test_compat_counts_its_applications_and_pretrained_extractor():
     config = LOAD_CONFIG("configs/compat.py:full")
     found = phases.phases(config)
-    # 8 settings + upper bound + harder pretext + 1 same-data control + 2 incremental orders of the chosen
-    # setting + the 2 RP-only incremental pairs fast transfer reuses; two networks each
+    # 8 settings + upper bound + harder pretext + 3 same-data pairs (independent, RP, IIW+RP+DCC) + 2 incremental
+    # orders of the chosen setting + the 2 RP-only incremental pairs fast transfer reuses; two networks each
     (pairs,) = [p for p in found if p.name.startswith("network pairs")]
-    assert (pairs.steps, pairs.repeats) == (20_000, 2 * 15)
-    # fast transfer: (2 pairs + re-initialised head) x 2 rates, 3 epochs of (5000 - 500 validation) // 128 steps
-    assert _steps(found, "fast transfer") == {"fast transfer (3 starts x 2 rates)": ("resnet", 10, 3 * 35, 6, True)}
+    assert (pairs.steps, pairs.repeats) == (20_000, 2 * 17)
+    assert config.batch_size == 512 and config.model.depth == 56   # App. E: ResNet-56, batch 512
+    # fast transfer: (2 pairs + re-initialised head) x 2 rates, 3 epochs of (5000 - 500 validation) // 512 steps
+    assert _steps(found, "fast transfer") == {"fast transfer (3 starts x 2 rates)": ("resnet", 10, 3 * 8, 6, True)}
     # cross-architecture: independent and RP+DCC pairs on 5 classes for num_steps, new heads for num_steps / 10
     assert _steps(found, "cross-arch") == {
         "cross-arch network a, old classes": ("resnet", 5, 20_000, 2, True),
@@ -138,7 +139,7 @@ def test_compat_counts_its_applications_and_pretrained_extractor():
     found = phases.phases(config)
     assert [(p.name, p.steps, p.repeats) for p in found] == [
         ("pretrained-IIW extractor on mnist5k/invert", 200, 1),
-        ("network pairs a, b (15 pairs)", 20_000, 30)]  # + 2 pretrained-IIW pairs, - the fast-transfer pairs
+        ("network pairs a, b (17 pairs)", 20_000, 34)]  # + 2 pretrained-IIW pairs, - the fast-transfer pairs
 
 
 def test_templates_adapt_counts_m3sda_passes():
