@@ -1,6 +1,6 @@
 """Model patches (Mudrakarta et al. 2018): pretrain on a source, transfer to a target in every mode.
 
-  python -m experiments.run --config=configs/patches.py --workdir=/tmp/patches            # CPU, ~10 min
+  python -m experiments.run --config=configs/patches.py --workdir=/tmp/patches            # CPU, ~55 min (busy 2 cores)
   python -m experiments.run --config=configs/patches.py:smoke --workdir=/tmp/patches_s    # seconds (tests)
   python -m experiments.run --config=configs/patches.py:full --workdir=gs://.../patches   # accelerators
   ... :full --config.model.init=mobilenet_v2.pth (torchvision's ImageNet MobileNetV2 instead of pretraining;
