@@ -89,14 +89,16 @@ def _patches(config) -> list[Phase]:
                    rules=_rules(mode), repeats=lrs) for mode in t.modes]
     if m.enabled:  # one S/B patch per task over the summed batch; independent: a full model per task
         tasks = list(m.tasks)
+        runs = len(m.get("lrs") or [None]) + 1   # each row's rate grid on validation, then a retrain at its choice
         out.append(_phase(config, "multitask S/B patches", data=tasks[0], batch_size=m.batch_size * len(tasks),
-                          steps=m.num_steps, rules=_rules("sb_last"), repeats=len(m.sharings)))
+                          steps=m.num_steps, rules=_rules("sb_last"), repeats=len(m.sharings) * runs))
         if m.independent:
             out.append(_phase(config, "multitask independent models", data=tasks[0], batch_size=m.batch_size,
-                              steps=m.num_steps, repeats=len(tasks)))
-    if r.enabled:
+                              steps=m.num_steps, repeats=len(tasks) * runs))
+    if r.enabled:  # each resolution's rate grid; the model its sweep chose is the one reported
         out += [_phase(config, f"multires {size}px S/B", data=target, image_size=size, batch_size=r.batch_size,
-                       steps=r.num_steps, rules=_rules("sb_last")) for size in r.resolutions]
+                       steps=r.num_steps, rules=_rules("sb_last"), repeats=len(r.get("lrs") or [None]))
+                for size in r.resolutions]
     return out
 
 
