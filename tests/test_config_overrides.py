@@ -52,4 +52,7 @@ def test_list_keys_are_overridable(value):
 def test_a_list_of_the_wrong_kind_is_one_sentence():
     proc = dry_run("--config.head2toe.lrs=abc")
     assert proc.returncode == 1
-    assert proc.stderr.strip() == "error: --config.head2toe.lrs must be a list of numbers like [0.1, 0.01], got ['abc']."
+    from configs import head2toe as h2t_config
+    default = list(h2t_config.get_config().head2toe.lrs)     # the example is the key's own default
+    assert proc.stderr.strip() == (f"error: --config.head2toe.lrs must be a list of numbers like {default}, "
+                                   f"got ['abc'].")
