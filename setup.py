@@ -26,6 +26,7 @@ setup(
         "mlxtend>=0.23",
         "matplotlib>=3.7",
         "pillow>=9.1",                         # the user's image folders (Image.Resampling)
+        "filelock",                            # JAX's persistent compilation cache reads entries under a lock
     ],
     extras_require={
         # torch (the CPU wheel here) writes the reference ResNet-50/MobileNetV2 state dicts of tests/test_convert.py
