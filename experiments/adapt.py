@@ -18,6 +18,7 @@ from modular.data import splits
 from modular.methods import head2toe, patches
 from modular.methods.head2toe import serving as head2toe_serving
 from modular.methods.patches import serving as patches_serving
+from modular.projection.phases import Phase, phase
 
 PATCH_MODES = {"linear": "last_layer", "sb_patch": "sb_last", "dw_patch": "dw_last", "mixture": "mixture"}
 
@@ -95,3 +96,16 @@ def run(config, workdir: str) -> dict:
                 fraction_of_full_model=adapted.file_bytes / adapted.full_model_bytes, adapt_seconds=adapted.seconds,
                 test_examples=int(len(ds.test_labels)), bank_tasks=sorted(manifest),
                 chance=float(np.max(np.bincount(ds.test_labels)) / len(ds.test_labels)))
+
+
+# The projection (`python -m experiments.project`, modular.projection.phases): the training phases this
+# experiment runs, and what they leave out of the count.
+UNCOUNTED = "evaluation; Head2Toe heads on cached features (method head2toe has no network step)"
+
+
+def phases(config) -> list[Phase]:
+    a, mode = config.adapt, PATCH_MODES.get(config.method)
+    if mode is None:  # head2toe: linear heads on cached features, not a network step
+        return []
+    return [phase(config, f"{config.method} (validation grid + final)", batch_size=a.batch_size, steps=a.num_steps,
+                  rules=patches.lr_rules(mode), repeats=len(a.lrs) + 1)]

@@ -16,11 +16,14 @@ seed and get claims from the same paired intervals.
 """
 from __future__ import annotations
 
+import math
+
 import jax
 import ml_collections
 
 from modular import data, protocol
 from modular.methods import compat
+from modular.projection.phases import Phase, phase, train_size
 
 
 def _check(config) -> None:
@@ -90,3 +93,65 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             if name not in ("compat", "compat_claims"):
                 print(t, flush=True)
     return results
+
+
+# The projection (`python -m experiments.project`, modular.projection.phases): the training phases this
+# experiment runs, and what they leave out of the count.
+UNCOUNTED = ("the DCC and rotation heads' extra work; incremental pairs "
+             "counted at num_steps (they run the step count chosen on validation, at most that); evaluation")
+
+
+def _adapted_model(model_cfg, num_classes: int):
+    """A network as compatible components build one across architectures (`model_cfg.head_model` set): this
+    extractor, a 1x1-conv adapter to `adapter_width` channels, head_model's head."""
+    from modular import models
+    from modular.models.split import SplitModel
+    extractor_cfg = ml_collections.ConfigDict({k: v for k, v in model_cfg.to_dict().items()
+                                               if k not in ("head_model", "adapter_width")})
+    head_cfg = ml_collections.ConfigDict(model_cfg.head_model.to_dict())
+    return SplitModel(extractor=compat.AdaptedExtractor(models.build_extractor(extractor_cfg),
+                                                        int(model_cfg.adapter_width)),
+                      head=models.build_head(head_cfg, num_classes))
+
+
+def phases(config) -> list[Phase]:
+    """The study's pairs as `study.variants` / `study.incremental_variants` build them (each pair: two networks
+    of num_steps steps; incremental pairs run the chosen step count, at most num_steps), the pretrained-IIW
+    extractor, and the applications as `apps.run` runs them on every seed."""
+    study, apps = compat.study, compat.apps
+    d, cc = config.data, config.compat
+    model = ml_collections.ConfigDict(dict(config.model.to_dict(), split=cc.split))
+    head = (("head/.*", 1.0),)   # a compat network's task head: everything after the split
+    main, _ = study.variants(cc)
+    pairs = len(main) + len(study.incremental_variants(cc, compat.setting_name(bool(cc.dcc), bool(cc.rp),
+                                                                               bool(cc.iiw))))
+    out = []
+    if study.uses_pretraining(cc):  # one network on pretrain_data whose extractor starts both networks
+        out.append(phase(config, f"pretrained-IIW extractor on {cc.pretrain_data}", model=model,
+                         data=cc.pretrain_data, steps=int(cc.pretrain_steps)))
+    out.append(phase(config, f"network pairs a, b ({pairs} pairs)", model=model, data=d.task_a, repeats=2 * pairs))
+    applications = cc.get("applications") or ()
+    if "fast_transfer" in applications:
+        # every start (each RP-only pair's recombination and the re-initialised head) x every rate, for
+        # transfer_epochs epochs over b's fit split (remainders dropped, as transfer_head does)
+        fit = train_size(d.task_b, d.get("max_train"))
+        fit -= math.ceil(fit * float(d.val_fraction))
+        starts = len(cc.fast_transfer_settings) + 1
+        out.append(phase(config, f"fast transfer ({starts} starts x {len(cc.transfer_lrs)} rates)", model=model,
+                         data=d.task_b, steps=int(cc.transfer_epochs) * (fit // min(config.batch_size, fit)),
+                         rules=None if cc.transfer_train == "all" else head,
+                         repeats=starts * len(cc.transfer_lrs)))
+    if "cross_arch" in applications:
+        settings = len(dict.fromkeys(("independent", cc.cross_arch_setting)))
+        steps, head_steps = apps.cross_arch_steps(cc, config.num_steps)
+        # both extractors (b's at its own split) end in the adapter in front of heads of a's architecture
+        adapted = [ml_collections.ConfigDict(dict(m.to_dict(), head_model=model.to_dict(),
+                                                  adapter_width=int(cc.adapter_width)))
+                   for m in (model, cc.cross_arch_model)]
+        old = int(cc.cross_arch_old_classes)
+        for tag, m in zip(("a", f"b ({cc.cross_arch_model.name})"), adapted):
+            out.append(phase(config, f"cross-arch network {tag}, old classes", model=m, data=d.task_a,
+                             num_classes=old, steps=steps, repeats=settings, build=_adapted_model))
+            out.append(phase(config, f"cross-arch new head on frozen {tag}", model=m, data=d.task_a,
+                             steps=head_steps, rules=head, repeats=settings, build=_adapted_model))
+    return out

@@ -12,6 +12,7 @@ import ml_collections
 
 from modular import data, protocol, reporting, supervised
 from modular.methods import head2toe
+from modular.projection.phases import Phase, phase, pretrain_phases
 
 # Table 1 of the paper: ResNet-50 on VTAB-1k, mean over its 19 tasks (median of 3 seeds per task). The paper
 # has no number for our digit-based targets, so its mean stands beside ours; layer-wise selection is in its
@@ -89,3 +90,24 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         print("corr(gain over Linear, domain affinity) per seed: " + str(corr))
         print(head2toe.CORRELATION_NOTE.format(n=len(targets)))
     return results
+
+
+# The projection (`python -m experiments.project`, modular.projection.phases): the training phases this
+# experiment runs, and what they leave out of the count.
+UNCOUNTED = "feature extraction and the linear heads' grid on cached features; evaluation"
+
+
+def _as_list(value) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def phases(config) -> list[Phase]:
+    h, d = config.head2toe, config.data
+    targets = [d.target] if d.get("target") else list(d.targets)
+    batch = h.get("finetune_batch_size") or h.get("batch_size") or config.batch_size
+    steps = h.get("finetune_steps") or max(_as_list(h.get("steps", config.num_steps)))
+    networks = int(bool(h.get("finetune", True))) + int(bool(h.get("head2toe_ft", True)))
+    out = pretrain_phases(config)
+    out += [phase(config, f"fine-tune on {t}", data=t, batch_size=batch, steps=steps, repeats=networks)
+            for t in targets if networks]
+    return out

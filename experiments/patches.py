@@ -20,6 +20,7 @@ import ml_collections
 from modular import checkpoint, data, models, optim, params as P, protocol, reporting, supervised
 from modular.methods import patches
 from modular.methods.patches import summary
+from modular.projection.phases import Phase, phase, pretrain_phases
 
 # Mudrakarta et al. 2018 (ICLR'19), its numbers as printed in its text (../shared/papers/patches-mudrakarta2018.txt),
 # top-1 accuracy in %. Rows are keyed by our row names ("labels" gives the paper's own row name); a cell is
@@ -288,3 +289,29 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     tables["patches_claims"] = protocol.claims_table(claims)
     results.update(claims=claims, readme_tables=tables)
     return results
+
+
+# The projection (`python -m experiments.project`, modular.projection.phases): the training phases this
+# experiment runs, and what they leave out of the count.
+UNCOUNTED = "evaluation passes; multi-task serving"
+
+
+def phases(config) -> list[Phase]:
+    t, m, r, target = config.transfer, config.multitask, config.multires, config.data.target
+    out = pretrain_phases(config)
+    lrs = len(t.get("lrs") or [None])  # every mode sweeps the learning-rate grid on validation
+    out += [phase(config, f"transfer {mode}", data=target, batch_size=t.batch_size, steps=t.num_steps,
+                  rules=patches.lr_rules(mode), repeats=lrs) for mode in t.modes]
+    if m.enabled:  # one S/B patch per task over the summed batch; independent: a full model per task
+        tasks = list(m.tasks)
+        runs = len(m.get("lrs") or [None]) + 1   # each row's rate grid on validation, then a retrain at its choice
+        out.append(phase(config, "multitask S/B patches", data=tasks[0], batch_size=m.batch_size * len(tasks),
+                         steps=m.num_steps, rules=patches.lr_rules("sb_last"), repeats=len(m.sharings) * runs))
+        if m.independent:
+            out.append(phase(config, "multitask independent models", data=tasks[0], batch_size=m.batch_size,
+                             steps=m.num_steps, repeats=len(tasks) * runs))
+    if r.enabled:  # each resolution's rate grid; the model its sweep chose is the one reported
+        out += [phase(config, f"multires {size}px S/B", data=target, image_size=size, batch_size=r.batch_size,
+                      steps=r.num_steps, rules=patches.lr_rules("sb_last"), repeats=len(r.get("lrs") or [None]))
+                for size in r.resolutions]
+    return out

@@ -5,6 +5,7 @@ import jax
 import ml_collections
 
 from modular import data, params as P, supervised, train
+from modular.projection.phases import Phase, pretrain_phases
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -28,3 +29,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         print(f"pretrain {ds.name}: test accuracy {100 * results['accuracy']:.2f}% "
               f"({results['params']['total']:,} parameters)", flush=True)
     return results
+
+
+# The projection (`python -m experiments.project`, modular.projection.phases): the training phases this
+# experiment runs, and what they leave out of the count.
+UNCOUNTED = "evaluation passes"
+
+
+def phases(config) -> list[Phase]:
+    return pretrain_phases(config)

@@ -17,8 +17,10 @@ import numpy as np
 
 from modular import data, protocol, reporting
 from modular.methods import templates as T
+from modular.methods.patches import lr_rules
 from modular.methods.templates import paper as P, report, study
 from modular.models import isometric
+from modular.projection.phases import Phase, phase
 
 # What the paper reports for each mode (section / table), in our words; its numbers are in
 # `modular.methods.templates.paper` and appear beside ours in the tables and claims.
@@ -250,3 +252,37 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if jax.process_index() == 0:
         print(text, flush=True)
     return results
+
+
+# The projection (`python -m experiments.project`, modular.projection.phases): the training phases this
+# experiment runs, and what they leave out of the count.
+UNCOUNTED = ("evaluation; per-task mixing of the template bank (the trunk is counted at the summed batch); "
+             "adapt mode: the frozen source's forward passes, M3SDA's second classifier, the BN-statistics "
+             "control and the plain-net baseline")
+
+
+def phases(config) -> list[Phase]:
+    model = ml_collections.ConfigDict(dict(config.model.to_dict(), name="isometric"))
+    tasks = list(config.tasks) if config.mode != "single" else list(config.tasks[:1])
+    # multitask trains the tasks with and without the clustering regulariser, then transfers from them
+    runs = 2 if config.mode == "multitask" else 1
+    out = [phase(config, f"{config.mode} ({len(tasks)} tasks)", model=model, data=tasks[0],
+                 batch_size=config.batch_size * len(tasks), repeats=runs)]
+    transfers = {"transfer": len(config.get("transfer_inits") or []),
+                 "multitask": len(config.get("transfer_inits") or []) if config.get("multitask_transfer") else 0,
+                 "adapt": len(config.get("adapt_methods") or [])}.get(config.mode, 0)
+    m3sda = config.mode == "adapt" and "m3sda" in (config.get("adapt_methods") or [])
+    if config.mode == "adapt":  # M3SDA counted below; + the supervised upper bound (labels, xi only)
+        transfers += 1 - int(m3sda)
+    if transfers:
+        out.append(phase(config, "mixture weights on the target", model=model, data=config.tasks[0],
+                         steps=config.transfer_steps, rules=lr_rules("mixture"), repeats=transfers))
+    if m3sda:
+        # each iteration: step A (classifiers and xi), B (classifiers only), C x generator_steps (xi only)
+        settings = T.M3SDA(**config.get("m3sda", {}))
+        iterations, n = settings.iterations(config.transfer_steps), int(settings.generator_steps)
+        out.append(phase(config, f"M3SDA steps A + {n} x C (xi)", model=model, data=config.tasks[0],
+                         steps=iterations * (1 + n), rules=lr_rules("mixture")))
+        out.append(phase(config, "M3SDA step B (classifiers)", model=model, data=config.tasks[0],
+                         steps=iterations, rules=lr_rules("last_layer")))
+    return out

@@ -17,6 +17,7 @@ from modular.data import vtab_like
 from modular.methods import compat, head2toe, patches, templates
 from modular.methods.head2toe import serving as head2toe_serving
 from modular.methods.patches import serving as patches_serving
+from modular.projection.phases import Phase, phase, pretrain_phases
 
 # method -> (paper, patch mode, description)
 METHODS = {
@@ -175,3 +176,26 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                              full_model_bytes=r.full_model_bytes, resumed=r.resumed, **r.info)
                      for t, r in per.items()} for m, per in adapted.items()},
         bank=summary, mixed_batch_serving=served, compat=compat_results, stage_seconds=stages.done(), plots=[plot])
+
+
+# The projection (`python -m experiments.project`, modular.projection.phases): the training phases this
+# experiment runs, and what they leave out of the count.
+UNCOUNTED = "Head2Toe heads on cached features; evaluation; serving"
+
+
+def phases(config) -> list[Phase]:
+    a, tc, cc, targets = config.adapt, config.templates, config.compat, list(config.data.targets)
+    out = pretrain_phases(config)
+    method_modes = {method: mode for method, (paper, mode, _) in METHODS.items() if paper == "patches"}
+    for method, mode in method_modes.items():
+        if method in config.methods:
+            out += [phase(config, f"{method} on {t}", data=t, batch_size=a.batch_size, steps=a.num_steps,
+                          rules=patches.lr_rules(mode)) for t in targets]
+    if "mixture_weights" in config.methods:
+        model = ml_collections.ConfigDict(dict(tc.model.to_dict(), name="isometric"))
+        out.append(phase(config, "template bank", model=model, batch_size=tc.batch_size, steps=tc.num_steps))
+        out += [phase(config, f"mixture weights on {t}", model=model, data=t, batch_size=tc.batch_size,
+                      steps=tc.transfer_steps, rules=patches.lr_rules("mixture")) for t in targets]
+    out.append(phase(config, "compat network pairs", data=cc.task_a, batch_size=cc.batch_size, steps=cc.num_steps,
+                     repeats=2 * len(cc.settings)))
+    return out

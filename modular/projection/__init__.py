@@ -53,7 +53,8 @@ def project(config, *, mfu: float = DEFAULT_MFU, devices: int = 1, progress=prin
     seeds = phases.seed_count(config)
     for phase in phases.phases(config):
         per_device = -(-phase.batch_size // devices)
-        shape_key = (repr(sorted(phase.model.to_dict().items())), phase.image_shape, per_device, phase.rules)
+        shape_key = (repr(sorted(phase.model.to_dict().items())), phase.build, phase.image_shape, per_device,
+                     phase.rules)
         key = shape_key + (phase.num_classes,)
         if key not in compiled:
             # Phases that differ only in their class count share the first one's compiled temporaries.
@@ -62,7 +63,8 @@ def project(config, *, mfu: float = DEFAULT_MFU, devices: int = 1, progress=prin
                      f"at batch {per_device}, {'x'.join(map(str, phase.image_shape))}")
             cost = step_cost(phase.model, num_classes=phase.num_classes, image_shape=phase.image_shape,
                              batch_size=per_device, optim_cfg=config.get("optim"),
-                             rules=list(phase.rules) if phase.rules else None, compile=known is None)
+                             rules=list(phase.rules) if phase.rules else None, compile=known is None,
+                             build=phase.build)
             if known is None:
                 temporaries[shape_key] = cost
             else:
@@ -84,7 +86,7 @@ def project(config, *, mfu: float = DEFAULT_MFU, devices: int = 1, progress=prin
     hours = {a: projected_seconds(total, a, mfu=mfu, devices=devices, dtype=dtype) / 3600 for a in ACCELERATORS}
     return dict(experiment=config.experiment, dtype=dtype, mfu=mfu, devices=devices, seeds=seeds, phases=rows,
                 total_flops=total, peak_device_bytes=peak_bytes, projected_hours=hours,
-                uncounted=phases.UNCOUNTED[config.experiment],
+                uncounted=phases.uncounted(config),
                 flops_from=f"XLA cost analysis of the train step lowered for {costs.FLOPS_PLATFORM} "
                            f"(before backend passes)",
                 bytes_from="parameters, optimizer state, BN statistics and batch from their shapes; temporaries "

@@ -38,27 +38,20 @@ def _optim_cfg(optim_cfg, rules) -> ml_collections.ConfigDict:
     return optim.override(optim_cfg, lr_mults=[tuple(r) for r in rules], default_mult=0.0)
 
 
-def build_model(model_cfg, num_classes: int):
-    """`models.build(model_cfg)`, or with `model_cfg.head_model` set, a network as compatible components build
-    one across architectures: this extractor, a 1x1-conv adapter to `adapter_width` channels, head_model's head."""
-    if not model_cfg.get("head_model"):
-        return models.build(model_cfg, num_classes)
-    from modular.methods.compat.modules import AdaptedExtractor
-    from modular.models.split import SplitModel
-    extractor_cfg = ml_collections.ConfigDict({k: v for k, v in model_cfg.to_dict().items()
-                                               if k not in ("head_model", "adapter_width")})
-    head_cfg = ml_collections.ConfigDict(model_cfg.head_model.to_dict())
-    return SplitModel(extractor=AdaptedExtractor(models.build_extractor(extractor_cfg), int(model_cfg.adapter_width)),
-                      head=models.build_head(head_cfg, num_classes))
+def build_model(model_cfg, num_classes: int, build=None):
+    """`models.build(model_cfg, num_classes)`, or `build(model_cfg, num_classes)` for a network that
+    models.build does not make (a phase's own `build`, e.g. compatible components' adapted extractors)."""
+    return (build or models.build)(model_cfg, num_classes)
 
 
 def train_step(model_cfg, *, num_classes: int, image_shape: tuple, batch_size: int,
-               optim_cfg: ml_collections.ConfigDict | None = None, rules=None, num_steps: int = 1000):
+               optim_cfg: ml_collections.ConfigDict | None = None, rules=None, num_steps: int = 1000,
+               build=None):
     """(step, abstract args): the library's train step for `model_cfg` and its (state, batch, rng) shapes.
 
     rules: `[(regex, lr multiplier)]` with everything else frozen (as `train_subtrees(rules=...,
-    default_mult=0)`); None trains every parameter with `optim_cfg`'s own rules."""
-    model = build_model(model_cfg, num_classes)
+    default_mult=0)`); None trains every parameter with `optim_cfg`'s own rules. build: see `build_model`."""
+    model = build_model(model_cfg, num_classes, build)
     optim_cfg = _optim_cfg(optim_cfg, rules)
     x = jax.ShapeDtypeStruct((batch_size,) + tuple(image_shape), jnp.float32)
     variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
@@ -118,11 +111,12 @@ def analyse(fn, *args, donate_argnums=(), platform: str = FLOPS_PLATFORM, compil
 
 
 def step_cost(model_cfg, *, num_classes: int, image_shape: tuple, batch_size: int,
-              optim_cfg: ml_collections.ConfigDict | None = None, rules=None, compile: bool = True) -> StepCost:
+              optim_cfg: ml_collections.ConfigDict | None = None, rules=None, compile: bool = True,
+              build=None) -> StepCost:
     """Lower the train step for TPU and compile it for this host's CPU; XLA's FLOP count and memory sizes.
-    compile=False: FLOPs and the state's bytes only (`temp_bytes` None)."""
+    compile=False: FLOPs and the state's bytes only (`temp_bytes` None). build: see `build_model`."""
     step, (state, batch, rng) = train_step(model_cfg, num_classes=num_classes, image_shape=image_shape,
-                                           batch_size=batch_size, optim_cfg=optim_cfg, rules=rules)
+                                           batch_size=batch_size, optim_cfg=optim_cfg, rules=rules, build=build)
     cost, temp = analyse(step, state, batch, rng, donate_argnums=(0,), compile=compile)
     mask = optim.trainable_mask(state.params, _optim_cfg(optim_cfg, rules))
     trainable = sum(math.prod(x.shape) for x, m in zip(jax.tree.leaves(state.params), jax.tree.leaves(mask)) if m)
