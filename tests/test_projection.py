@@ -1,5 +1,7 @@
 """The projection's numbers: XLA's FLOP count against an analytic one, bytes and hours that add up."""
 import json
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -99,6 +101,20 @@ def test_every_full_config_has_phases(name):
         assert found == []
     else:
         assert found and all(p.steps > 0 and p.batch_size > 0 and p.num_classes > 1 for p in found)
+
+
+def test_the_core_imports_no_paper():
+    # Each experiment declares its phases next to its run (experiments/NAME.py); the core finds them by name.
+    code = ("import sys, modular.projection; "
+            "print(sorted(m for m in sys.modules if m.startswith(('modular.methods', 'experiments'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    config = LOAD_CONFIG("configs/adapt.py:full")
+    from experiments import adapt
+    assert phases.phases(config) == adapt.phases(config) and phases.uncounted(config) == adapt.UNCOUNTED
+    config.experiment = "predict"   # a command, not an experiment: it declares no phases
+    with pytest.raises(ValueError, match="knows no experiment 'predict'"):
+        phases.phases(config)
 
 
 def test_the_command_writes_a_readme_table(tmp_path, monkeypatch):
