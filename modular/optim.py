@@ -3,10 +3,17 @@
 One ordered rule list `[(regex, lr_multiplier), ...]` says everything: a multiplier of 0 freezes the
 matching subtree (no update and no optimizer state, via `optax.partition` with `optax.set_to_zero`),
 any other value scales the base learning rate. Unmatched paths get `default_mult` (1.0 = train).
+
+The base learning rate and the run's length are runtime values: `build` keeps them in the optimizer state
+(`ScheduleState`) and computes the schedule from them in the step, so a grid over learning rates and step
+counts trains through one compiled program per shape. Every configured optimizer's update is linear in its
+rate (Adam, AdamW's decoupled decay, SGD/momentum), so the rules' multipliers are applied at build time and
+the scheduled rate scales the result.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+import json
+from typing import Any, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -63,6 +70,64 @@ def step_schedule(lr: float, num_steps: int, *, decay_at=(0.5, 0.75), decay_fact
         return decayed
     return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup_steps),
                                  lambda s: decayed(s + warmup_steps)], [warmup_steps])
+
+
+class ScheduleState(NamedTuple):
+    """What `scale_by_schedule_in_state` keeps: the step count, the base rate and the run's length."""
+    count: jax.Array        # int32
+    lr: jax.Array           # float32
+    num_steps: jax.Array    # int32
+
+
+def schedule_value(cfg: ml_collections.ConfigDict, count: jax.Array, lr: jax.Array,
+                   num_steps: jax.Array) -> jax.Array:
+    """`schedule(cfg, num_steps)(count)` with `lr` and `num_steps` traced (runtime) values: the same rate,
+    computed in the step from the optimizer state. Only the schedule's kind, warmup and decay shape are static."""
+    kind, warm = cfg.get("schedule", "constant"), int(cfg.get("warmup_steps", 0))
+    count, lr, total = jnp.asarray(count), jnp.asarray(lr, jnp.float32), jnp.asarray(num_steps)
+    ramp = lr * jnp.clip(count, 0, warm) / warm if warm else lr   # optax.linear_schedule(0, lr, warm)
+    if kind == "constant":
+        return jnp.where(count < warm, ramp, lr) if warm else lr
+    if kind in ("cosine", "warmup_cosine"):
+        decay = jnp.maximum(total, warm + 1) - warm                 # optax.warmup_cosine_decay_schedule
+        done = jnp.minimum(count - warm, decay).astype(jnp.float32)
+        cosine = lr * (0.5 * (1 + jnp.cos(jnp.pi * done / decay.astype(jnp.float32))))
+        return jnp.where(count < warm, ramp, cosine) if warm else cosine
+    if kind == "step":
+        fractions = sorted(float(f) for f in (cfg.get("decay_at", (0.5, 0.75)) or ()))
+        if any(not 0.0 < f < 1.0 for f in fractions):
+            raise ValueError(f"optim.decay_at must hold fractions of the run in (0, 1), got {fractions}.")
+        factor = float(cfg.get("decay_factor", 0.1))
+        if not 0.0 < factor <= 1.0:
+            raise ValueError(f"optim.decay_factor must be in (0, 1], got {factor}.")
+        rate, previous = lr, None
+        for f in fractions:   # the bounds of `step_schedule`, each distinct bound decaying once
+            bound = jnp.maximum(1, jnp.round(f * total.astype(jnp.float32)).astype(total.dtype))
+            distinct = True if previous is None else bound != previous
+            rate = jnp.where(distinct & (count >= bound), rate * factor, rate)
+            previous = bound
+        return jnp.where(count < warm, ramp, rate) if warm else rate
+    raise ValueError(f"Unknown learning-rate schedule '{kind}'; known: constant, cosine, warmup_cosine, step.")
+
+
+def scale_by_schedule_in_state(cfg: ml_collections.ConfigDict, lr: float,
+                               num_steps: int) -> optax.GradientTransformation:
+    """Scale updates by the configured schedule at base rate `lr` over `num_steps`, both kept in the state
+    (so the step's program does not depend on them: a grid over them reuses one compilation)."""
+    schedule_value(cfg, 0, lr, num_steps)  # a bad schedule config fails at build time, in one sentence
+
+    def init(params):
+        del params
+        return ScheduleState(count=jnp.zeros((), jnp.int32), lr=jnp.asarray(lr, jnp.float32),
+                             num_steps=jnp.asarray(num_steps, jnp.int32))
+
+    def update(updates, state, params=None):
+        del params
+        rate = schedule_value(cfg, state.count, state.lr, state.num_steps)
+        updates = jax.tree.map(lambda u: (rate * u).astype(u.dtype), updates)
+        return updates, state._replace(count=optax.safe_int32_increment(state.count))
+
+    return optax.GradientTransformation(init, update)
 
 
 def _base(cfg: ml_collections.ConfigDict, lr: optax.Schedule) -> optax.GradientTransformation:
@@ -154,20 +219,23 @@ def trainable_count(params: Mapping, mask: Mapping) -> int:
 
 
 def build(cfg: ml_collections.ConfigDict, params: Mapping, num_steps: int) -> optax.GradientTransformation:
-    """The optimizer for `params`: one base optimizer per distinct multiplier, frozen subtrees stateless."""
+    """The optimizer for `params`: one base optimizer per distinct multiplier (at that multiplier as its
+    rate), frozen subtrees stateless, then the schedule at base rate `cfg.lr` over `num_steps`, both of which
+    live in the optimizer state (`ScheduleState`): two optimizers that differ only in them share a program."""
     labels = lr_labels(params, cfg)
-    base_schedule = schedule(cfg, num_steps)
     transforms: dict[str, optax.GradientTransformation] = {}
     for label in set(jax.tree.leaves(labels)):
-        if label == FROZEN:
-            transforms[label] = optax.set_to_zero()
-        else:
-            mult = float(label[1:])
-            lr = (lambda s, m=mult: base_schedule(s) * m) if mult != 1.0 else base_schedule
-            transforms[label] = _base(cfg, lr)
-    tx = optax.partition(transforms, labels)
+        transforms[label] = optax.set_to_zero() if label == FROZEN else _base(cfg, float(label[1:]))
+    tx = optax.chain(optax.partition(transforms, labels),
+                     scale_by_schedule_in_state(cfg, float(cfg.lr), int(num_steps)))
     clip = float(cfg.get("grad_clip_norm", 0.0))
     return optax.chain(optax.clip_by_global_norm(clip), tx) if clip else tx
+
+
+def program_key(cfg: ml_collections.ConfigDict) -> str:
+    """What of an optimizer config changes `build`'s update program: everything but the base rate (which,
+    with the step count, lives in the state)."""
+    return json.dumps({k: v for k, v in cfg.to_dict().items() if k != "lr"}, sort_keys=True, default=str)
 
 
 def state_size(opt_state: Any) -> int:

@@ -282,23 +282,26 @@ _MAX_COMPILED_STEPS = 32
 
 def _compiled_step(loss_fn: LossFn, cfg: ml_collections.ConfigDict, params: Any, num_steps: int,
                    model_state: Any = None, update_frozen_stats: bool = True):
-    """(tx, trainable mask, statistics mask, jitted step) for `cfg` on `params`' structure; the step is reused
-    by any later call with the same loss function object, optimizer config, steps and trees (jax then reuses
-    its executable for equal shapes). Loss factories memoise their results so equal arguments give one object."""
+    """(tx, trainable mask, statistics mask, jitted step) for `cfg` on `params`' structure. The step is reused
+    by any later call with the same loss function object, optimizer program (`optim.program_key`: everything
+    but the learning rate) and trees; the learning rate and the step count live in the optimizer state that
+    `tx.init` makes, so a grid over them compiles once. Loss factories memoise their results so equal
+    arguments give one object."""
+    tx = optim.build(cfg, params, num_steps)   # this call's rate and length, for its state
     shapes = tuple((np.shape(x), str(jnp.result_type(x))) for x in jax.tree.leaves(params))
-    key = (loss_fn, json.dumps(cfg.to_dict(), sort_keys=True, default=str), int(num_steps),
-           jax.tree.structure(params), shapes, jax.tree.structure(model_state), bool(update_frozen_stats))
+    key = (loss_fn, optim.program_key(cfg), jax.tree.structure(params), shapes, jax.tree.structure(model_state),
+           bool(update_frozen_stats))
     if key in _COMPILED_STEPS:
         _COMPILED_STEPS.move_to_end(key)
-        return _COMPILED_STEPS[key]
-    tx = optim.build(cfg, params, num_steps)
+        mask, stats, step = _COMPILED_STEPS[key]
+        return tx, mask, stats, step
     mask = optim.trainable_mask(params, cfg)
     stats = None if update_frozen_stats else optim.stats_update_mask(params, model_state, cfg)
-    entry = (tx, mask, stats, xla_cpu.jit(make_train_step(loss_fn, tx, mask, stats), donate_argnums=(0,)))
+    entry = (mask, stats, xla_cpu.jit(make_train_step(loss_fn, tx, mask, stats), donate_argnums=(0,)))
     _COMPILED_STEPS[key] = entry
     if len(_COMPILED_STEPS) > _MAX_COMPILED_STEPS:
         _COMPILED_STEPS.popitem(last=False)
-    return entry
+    return (tx,) + entry
 
 
 def train_subtrees(params: Any, model_state: Any, *, loss_fn: LossFn, optim_cfg: ml_collections.ConfigDict,

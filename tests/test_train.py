@@ -126,3 +126,20 @@ def test_train_subtrees_freezes_by_rules_and_reuses_its_compiled_step():
     assert not np.array_equal(second.params["w"], first.params["w"])
     train.train_subtrees(params, {}, **dict(kw, rules=[("b", 1.0)]))
     assert len(train._COMPILED_STEPS) == steps + 1                      # other rules: another program
+
+
+def test_train_subtrees_compiles_once_for_a_grid_of_rates_and_lengths():
+    """Learning rate and step count are runtime values: a grid over them reuses one compiled step, and each
+    point still trains at its own rate (a larger rate moves further in the same steps)."""
+    params = {"w": np.zeros((3, 1), np.float32), "b": np.zeros((1,), np.float32)}
+    train._COMPILED_STEPS.clear()
+    moved = {}
+    for lr in (1e-3, 1e-2):
+        for steps in (5, 12):
+            cfg = common.optim_config(name="adam", lr=lr, schedule="cosine")
+            out = train.train_subtrees(params, {}, loss_fn=loss_fn, optim_cfg=cfg, batch_fn=batch_fn,
+                                       num_steps=steps, verbose=False)
+            moved[lr, steps] = float(np.abs(out.params["w"]).sum())
+            assert int(out.fit.state.step) == steps
+    assert len(train._COMPILED_STEPS) == 1
+    assert moved[1e-2, 12] > moved[1e-2, 5] > moved[1e-3, 5] > 0
