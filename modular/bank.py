@@ -37,6 +37,8 @@ class Adapted:
     full_model_bytes: int    # one stand-alone model of this family: what a bank file stands in for
     resumed: bool = False    # training restored from a checkpoint, so `seconds` is not a full adaptation
     info: dict = dataclasses.field(default_factory=dict)
+    server: str = ""         # the module that serves the file (`load_served`); "" if none does
+    entry: dict = dataclasses.field(default_factory=dict)   # what the method adds to the file's manifest entry
 
 
 def slug(name: str) -> str:

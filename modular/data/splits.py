@@ -1,6 +1,8 @@
 """Deterministic index selection: stratified train/test splits and class-balanced caps."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 
@@ -22,6 +24,14 @@ def train_test_indices(labels: np.ndarray, test_fraction: float, seed: int) -> t
         train, test = model_selection.train_test_split(idx, test_size=test_fraction, random_state=seed)
     # Sorted: the split is a set, not an order (batching does its own shuffling).
     return np.sort(train), np.sort(test)
+
+
+def validation_split(ds, fraction: float, seed: int):
+    """`ds` (a `data.Dataset`) whose test split is a class-stratified `fraction` of its training data and
+    whose training split is the rest: choices are made on it, the real test set stays unread."""
+    fit, val = train_test_indices(ds.train_labels, fraction, seed)
+    return dataclasses.replace(ds, train_images=ds.train_images[fit], train_labels=ds.train_labels[fit],
+                               test_images=ds.train_images[val], test_labels=ds.train_labels[val])
 
 
 def balanced_subset_indices(labels: np.ndarray, max_size: int, seed: int) -> np.ndarray:

@@ -7,7 +7,7 @@ from typing import Mapping
 import numpy as np
 
 from modular import bank, checkpoint, data, params as P, supervised
-from modular.methods.head2toe import features, heads, select
+from modular.methods.head2toe import features, heads, select, serving
 
 
 def adapt(source: supervised.Classifier, ds: data.Dataset, *, target_size: int, fractions, coefs, lrs,
@@ -35,3 +35,17 @@ def adapt(source: supervised.Classifier, ds: data.Dataset, *, target_size: int, 
     return bank.Adapted(accuracy, kept.size * k + k, P.count(private), file_bytes, seconds,
                         P.nbytes(source.variables),
                         info=dict(chosen=best, kept=int(kept.size), total_features=int(cache.num_features)))
+
+
+def adapt_task(backbone, dataset: data.Dataset, config, *, seed: int, workdir: str, bank_path: str,
+               meta: Mapping) -> bank.Adapted:
+    """`adapt` as a bank adapter (`modular.adapters`, method 'head2toe'): the settings are `config.head2toe`
+    (target_size, fractions, coefs, lrs, steps, folds); `backbone` is a `backbone.Backbone`. Trains no
+    network, so nothing goes under `workdir`."""
+    h = config.head2toe
+    adapted = adapt(backbone.classifier, dataset, target_size=h.target_size, fractions=list(h.fractions),
+                    coefs=list(h.coefs), lrs=list(h.lrs), steps=h.steps, folds=h.folds, seed=seed,
+                    bank_path=bank_path, meta=meta)
+    chosen = {k: v for k, v in adapted.info["chosen"].items() if v is not None}
+    adapted.server, adapted.entry = serving.__name__, dict(mode=None, chosen=chosen)
+    return adapted

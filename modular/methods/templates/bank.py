@@ -49,3 +49,17 @@ def adapt(cfg, source_params: Mapping, source_stats: Mapping, ds: data.Dataset, 
     return bank.Adapted(accuracy, trained.trainable, P.count(private), file_bytes, seconds, full_model,
                         resumed=trained.fit.resumed_from is not None,
                         info={"one_hotness": isometric.one_hotness(isometric.mixture_weights(params, task))})
+
+
+def adapt_task(backbone, dataset: data.Dataset, config, *, seed: int, workdir: str, bank_path: str,
+               meta: Mapping) -> bank.Adapted:
+    """`adapt` as a bank adapter (`modular.adapters`, method 'mixture_weights'). `backbone` is the template
+    bank `train_source` trained: a `backbone.Backbone` whose `model_cfg` is the isometric model's config and
+    whose classifier's variables are its params and batch_stats. Settings: `config.templates`
+    (transfer_steps, batch_size, mixture_lr_mult, entropy_weight), `config.optim`, `config.log_every`. No
+    module serves these files from a bank yet (`server` stays empty)."""
+    tc, variables = config.templates, backbone.classifier.variables
+    return adapt(backbone.model_cfg, variables["params"], variables["batch_stats"], dataset, optim_cfg=config.optim,
+                 num_steps=tc.transfer_steps, batch_size=tc.batch_size, seed=seed,
+                 mixture_lr_mult=tc.mixture_lr_mult, entropy_weight=tc.entropy_weight, workdir=workdir,
+                 bank_path=bank_path, log_every=config.log_every, meta=meta)
