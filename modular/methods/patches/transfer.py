@@ -7,7 +7,7 @@ from typing import Mapping
 
 from modular import bank, data, losses, models, params as P, rng, supervised, train
 from modular.methods.patches.modes import (check_applicable, export_patch, get_mode, import_patch, lr_rules,
-                                           split_private)
+                                           stored_count)
 
 
 def target_start(source: supervised.Classifier, model_cfg, num_classes: int, image_shape: tuple,
@@ -70,8 +70,8 @@ def adapt(source: supervised.Classifier, ds: data.Dataset, mode: str, *, model_c
     seconds = time.perf_counter() - start
     test_accuracy = accuracy(clf.model, clf.variables, ds.test_images, ds.test_labels)
     file_bytes = export_patch(bank_path, clf.variables, mode, meta=meta)
-    _, private = split_private(clf.variables, mode)
-    return bank.Adapted(test_accuracy, trainable, P.count(private), file_bytes, seconds, P.nbytes(clf.variables),
+    return bank.Adapted(test_accuracy, trainable, stored_count(clf.variables, mode), file_bytes, seconds,
+                        P.nbytes(clf.variables),
                         resumed=clf.fit.resumed_from is not None), clf
 
 

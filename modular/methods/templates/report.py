@@ -59,11 +59,6 @@ def interpolation_lines(interpolation: Mapping[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def before_after_table(rows: list[dict], title: str) -> str:
-    shown = [dict(r, before=f"{r['before']:.1f}", after=f"{r['after']:.1f}", delta=f"{r['delta']:+.1f}") for r in rows]
-    return reporting.format_table(shown, ["method", "tuned", "params", "before", "after", "delta"], title=title)
-
-
 # --------------------------------------------------------------------------- over seeds (modular.protocol)
 def _pm(values, scale: float = 1.0, spec: str = ".1f") -> str:
     e = protocol.estimate([scale * v for v in values])
