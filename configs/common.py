@@ -5,6 +5,8 @@ tfds datasets, accelerators).
 """
 import ml_collections
 
+from modular import optim
+
 SCALES = ("", "smoke", "full")
 
 
@@ -36,10 +38,11 @@ def model_config(name: str = "resnet", **overrides) -> ml_collections.ConfigDict
 
 
 def optim_config(**overrides) -> ml_collections.ConfigDict:
-    cfg = dict(name="adam", lr=3e-3, schedule="cosine", warmup_steps=0, weight_decay=0.0, momentum=0.9,
-               grad_clip_norm=0.0, lr_mults=[], default_mult=1.0)
+    # The library's one optimizer default (modular.optim.default_config): adam, lr 3e-3, cosine schedule, no
+    # warmup, weight decay or clipping, momentum 0.9 (sgd), no per-subtree multipliers; `overrides` change keys.
+    cfg = optim.default_config()
     cfg.update(overrides)
-    return ml_collections.ConfigDict(cfg)
+    return cfg
 
 
 def streaming_keys() -> dict:

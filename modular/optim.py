@@ -27,9 +27,10 @@ FROZEN = "frozen"
 
 
 def default_config() -> ml_collections.ConfigDict:
+    """The optimizer every experiment starts from (configs/common.py `optim_config` overrides keys of it)."""
     return ml_collections.ConfigDict(dict(
         name="adam",            # adam | adamw | sgd | momentum
-        lr=1e-3,
+        lr=3e-3,
         schedule="cosine",      # constant | cosine | warmup_cosine | step (decay_at, decay_factor)
         warmup_steps=0,
         weight_decay=0.0,       # adamw/sgd: decoupled decay on kernels (ndim > 1) only
