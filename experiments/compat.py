@@ -71,9 +71,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     claims = compat.claims.study_claims(study["per_seed"], target)
     apps = {}
     if cc.get("applications"):
-        apps = compat.apps.run(study, ds_a, ds_b, cc, seeds=seeds, optim_cfg=config.optim, model_cfg=config.model,
-                               batch_size=config.batch_size, num_steps=config.num_steps,
-                               uda_target=_load(config, cc.uda_target) if "uda" in cc.applications else None, log=log)
+        uda_target = _load(config, cc.uda_target) if "uda" in cc.applications else None
+        apps = compat.applications.run(study, ds_a, ds_b, cc, seeds=seeds, optim_cfg=config.optim,
+                                       model_cfg=config.model, batch_size=config.batch_size,
+                                       num_steps=config.num_steps, uda_target=uda_target, log=log)
         claims += compat.claims.application_claims(apps)
     plots = (compat.report.study_plots(workdir, estimates, order, study["mean_curves"], study["chosen_step"])
              if jax.process_index() == 0 else [])
@@ -117,8 +118,8 @@ def _adapted_model(model_cfg, num_classes: int):
 def phases(config) -> list[Phase]:
     """The study's pairs as `study.variants` / `study.incremental_variants` build them (each pair: two networks
     of num_steps steps; incremental pairs run the chosen step count, at most num_steps), the pretrained-IIW
-    extractor, and the applications as `apps.run` runs them on every seed."""
-    study, apps = compat.study, compat.apps
+    extractor, and the applications as `applications.run` runs them on every seed."""
+    study, apps = compat.study, compat.applications
     d, cc = config.data, config.compat
     model = ml_collections.ConfigDict(dict(config.model.to_dict(), split=cc.split))
     head = (("head/.*", 1.0),)   # a compat network's task head: everything after the split

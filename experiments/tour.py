@@ -93,8 +93,9 @@ def _adapt_method(method, config, workdir, source, src_ds, targets, stages) -> t
     return results, classifiers
 
 
-def _compat(config, workdir: str) -> dict:
-    """Compatible components: train each setting's pair, recombine extractors and heads without fine-tuning."""
+def _compat(config) -> dict:
+    """Compatible components: train each setting's pair (`compat.train_pair`, the compat study's training: the
+    two networks' minibatches alternate), recombine extractors and heads without fine-tuning."""
     cc, d = config.compat, config.data
     ds_a, ds_b = (data.load(n, image_size=d.image_size, channels=d.channels, seed=config.seed, max_train=cc.max_train)
                   for n in (cc.task_a, cc.task_b))
@@ -103,9 +104,9 @@ def _compat(config, workdir: str) -> dict:
     for setting in map(compat.parse_setting, cc.settings):
         name = compat.setting_name(*setting)
         _, res = compat.train_and_evaluate(
-            ds_a, ds_b, setting=setting, name=name, options=compat.default_options(), model_cfg=config.model,
+            ds_a, ds_b, setting=setting, options=compat.default_options(), model_cfg=config.model,
             optim_cfg=config.optim, num_steps=cc.num_steps, batch_size=cc.batch_size, seed=config.seed,
-            workdir=os.path.join(workdir, "compat"), checkpoint_every=0, log_every=config.log_every)
+            log=lambda m: print(m, flush=True))
         settings[name] = dict(compat.summary(res), chance=res["chance"])
         rows.append({c: compat.report.setting_row(name, res)[c] for c in compat.report.TABLE_COLUMNS})
     return dict(task_a=ds_a.name, task_b=ds_b.name, settings=settings, table=rows,
@@ -154,7 +155,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
               f"{100 * served['accuracy']:.1f}%, max |logit diff| vs per-task calls "
               f"{served['max_abs_diff_vs_per_task_calls']:.2e}", flush=True)
     stages.next("compat")
-    compat_results = _compat(config, workdir)
+    compat_results = _compat(config)
 
     rows = bank.leaderboard(adapted, [ds.name for ds in targets], {m: METHODS[m][2] for m in methods})
     columns = ["method", "mean_acc"] + [ds.name for ds in targets] + [

@@ -11,7 +11,7 @@ from configs import common as common_config
 from configs import compat as compat_config
 from modular import data, optim, protocol
 from modular.methods import compat as C
-from modular.methods.compat import members as M
+from modular.methods.compat import training as T
 
 TINY = ml_collections.ConfigDict(dict(name="resnet", depth=8, width=4, split="stage2", bn_momentum=0.9))
 
@@ -21,10 +21,10 @@ def _leaves_equal(x, y):
 
 
 def _group(v, seeds=(0,), num_steps=4):
-    mods = M.modules_for(TINY, v, 10, 10, 10)
-    inits = [M.init_member(mods, v, s, (8, 8, 1)) for s in seeds]
-    txs = M.optimisers(common_config.optim_config(lr=1e-2), v, num_steps)
-    return mods, M.pack([{"params": p, "stats": s, "opt": M.init_opt_state(txs, v, p)} for p, s in inits])
+    mods = T.modules_for(TINY, v, 10, 10, 10)
+    inits = [T.init_member(mods, v, s, (8, 8, 1)) for s in seeds]
+    txs = T.optimisers(common_config.optim_config(lr=1e-2), v, num_steps)
+    return mods, T.pack([{"params": p, "stats": s, "opt": T.init_opt_state(txs, v, p)} for p, s in inits])
 
 
 def _batch(members, seed=0, n=8, rp=True):
@@ -39,18 +39,18 @@ def _batch(members, seed=0, n=8, rp=True):
 
 def _step(mods, v, task, train_shared=True, rp_fraction=1.0):
     optim_json = common_config.optim_config(lr=1e-2).to_json()
-    return M.member_step(mods, v, task, train_shared, tuple(range(10)), 10, rp_fraction, optim_json, 4)
+    return T.member_step(mods, v, task, train_shared, tuple(range(10)), 10, rp_fraction, optim_json, 4)
 
 
 def test_alternating_plan_and_a_step_moves_only_its_own_network():
-    assert M.plan("joint", 2) == [("a", True), ("b", True), ("a", True), ("b", True)]
-    assert M.plan("incremental", 2) == [("a", True), ("a", True), ("b", False), ("b", False)]
-    assert M.plan("incremental_ba", 1) == [("b", True), ("a", False)]
-    v = M.Variant(dcc=True, rp=True, iiw=False)
+    assert T.plan("joint", 2) == [("a", True), ("b", True), ("a", True), ("b", True)]
+    assert T.plan("incremental", 2) == [("a", True), ("a", True), ("b", False), ("b", False)]
+    assert T.plan("incremental_ba", 1) == [("b", True), ("a", False)]
+    v = T.Variant(dcc=True, rp=True, iiw=False)
     mods, state = _group(v, seeds=(0, 1))
-    before = M.unpack(state)[1]
+    before = T.unpack(state)[1]
     after, metrics = _step(mods, v, "a")(state, _batch(2))
-    after = M.unpack(after)[1]
+    after = T.unpack(after)[1]
     assert _leaves_equal(before["params"]["tasks"]["b"], after["params"]["tasks"]["b"])
     assert _leaves_equal(before["opt"]["b"], after["opt"]["b"])
     assert _leaves_equal(before["stats"]["tasks"]["b"], after["stats"]["tasks"]["b"])
@@ -59,43 +59,43 @@ def test_alternating_plan_and_a_step_moves_only_its_own_network():
     assert metrics["rp"].shape == (2,)  # one value per member
     # b's step against frozen heads (incremental phase 2) leaves the heads and their statistics alone.
     _, state = _group(v)
-    before = M.unpack(state)[0]
-    after = M.unpack(_step(mods, v, "b", train_shared=False)(state, _batch(1))[0])[0]
+    before = T.unpack(state)[0]
+    after = T.unpack(_step(mods, v, "b", train_shared=False)(state, _batch(1))[0])[0]
     assert _leaves_equal(before["params"]["shared"], after["params"]["shared"])
     assert _leaves_equal(before["stats"]["shared"], after["stats"]["shared"])
     assert not _leaves_equal(before["params"]["tasks"]["b"], after["params"]["tasks"]["b"])
 
 
 def test_pretrained_variant_starts_both_extractors_from_the_given_weights():
-    v = M.Variant(dcc=False, rp=False, iiw=True, pretrained=True, label="pretrained IIW")
-    mods = M.modules_for(TINY, v, 10, 10, 10)
-    other, _ = M.init_member(mods, M.Variant(dcc=False, rp=False, iiw=True), 7, (8, 8, 1))
-    given = (other["tasks"]["a"]["extractor"], jax.tree.map(np.asarray, M.init_member(mods, v.program(False), 7,
+    v = T.Variant(dcc=False, rp=False, iiw=True, pretrained=True, label="pretrained IIW")
+    mods = T.modules_for(TINY, v, 10, 10, 10)
+    other, _ = T.init_member(mods, T.Variant(dcc=False, rp=False, iiw=True), 7, (8, 8, 1))
+    given = (other["tasks"]["a"]["extractor"], jax.tree.map(np.asarray, T.init_member(mods, v.program(False), 7,
                                                                                       (8, 8, 1))[1]["tasks"]["a"]["extractor"]))
-    params, stats = M.init_member(mods, v, 0, (8, 8, 1), given)
-    random_p, _ = M.init_member(mods, M.Variant(dcc=False, rp=False, iiw=True), 0, (8, 8, 1))
+    params, stats = T.init_member(mods, v, 0, (8, 8, 1), given)
+    random_p, _ = T.init_member(mods, T.Variant(dcc=False, rp=False, iiw=True), 0, (8, 8, 1))
     for t in "ab":
         assert _leaves_equal(params["tasks"][t]["extractor"], given[0])
         assert _leaves_equal(stats["tasks"][t]["extractor"], given[1])
         assert _leaves_equal(params["tasks"][t]["head"], random_p["tasks"][t]["head"])  # heads: random IIW
     assert not _leaves_equal(random_p["tasks"]["a"]["extractor"], given[0])
-    assert v.group_key() == M.Variant(dcc=False, rp=False, iiw=False).group_key()  # trains in the same program
+    assert v.group_key() == T.Variant(dcc=False, rp=False, iiw=False).group_key()  # trains in the same program
     with pytest.raises(ValueError, match="IIW"):
-        M.Variant(dcc=False, rp=True, iiw=False, pretrained=True)
+        T.Variant(dcc=False, rp=True, iiw=False, pretrained=True)
     with pytest.raises(ValueError, match="pretrained"):
-        M.init_member(mods, v, 0, (8, 8, 1))
+        T.init_member(mods, v, 0, (8, 8, 1))
 
 
 def test_rp_fraction_one_rotates_every_image():
     x = np.random.default_rng(0).random((6, 8, 8, 1), np.float32)
     ids = np.array([0, 1, 2, 3, 5, 7], np.int32)
-    out = np.asarray(C.pretext.apply(x, ids, "dihedral8"))
+    out = np.asarray(C.model.apply_pretext(x, ids, "dihedral8"))
     for i, k in enumerate(ids):
         want = np.rot90(x[i], k % 4, axes=(0, 1))
         np.testing.assert_allclose(out[i], np.flip(want, axis=1) if k >= 4 else want)
-    assert C.pretext.num_classes("dihedral8") == 8 and C.default_options().rp_fraction == 1.0
+    assert C.model.pretext_classes("dihedral8") == 8 and C.default_options().rp_fraction == 1.0
     # With rp_fraction 1.0 the RP loss sees the last image of the batch too; with 0.5 it does not.
-    v = M.Variant(dcc=False, rp=True, iiw=False)
+    v = T.Variant(dcc=False, rp=True, iiw=False)
     batch = _batch(1)
     changed = dict(batch, image=batch["image"].copy())
     changed["image"][0, -1] = 1.0 - changed["image"][0, -1]
@@ -107,10 +107,28 @@ def test_rp_fraction_one_rotates_every_image():
         assert (rp != rp2) == moves, fraction
 
 
+def test_train_pair_is_the_studys_member():
+    """One training implementation: a single pair (the tour, the head update) trains through the study's code, so
+    it equals the study's member of the same setting, seed and data; following validation changes nothing."""
+    ds = data.load("mnist5k", image_size=8, channels=1, seed=0, max_train=64)
+    ocfg = common_config.optim_config(lr=1e-2)
+    options = C.default_options()
+    pair = C.train_pair(ds, ds, setting=(True, True, True), options=options, model_cfg=TINY, optim_cfg=ocfg,
+                        num_steps=2, batch_size=8, seed=3, log=lambda m: None)
+    model = ml_collections.ConfigDict(dict(TINY.to_dict(), split=options.split))
+    trained = T.train_variants([T.Variant(dcc=True, rp=True, iiw=True)], {3: {"a": (ds, ds), "b": (ds, ds)}}, [3],
+                               model_cfg=model, optim_cfg=ocfg, num_steps=2, batch_size=8, rp_fraction=1.0,
+                               common=list(range(10)), num_classes=(10, 10), eval_steps=[1, 2], log=lambda m: None)
+    member = trained["IIW+RP+DCC"].pair(3, 2)
+    assert [c["step"] for c in trained["IIW+RP+DCC"].curves[3]] == [1, 2]
+    assert _leaves_equal(pair.params, member.params) and _leaves_equal(pair.stats, member.stats)
+    assert pair.setting == "IIW+RP+DCC" and pair.common == list(range(10))
+
+
 def test_choose_steps_is_the_earliest_settled_point():
     curves = {"x": {1: 0.10, 2: 0.50, 3: 0.51, 4: 0.52}, "y": {1: 0.2, 2: 0.2, 3: 0.3, 4: 0.31}}
-    assert C.sweep.choose_steps(curves, 0.03) == (3, "settled")
-    assert C.sweep.choose_steps({"x": {1: 0.1, 2: 0.5}}, 0.03)[1] == "still moving at the last evaluated step"
+    assert C.study.choose_steps(curves, 0.03) == (3, "settled")
+    assert C.study.choose_steps({"x": {1: 0.1, 2: 0.5}}, 0.03)[1] == "still moving at the last evaluated step"
 
 
 def test_smoke_run_controls_plots_and_step_choice_without_test_data(tmp_path):
@@ -185,7 +203,8 @@ def test_paper_optimiser_step_decay_and_l2():
         upd, state = tx.update({"w": np.ones(())}, state)
         moves.append(float(-upd["w"]))
     np.testing.assert_allclose(moves, [1.0, 1.0, 0.1, 0.1], rtol=1e-6)
-    tx = C.optimizer.build(common_config.optim_config(name="adam", lr=1.0, weight_decay=0.5, schedule="constant"), 10)
+    tx = C.training.build_optimizer(common_config.optim_config(name="adam", lr=1.0, weight_decay=0.5,
+                                                               schedule="constant"), 10)
     p = {"w": np.ones(3, np.float32)}
     upd, _ = tx.update({"w": np.zeros(3, np.float32)}, tx.init(p), p)
     assert np.all(np.asarray(upd["w"]) < 0)  # a zero loss gradient still decays the weights (L2)
@@ -195,29 +214,29 @@ def test_linear_cka_invariant_to_rotation_and_low_for_unrelated():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(200, 16))
     q, _ = np.linalg.qr(rng.normal(size=(16, 16)))
-    assert C.similarity.linear_cka(x, 3 * x @ q) == pytest.approx(1.0, abs=1e-9)
-    assert C.similarity.linear_cka(x, rng.normal(size=(200, 16))) < 0.2
-    assert C.similarity.unit_correlation(x, x) == pytest.approx(1.0)
-    assert abs(C.similarity.unit_correlation(x, x @ q)) < 0.5
+    assert C.linear_cka(x, 3 * x @ q) == pytest.approx(1.0, abs=1e-9)
+    assert C.linear_cka(x, rng.normal(size=(200, 16))) < 0.2
+    assert C.unit_correlation(x, x) == pytest.approx(1.0)
+    assert abs(C.unit_correlation(x, x @ q)) < 0.5
 
 
 def test_study_loss_weights_reach_the_members():
     """compat.dcc_weight / rp_weight ride in each member's batch; a zero RP weight leaves the RP head untouched."""
-    v = M.Variant(dcc=True, rp=True, iiw=False)
+    v = T.Variant(dcc=True, rp=True, iiw=False)
     ds = data.load("mnist5k", image_size=8, channels=1, seed=0, max_train=64)
     fit = [{"a": ds, "b": ds}, {"a": ds, "b": ds}]
-    b = M.member_batches(fit, [0, 0], [v, M.Variant(dcc=False, rp=True, iiw=True)], "a", 0, 4,
+    b = T.member_batches(fit, [0, 0], [v, T.Variant(dcc=False, rp=True, iiw=True)], "a", 0, 4,
                          dcc_weight=0.25, rp_weight=3.0)
     np.testing.assert_allclose(b["dcc_weight"], [0.25, 0.0])   # members without DCC: weight 0
     np.testing.assert_allclose(b["rp_weight"], [3.0, 3.0])
-    assert M.member_batches(fit[:1], [0], [M.Variant(dcc=False, rp=False, iiw=False)], "a", 0, 4,
+    assert T.member_batches(fit[:1], [0], [T.Variant(dcc=False, rp=False, iiw=False)], "a", 0, 4,
                             rp_weight=3.0)["rp_weight"][0] == 0.0
     mods, state = _group(v)
-    before = M.unpack(state)[0]
+    before = T.unpack(state)[0]
     for weight, moves in ((0.0, False), (1.0, True)):
         _, state = _group(v)
         batch = dict(_batch(1), rp_weight=np.full((1,), weight, np.float32))
-        after = M.unpack(_step(mods, v, "a")(state, batch)[0])[0]
+        after = T.unpack(_step(mods, v, "a")(state, batch)[0])[0]
         assert _leaves_equal(before["params"]["shared"]["rp"], after["params"]["shared"]["rp"]) != moves, weight
 
 
@@ -229,7 +248,7 @@ def test_study_uses_the_configured_weights_and_checks_the_target_before_training
     def fake_train_variants(variants, split, seeds, **kw):
         seen.update(dcc_weight=kw["dcc_weight"], rp_weight=kw["rp_weight"])
         raise RuntimeError("stop")
-    monkeypatch.setattr(C.sweep, "train_variants", fake_train_variants)
+    monkeypatch.setattr(C.training, "train_variants", fake_train_variants)
     ds = data.load("mnist5k", image_size=16, channels=1, seed=0, max_train=64)
     kw = dict(seeds=[0], val_fraction=0.2, model_cfg=config.model, optim_cfg=config.optim, num_steps=2, batch_size=4,
               log=lambda m: None)
@@ -259,8 +278,8 @@ def test_study_uses_the_configured_weights_and_checks_the_target_before_training
 def test_pretraining_is_rotation_prediction_only():
     """Sec. 4: the pretrained extractor learns rotation prediction only: the labels change nothing."""
     from modular import rng as R
-    from modular.methods.compat.modules import build_modules, init_variables
-    from modular.methods.compat.pretrain import pretrain_extractor
+    from modular.methods.compat.model import build_modules, init_variables
+    from modular.methods.compat.training import pretrain_extractor
     ds = data.load("mnist5k", image_size=8, channels=1, seed=0, max_train=64)
     kw = dict(num_steps=2, batch_size=8, optim_cfg=common_config.optim_config(lr=1e-2), seed=0)
     p1 = pretrain_extractor(TINY, ds, **kw)

@@ -9,50 +9,43 @@ Three ingredients make components compatible:
 A pair lives in the library's multi-task layout (BatchNorm statistics in a tree of the same shape):
 `{"shared": {"dcc", "rp"}, "tasks": {"a": {"extractor", "head"}, "b": {...}}}`.
 
-  modules.py    the Flax modules, the pair's variables, BatchNorm-mode forward passes
-  losses.py     task + DCC + RP objectives, the rotation loss for adaptation, common classes
-  schedule.py   settings (DCC/RP/IIW), options, summed-step joint/incremental training: `train_pair` -> `Pair`
-  pretext.py    RP's transforms (rotation; rotation + mirror as a harder pretext)
-  optimizer.py  one part's optimiser (the paper's Adam + L2 weight decay; step decay from modular.optim)
-  pretrain.py   the extractor that pretrained-IIW settings start both networks from
-  members.py    variants x seeds in one compiled program, the networks' minibatches alternating
-  sweep.py      validation curves while training, the step count chosen on them, test metrics once
-  similarity.py linear CKA and per-unit correlation between two extractors (App. C.2)
-  study.py      Fig. 2 with its controls over seeds; claims.py the claims judged from intervals
-  recombine.py  the recombination protocol (`evaluate`) and the paper's Fig. 2
-  uda.py        domain adaptation through the frozen RP head, with a BN-statistics control
-  transfer.py   fast transfer: recombination (RP-only incremental) starts fine-tuning vs a fresh head
-  head_update.py  a new head trained on a frozen reference extractor, moved to another architecture
-  apps.py       the three applications run on every seed
-  report.py     tables and plots
+  model.py         the Flax modules and the pair's variables, BatchNorm-mode forward passes, RP's pretext
+                   transforms (rotation; rotation + mirror), the task / RP-adaptation / rotation-pretraining losses
+  training.py      settings (DCC/RP/IIW) and options, one part's optimiser (Adam + L2), the one training
+                   implementation: variants x seeds as members of one compiled program, the networks' minibatches
+                   alternating (`train_variants`; `train_pair` -> `Pair` for one pair), pretrained IIW's extractor
+  recombine.py     the recombination protocol (`evaluate`), the paper's Fig. 2, feature similarity (CKA, App. C.2)
+  study.py         Fig. 2 with its controls over seeds: variants, validation curves, the step choice, test metrics
+  claims.py        the paper's claims judged from per-seed intervals
+  applications.py  Sec. 5 on every seed: UDA through the frozen RP head, fast transfer, the head update across
+                   architectures
+  report.py        tables and plots
 """
-from modular.methods.compat import apps, claims, head_update, members, pretext, report, similarity, study, sweep
-from modular.methods.compat.apps import APPLICATIONS, PAPER_APPLICATIONS
-from modular.methods.compat.losses import (common_label_map, make_loss_fn, make_rp_adaptation_loss,
-                                           resolve_common_classes)
-from modular.methods.compat.modules import (AdaptedExtractor, CompatModules, build_modules, init_variables,
-                                            run_module)
-from modular.methods.compat.recombine import (PAPER_FIG2, SUMMARY_KEYS, evaluate, recombination_accuracy,
+from modular.methods.compat import applications, claims, model, recombine, report, study, training
+from modular.methods.compat.applications import (APPLICATIONS, PAPER_APPLICATIONS, adapt_extractor_rp, fast_transfer,
+                                                 reestimate_extractor_stats, rotation_accuracy, run_uda, transfer_head,
+                                                 with_fresh_head)
+from modular.methods.compat.model import (AdaptedExtractor, CompatModules, build_modules, common_label_map,
+                                          init_variables, make_loss_fn, make_rp_adaptation_loss,
+                                          resolve_common_classes, run_module)
+from modular.methods.compat.recombine import (PAPER_FIG2, SUMMARY_KEYS, evaluate, linear_cka, recombination_accuracy,
                                               recombine_trees, recombined_logits, summary, task_accuracy,
-                                              train_and_evaluate)
-from modular.methods.compat.schedule import (SCHEDULES, SETTINGS, Pair, check_options, default_options,
-                                             parse_setting, phases, setting_name, train_pair)
-from modular.methods.compat.transfer import fast_transfer, transfer_head, with_fresh_head
-from modular.methods.compat.uda import (adapt_extractor_rp, reestimate_extractor_stats, rotation_accuracy,
-                                        run_uda)
+                                              unit_correlation)
+from modular.methods.compat.training import (SCHEDULES, SETTINGS, Pair, check_options, default_options, parse_setting,
+                                             setting_name, train_and_evaluate, train_pair)
 
 __all__ = [
     # training a pair
-    "default_options", "check_options", "SCHEDULES", "SETTINGS", "setting_name", "parse_setting", "phases",
+    "default_options", "check_options", "SCHEDULES", "SETTINGS", "setting_name", "parse_setting",
     "train_pair", "Pair",
     # evaluating it
     "PAPER_FIG2", "SUMMARY_KEYS", "evaluate", "train_and_evaluate", "summary", "recombined_logits",
-    "recombination_accuracy", "task_accuracy", "recombine_trees",
+    "recombination_accuracy", "task_accuracy", "recombine_trees", "linear_cka", "unit_correlation",
     # building blocks
     "CompatModules", "AdaptedExtractor", "build_modules", "init_variables", "run_module",
     "make_loss_fn", "make_rp_adaptation_loss", "common_label_map", "resolve_common_classes",
     # applications (paper Sec. 5) and studies
     "APPLICATIONS", "PAPER_APPLICATIONS", "run_uda", "adapt_extractor_rp", "reestimate_extractor_stats",
     "rotation_accuracy", "fast_transfer", "transfer_head", "with_fresh_head",
-    "apps", "head_update", "report", "claims", "members", "pretext", "similarity", "study", "sweep",
+    "model", "training", "recombine", "study", "claims", "applications", "report",
 ]

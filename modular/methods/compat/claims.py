@@ -13,6 +13,7 @@ import math
 import numpy as np
 
 from modular import protocol
+from modular.methods.compat.applications import fast_transfer_values
 
 RECOMB, OWN, STORED, UNIT_CORR = ("recombination_accuracy", "own_accuracy", "recombination_accuracy_train_stats",
                                   "unit_correlation")
@@ -164,8 +165,7 @@ def study_claims(per_seed: dict, target: str) -> list[dict]:
 
 
 def application_claims(apps: dict) -> list[dict]:
-    """The applications' claims from their per-seed results (`apps.run`)."""
-    from modular.methods.compat.apps import fast_transfer_values
+    """The applications' claims from their per-seed results (`applications.run`)."""
     out = []
     if "uda" in apps:
         runs = apps["uda"]["per_seed"]

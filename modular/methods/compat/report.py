@@ -1,11 +1,13 @@
-"""Printed tables and plots of the compatibility experiments (Fig. 2 sweep, schedules, applications)."""
+"""Tables and plots of the compatibility experiments: the study's table and plots, the applications' tables,
+and the single-pair rows of the tour (`setting_row`)."""
 from __future__ import annotations
 
 import itertools
 
 import numpy as np
 
-from modular import reporting
+from modular import protocol, reporting
+from modular.methods.compat.applications import estimates as application_estimates
 from modular.methods.compat.recombine import PAPER_FIG2
 
 # The paper's recombination accuracy (%) for the study's rows, where its text gives one: Fig. 2 (Sec. 4), the
@@ -25,51 +27,11 @@ def setting_row(name: str, metrics: dict) -> dict:
                 train_stats=100 * metrics["recombination_accuracy_train_stats"], own=100 * metrics["own_accuracy"])
 
 
-def settings_table(rows: list[dict], *, schedule: str, task_a: str, task_b: str) -> str:
-    return reporting.format_table(rows, list(TABLE_COLUMNS), title=(
-        f"Recombination accuracy (%), {schedule} training, a={task_a} b={task_b}, BN batch statistics; "
-        f"a_to_b = extractor a + head b on a's test set; train_stats = same with stored BN statistics; "
-        f"own = own-task accuracy; chance {100 * rows[0]['chance']:.1f}%"))
-
-
-def plots(workdir: str, rows: list[dict], matrices: dict, names: tuple[str, str] = ("a", "b")) -> list[str]:
-    """Bars of recombination accuracy (paper vs ours) and each setting's 2x2 extractor/head matrix."""
-    paths = []
-    fig, ax = reporting.new_figure(figsize=(8, 3.6))
-    xs = np.arange(len(rows))
-    ours = [100 * r["recombination_accuracy"] for r in rows]
-    paper = [r["paper"] if r["paper"] is not None else 0.0 for r in rows]
-    ax.bar(xs - 0.2, paper, 0.4, label="paper (Fig. 2)", color="#bbbbbb")
-    ax.bar(xs + 0.2, ours, 0.4, label="ours", color="#3366aa")
-    ax.axhline(100 * rows[0]["chance"], color="k", ls="--", lw=0.8, label="chance")
-    ax.set_xticks(xs, [r["setting"] for r in rows], rotation=30, ha="right")
-    ax.set_ylabel("recombination accuracy (%)")
-    ax.legend(fontsize=8)
-    paths.append(reporting.save_figure(fig, reporting.figure_path(workdir, "recombination_bars.png")))
-
-    n = len(matrices)
-    cols = min(4, n)
-    fig, axes = reporting.new_figure(-(-n // cols), cols, figsize=(2.6 * cols, 2.5 * -(-n // cols)), squeeze=False)
-    for ax in axes.flat[n:]:
-        ax.axis("off")
-    for ax, (setting, m) in zip(axes.flat, matrices.items()):
-        ax.imshow(100 * np.asarray(m), vmin=0, vmax=100, cmap="viridis")
-        for i, j in itertools.product(range(2), range(2)):
-            ax.text(j, i, f"{100 * m[i][j]:.0f}", ha="center", va="center", color="w" if m[i][j] < 0.6 else "k")
-        ax.set_xticks([0, 1], [f"head {names[0]}", f"head {names[1]}"], fontsize=7)
-        ax.set_yticks([0, 1], [f"ext {names[0]}", f"ext {names[1]}"], fontsize=7)
-        ax.set_title(setting, fontsize=8)
-    paths.append(reporting.save_figure(fig, reporting.figure_path(workdir, "recombination_matrix.png")))
-    return paths
-
-
 def applications_tables(apps: dict) -> dict:
     """{readme table name: markdown} of the applications that ran: mean ± SE over seeds (%)."""
-    from modular import protocol
-    from modular.methods.compat.apps import estimates
     tables = {}
     if "uda" in apps:
-        u, est = apps["uda"], estimates("uda", apps["uda"])
+        u, est = apps["uda"], application_estimates("uda", apps["uda"])
         metrics = (("target acc, stored BN stats", "target_train_stats"), ("target acc, batch BN stats", "target_bs"),
                    ("source acc, stored BN stats", "source_train_stats"), ("target rotation acc", "target_rotation"))
         rows = {label: {c: est[f"{c}/{k}"] for c in ("before", "bn_stats_only", "after")} for label, k in metrics}
@@ -79,7 +41,7 @@ def applications_tables(apps: dict) -> dict:
             f"%, mean ± SE over {len(u['per_seed'])} seeds); frozen parts unchanged: {u['frozen_parts_unchanged']}"))
     if "fast_transfer" in apps:
         f = apps["fast_transfer"]
-        est = estimates("fast_transfer", f)
+        est = application_estimates("fast_transfer", f)
         cols = [f"epoch {e}" for e in range(int(f["epochs"]) + 1)] + ["epoch 0 (batch stats)"]
         label = {s: ("re-initialised head" if s == "reinit" else f"recombined ({s}, incremental)") for s in f["starts"]}
         rows = {label[s]: est[s] for s in f["starts"]}
@@ -90,7 +52,7 @@ def applications_tables(apps: dict) -> dict:
             f"on validation per start and seed; mean ± SE over {len(f['per_seed'])} seeds"))
     if "cross_arch" in apps:
         x = apps["cross_arch"]
-        est = estimates("cross_arch", x)
+        est = application_estimates("cross_arch", x)
         cols = ["transferred_bs", "own_b_bs", "transferred_stored", "own_b_stored", "reference_stored", "old_recombination"]
         a, b = x["model_a"], x["model_b"]
         tables["compat_cross_arch"] = protocol.mean_se_table(est, rows=list(est), columns=cols, row_title="b trained",
@@ -114,7 +76,6 @@ _STUDY_KEYS = dict(recombination="recombination_accuracy", a_to_b="recombination
 
 def study_table(estimates: dict, order: list[str], *, title: str) -> str:
     """Mean ± SE over seeds per variant (accuracies in %, similarities x100), the paper's Fig. 2 beside."""
-    from modular import protocol
     rows = {n: {c: estimates[n][k] for c, k in _STUDY_KEYS.items() if k in estimates[n]} for n in order}
     return protocol.mean_se_table(rows, rows=order, columns=list(STUDY_COLUMNS), paper=PAPER_STUDY,
                                   row_title="setting", title=title)

@@ -1,29 +1,36 @@
 """The paper's Fig. 2 study and its controls over seeds: which variants run, in which order, and what each
-seed's test numbers are.
+seed's test numbers are. Variants x seeds train with alternating minibatches (`training.train_variants`),
+recombination is followed on validation data while they train, the step count is chosen on validation, then the
+test set is read once at that step.
 
 1. The *main* variants train jointly (alternating minibatches) with recombination followed on validation:
    the Fig. 2 settings, the upper bound (each network its own RP head), a harder pretext (rotation + mirror),
-   and the same-data controls (App. C.3).
-2. The step count is chosen on the Fig. 2 settings' validation curves (`sweep.choose_steps`).
-   Pretrained-IIW variants start both extractors from one extractor pretrained on another domain.
+   and the same-data controls (App. C.3). Pretrained-IIW variants start both extractors from one extractor
+   pretrained on another domain.
+2. The step count is chosen on the Fig. 2 settings' validation curves (`choose_steps`).
 3. The chosen setting trains incrementally in both orders (a then b, b then a) for that many steps, and
    (for the fast-transfer application) the RP settings a then b.
 4. Every variant's test metrics (both BN modes, feature similarity) at the chosen step, per seed.
+
+Each seed carves its own validation split from both tasks' training data (`protocol.validation_split`); every
+curve point and the step choice use only it. `choose_steps` picks the earliest evaluated step after which no
+variant's mean validation recombination moves by more than `tolerance` (training has stopped changing the
+answer); `recombine.test_metrics` then evaluates the snapshot of that step on the real test sets.
 """
 from __future__ import annotations
 
 import math
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 import ml_collections
 import numpy as np
 
-from modular.methods.compat import members as M
-from modular.methods.compat import sweep
-from modular.methods.compat.pretrain import pretrain_extractor
-from modular.methods.compat.losses import resolve_common_classes
-from modular.methods.compat.schedule import parse_setting, setting_name
+from modular import protocol
+from modular.methods.compat import training as T
+from modular.methods.compat.model import resolve_common_classes
+from modular.methods.compat.recombine import test_metrics
+from modular.methods.compat.training import Variant, parse_setting, pretrain_extractor, setting_name
 
 PRETEXT_LABELS = {"rot4": "rotation", "dihedral8": "rotation+mirror"}
 
@@ -58,18 +65,18 @@ def incremental_name(setting: str, order: str = "incremental") -> str:
     return f"{setting}, {order}"
 
 
-def variants(cc: ml_collections.ConfigDict) -> tuple[list[M.Variant], list[str]]:
+def variants(cc: ml_collections.ConfigDict) -> tuple[list[Variant], list[str]]:
     """(main variants, names of those whose curves choose the step count)."""
-    main = [M.Variant(*parse_setting(n), rp_transforms=cc.rp_transforms) for n in cc.settings]
+    main = [Variant(*parse_setting(n), rp_transforms=cc.rp_transforms) for n in cc.settings]
     chosen = [v.name for v in main]
     if cc.get("upper_bound"):
-        main.append(M.Variant(dcc=False, rp=True, iiw=False, rp_transforms=cc.rp_transforms, rp_heads="private",
+        main.append(Variant(dcc=False, rp=True, iiw=False, rp_transforms=cc.rp_transforms, rp_heads="private",
                               label="RP, own RP heads"))
     if cc.get("harder_rp"):
-        main.append(M.Variant(dcc=False, rp=True, iiw=False, rp_transforms=cc.harder_rp,
+        main.append(Variant(dcc=False, rp=True, iiw=False, rp_transforms=cc.harder_rp,
                               label=f"RP, {PRETEXT_LABELS.get(cc.harder_rp, cc.harder_rp)}"))
     for n in cc.get("same_data") or ():
-        main.append(M.Variant(*parse_setting(n), rp_transforms=cc.rp_transforms, same_data=True,
+        main.append(Variant(*parse_setting(n), rp_transforms=cc.rp_transforms, same_data=True,
                               label=f"same data: {n}"))
     if cc.get("pretrain_data"):
         for n in cc.get("pretrained_settings") or ():
@@ -77,19 +84,19 @@ def variants(cc: ml_collections.ConfigDict) -> tuple[list[M.Variant], list[str]]
             if not iiw:
                 raise ValueError(f"compat.pretrained_settings {n!r}: starting both networks from pretrained "
                                  f"weights is identical initialisation, so name settings with IIW.")
-            main.append(M.Variant(dcc, rp, iiw, rp_transforms=cc.rp_transforms, pretrained=True,
+            main.append(Variant(dcc, rp, iiw, rp_transforms=cc.rp_transforms, pretrained=True,
                                   label=pretrained_name(n)))
     return main, chosen
 
 
-def incremental_variants(cc: ml_collections.ConfigDict, target: str) -> list[M.Variant]:
+def incremental_variants(cc: ml_collections.ConfigDict, target: str) -> list[Variant]:
     """The chosen setting in every `incremental_orders`, and the fast-transfer settings a then b."""
-    out = [M.Variant(*parse_setting(target), schedule=o, rp_transforms=cc.rp_transforms,
+    out = [Variant(*parse_setting(target), schedule=o, rp_transforms=cc.rp_transforms,
                      label=incremental_name(target, o)) for o in cc.get("incremental_orders") or ()]
     if "fast_transfer" in (cc.get("applications") or ()):
         for n in cc.get("fast_transfer_settings") or ():
             if incremental_name(n) not in {v.name for v in out}:
-                out.append(M.Variant(*parse_setting(n), schedule="incremental", rp_transforms=cc.rp_transforms,
+                out.append(Variant(*parse_setting(n), schedule="incremental", rp_transforms=cc.rp_transforms,
                                      label=incremental_name(n)))
     return out
 
@@ -136,6 +143,30 @@ def pretrain(src, cc: ml_collections.ConfigDict, *, seeds: list[int], model_cfg,
     return out
 
 
+def splits(ds_a, ds_b, seeds: Sequence[int], val_fraction: float) -> dict:
+    """{seed: {'a': (fit, val), 'b': (fit, val)}}, each carved from that task's training data."""
+    return {s: {t: protocol.validation_split(ds, val_fraction, s) for t, ds in (("a", ds_a), ("b", ds_b))}
+            for s in seeds}
+
+
+def mean_curve(trained: T.Trained, key: str = "recombination") -> dict:
+    """{step: mean over seeds of the validation metric}."""
+    steps = [p["step"] for p in trained.curves[trained.seeds[0]]]
+    return {st: float(np.mean([trained.curves[s][i][key] for s in trained.seeds])) for i, st in enumerate(steps)}
+
+
+def choose_steps(curves: dict, tolerance: float) -> tuple[int, str]:
+    """(step, reason): the earliest step after which every curve ({name: {step: value}}) stays within
+    `tolerance` of its value there; the last step when none settles earlier."""
+    steps = sorted(set.intersection(*(set(c) for c in curves.values())))
+    for st in steps:
+        later = [t for t in steps if t >= st]
+        if all(abs(c[t] - c[st]) <= tolerance for c in curves.values() for t in later):
+            settled = st != steps[-1] or len(steps) == 1
+            return st, ("settled" if settled else "still moving at the last evaluated step")
+    return steps[-1], "still moving at the last evaluated step"
+
+
 def run(ds_a, ds_b, cc: ml_collections.ConfigDict, *, seeds: list[int], val_fraction: float, model_cfg, optim_cfg,
         num_steps: int, batch_size: int, log: Callable[[str], None] = print, pretrain_source=None) -> dict:
     """The study's per-seed test metrics, curves, the step choice and the pairs (for the applications).
@@ -143,38 +174,34 @@ def run(ds_a, ds_b, cc: ml_collections.ConfigDict, *, seeds: list[int], val_frac
     check_target(cc)
     common = resolve_common_classes(cc.get("common_classes"), ds_a.num_classes, ds_b.num_classes)
     model_cfg = ml_collections.ConfigDict(dict(model_cfg.to_dict(), split=cc.split))
-    split = sweep.splits(ds_a, ds_b, seeds, val_fraction)
+    split = splits(ds_a, ds_b, seeds, val_fraction)
     kw = dict(model_cfg=model_cfg, optim_cfg=optim_cfg, batch_size=batch_size, rp_fraction=float(cc.rp_fraction),
               common=common, num_classes=(ds_a.num_classes, ds_b.num_classes), log=log,
               dcc_weight=float(cc.get("dcc_weight", 1.0)), rp_weight=float(cc.get("rp_weight", 1.0)))
     main, chooser = variants(cc)
     points = max(1, int(cc.eval_points))
     eval_steps = sorted({max(1, int(round(num_steps * (i + 1) / points))) for i in range(points)})
-    pretrained = pretrain(pretrain_source, cc, seeds=seeds, model_cfg=model_cfg, optim_cfg=optim_cfg, batch_size=batch_size,
-                          log=log)
-    trained = sweep.train_variants(main, split, seeds, num_steps=num_steps, eval_steps=eval_steps,
-                                   pretrained=pretrained, **kw)
-    curves = {n: sweep.mean_curve(trained[n]) for n in chooser}
-    step, reason = sweep.choose_steps(curves, float(cc.converge_tolerance))
+    pretrained = pretrain(pretrain_source, cc, seeds=seeds, model_cfg=model_cfg, optim_cfg=optim_cfg,
+                          batch_size=batch_size, log=log)
+    trained = T.train_variants(main, split, seeds, num_steps=num_steps, eval_steps=eval_steps, pretrained=pretrained,
+                               **kw)
+    curves = {n: mean_curve(trained[n]) for n in chooser}
+    step, reason = choose_steps(curves, float(cc.converge_tolerance))
     log(f"[compat] step count chosen on validation: {step} per network ({reason})")
     at = {n: step for n in trained}
     target = target_name(cc)
     inc = incremental_variants(cc, target)
     if inc:
-        for name, t in sweep.train_variants(inc, split, seeds, num_steps=step, eval_steps=[step], **kw).items():
+        for name, t in T.train_variants(inc, split, seeds, num_steps=step, eval_steps=[step], **kw).items():
             trained[name], at[name] = t, step
     per_seed = {}
     for name, t in trained.items():
         b_test = ds_a if t.variant.same_data else ds_b
-        per_seed[name] = [sweep.test_metrics(t.pair(s, at[name]), ds_a, b_test) for s in seeds]
+        per_seed[name] = [test_metrics(t.pair(s, at[name]), ds_a, b_test) for s in seeds]
     return dict(per_seed=per_seed, trained=trained, chosen_step=step, choice_reason=reason, eval_steps=eval_steps,
                 curves={n: {str(s): t.curves[s] for s in seeds} for n, t in trained.items()},
-                mean_curves={n: sweep.mean_curve(t) for n, t in trained.items()}, target=target,
+                mean_curves={n: mean_curve(t) for n, t in trained.items()}, target=target,
                 train_seconds={n: t.train_seconds for n, t in trained.items()}, common=common, split=split)
-
-
-def values(per_seed: dict, name: str, key: str = "recombination_accuracy") -> list[float]:
-    return [float(m[key]) for m in per_seed[name]]
 
 
 def chosen_pair(result: dict, seed: int):
