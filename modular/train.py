@@ -136,33 +136,25 @@ def fit(*, state: TrainState, loss_fn: LossFn, tx: optax.GradientTransformation,
     checkpoint_every: save period in steps (0: only at the end); the final state is always saved.
     eval_fn: called on the state every `eval_every` steps and at the end; its scalars are logged.
     step_fn: an already jitted `make_train_step(loss_fn, tx, trainable)` to reuse (train_subtrees passes it).
+
+    The loop is the pieces below: `_restore`, then per step the batch, the step and, at log/save points,
+    `_check_loss`, `_log_step`, `_log_eval` and `_save`; `_abort` or `_finish` at the end.
     """
     mesh = mesh or parallel.make_mesh()
     is_main = jax.process_index() == 0
     state = parallel.replicate(state, mesh)
     step_fn = step_fn or xla_cpu.jit(make_train_step(loss_fn, tx, trainable), donate_argnums=(0,))
     base_rng = jax.random.key(seed)
-
-    mngr, resumed_from, history = None, None, []
-    if workdir:
-        mngr = checkpoint.manager(os.path.join(workdir, "checkpoints"), save_every=checkpoint_every or num_steps)
-        restored = checkpoint.restore_latest(mngr, state.as_dict())
-        if restored is not None:
-            state, resumed_from = TrainState(**restored[0]), restored[1]
-            history = [h for h in _read_history(workdir) if h.get("step", 0) <= resumed_from]
-            if verbose and is_main:
-                print(f"[{name}] resuming from checkpoint step {resumed_from} in {workdir}", flush=True)
-    writer = progress = None
+    run = _restore(state, workdir, checkpoint_every or num_steps, name, verbose and is_main)
+    state = run.state
     if workdir:
         from clu import metric_writers, periodic_actions  # imports TensorFlow: only when writing to a workdir
-        writer = metric_writers.create_default_writer(workdir, just_logging=not is_main, asynchronous=False)
-        progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
+        run.writer = metric_writers.create_default_writer(workdir, just_logging=not is_main, asynchronous=False)
+        run.progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=run.writer)
 
     start = int(parallel.to_host(state.step))
-    last_good = resumed_from
-    seen_losses = [float(h["loss"]) for h in history if "loss" in h]  # earlier attempts' losses count too
     t0 = time.time()
-    last_t, last_step = t0, start
+    run.last_t, run.last_step = t0, start
     _STOP.clear()
     if _PENDING_INTERRUPT.is_set():
         raise KeyboardInterrupt("interrupted before training started")
@@ -171,77 +163,139 @@ def fit(*, state: TrainState, loss_fn: LossFn, tx: optax.GradientTransformation,
         for step in range(start, num_steps):
             if _STOP.is_set():
                 raise KeyboardInterrupt(f"stopped before step {step + 1}")
-            if mngr is not None:   # a failed background save stops training at once, not a few saves later
-                checkpoint.raise_save_errors(mngr, mngr.check_for_errors, name)
+            if run.mngr is not None:   # a failed background save stops training at once, not a few saves later
+                checkpoint.raise_save_errors(run.mngr, run.mngr.check_for_errors, name)
             batch = parallel.shard_batch(dict(batch_fn(step)), mesh)
             state, metrics = step_fn(state, batch, jax.random.fold_in(base_rng, step))
             done = step + 1
-            if progress is not None:
-                progress(done)
-            must_save = mngr is not None and (done == num_steps or (checkpoint_every and done % checkpoint_every == 0))
+            if run.progress is not None:
+                run.progress(done)
+            must_save = run.mngr is not None and (done == num_steps or
+                                                  (checkpoint_every and done % checkpoint_every == 0))
             must_log = done == num_steps or (log_every and done % log_every == 0)
             if must_save or must_log or step == start:  # the first step's loss is the divergence reference
                 host = {k: float(v) for k, v in parallel.to_host(metrics).items()}
-                where = f"step {last_good} in {mngr.directory}" if (mngr and last_good) else "none was saved"
-                if not (np.isfinite(host["loss"]) and np.isfinite(host["grad_norm"])):
-                    raise NonFiniteLossError(
-                        f"[{name}] loss became {host['loss']} (grad norm {host['grad_norm']}) by step {done}; "
-                        f"stopping. Last good checkpoint: {where}.")
-                seen_losses.append(host["loss"])
-                reference = float(np.median(seen_losses))
-                factor = settings.current().divergence_factor
-                if factor and host["loss"] > factor * max(reference, 1e-6) and len(seen_losses) > 1:
-                    raise NonFiniteLossError(
-                        f"[{name}] loss {host['loss']:.4g} at step {done} is over {factor:g}x the median "
-                        f"{reference:.4g} of this run's earlier losses: the run diverged; stopping without saving. "
-                        f"Last good checkpoint: {where}.")
+                _check_loss(run, host, done, name)
                 if must_log:
-                    now = time.time()
-                    rate = (done - last_step) / max(now - last_t, 1e-9)
-                    last_t, last_step = now, done
-                    host["steps_per_sec"] = rate
-                    history.append(dict(step=done, **host))
-                    if writer:
-                        writer.write_scalars(done, {f"{name}/{k}": v for k, v in host.items()})
-                    if verbose and is_main:
-                        shown = " ".join(f"{k} {v:.4g}" for k, v in host.items() if k not in ("steps_per_sec",))
-                        print(f"[{name}] step {done}/{num_steps} {shown} | {rate:.1f} steps/s, "
-                              f"ETA {_fmt_eta((num_steps - done) / max(rate, 1e-9))}", flush=True)
+                    _log_step(run, host, done, num_steps, name, verbose and is_main)
                 if eval_fn is not None and eval_every and done % eval_every == 0 and done != num_steps:
-                    _log_eval(eval_fn(state), done, name, writer, verbose and is_main)
+                    _log_eval(eval_fn(state), done, name, run.writer, verbose and is_main)
                 if must_save:
-                    checkpoint.raise_save_errors(
-                        mngr, lambda: mngr.save(done, args=checkpoint.ocp.args.StandardSave(state.as_dict())), name)
-                    last_good = done
-                    if is_main:
-                        _write_history(workdir, history)
+                    _save(run, state, done, name, workdir if is_main else None)
     except BaseException:
         _IN_LOOP.clear()
-        if mngr is not None:  # an exception or Ctrl-C still lets pending async saves land
-            try:
-                mngr.wait_until_finished()
-                mngr.close()
-            except Exception:   # a save failing too: the error being raised already says what matters
-                pass
-        if writer:
-            writer.close()
+        _abort(run)
         raise
     _IN_LOOP.clear()
-    if mngr is not None:
-        if mngr.latest_step() != num_steps and start < num_steps:
-            checkpoint.raise_save_errors(
-                mngr, lambda: mngr.save(num_steps, args=checkpoint.ocp.args.StandardSave(state.as_dict()), force=True),
-                name)
-        checkpoint.raise_save_errors(mngr, mngr.wait_until_finished, name)
-        mngr.close()
-        if is_main:
-            _write_history(workdir, history)
+    _finish(run, state, start, num_steps, name, workdir if is_main else None)
     if eval_fn is not None:
-        _log_eval(eval_fn(state), num_steps, name, writer, verbose and is_main)
-    if writer:
-        writer.flush()
-        writer.close()
-    return FitResult(state=state, history=history, resumed_from=resumed_from, seconds=time.time() - t0)
+        _log_eval(eval_fn(state), num_steps, name, run.writer, verbose and is_main)
+    if run.writer:
+        run.writer.flush()
+        run.writer.close()
+    return FitResult(state=state, history=run.history, resumed_from=run.resumed_from, seconds=time.time() - t0)
+
+
+@dataclasses.dataclass
+class _Run:
+    """What one `fit` call carries between its pieces: the checkpoint manager, the writers, the history
+    and the losses seen (the divergence check's reference)."""
+    state: TrainState
+    mngr: Any = None
+    resumed_from: int | None = None
+    history: list = dataclasses.field(default_factory=list)
+    writer: Any = None
+    progress: Any = None
+    last_good: int | None = None
+    seen_losses: list = dataclasses.field(default_factory=list)
+    last_t: float = 0.0
+    last_step: int = 0
+
+
+def _restore(state: TrainState, workdir: str | None, save_every: int, name: str, verbose: bool) -> _Run:
+    """The state to start from: `state`, or the workdir's newest checkpoint with the history logged up to it
+    (earlier attempts' losses count towards the divergence reference)."""
+    run = _Run(state=state)
+    if not workdir:
+        return run
+    run.mngr = checkpoint.manager(os.path.join(workdir, "checkpoints"), save_every=save_every)
+    restored = checkpoint.restore_latest(run.mngr, state.as_dict())
+    if restored is not None:
+        run.state, run.resumed_from = TrainState(**restored[0]), restored[1]
+        run.history = [h for h in _read_history(workdir) if h.get("step", 0) <= run.resumed_from]
+        if verbose:
+            print(f"[{name}] resuming from checkpoint step {run.resumed_from} in {workdir}", flush=True)
+    run.last_good = run.resumed_from
+    run.seen_losses = [float(h["loss"]) for h in run.history if "loss" in h]
+    return run
+
+
+def _check_loss(run: _Run, host: Mapping[str, float], done: int, name: str) -> None:
+    """Stop (without saving) on a non-finite loss or gradient, or a loss that diverged from this run's median."""
+    where = f"step {run.last_good} in {run.mngr.directory}" if (run.mngr and run.last_good) else "none was saved"
+    if not (np.isfinite(host["loss"]) and np.isfinite(host["grad_norm"])):
+        raise NonFiniteLossError(
+            f"[{name}] loss became {host['loss']} (grad norm {host['grad_norm']}) by step {done}; "
+            f"stopping. Last good checkpoint: {where}.")
+    run.seen_losses.append(host["loss"])
+    reference = float(np.median(run.seen_losses))
+    factor = settings.current().divergence_factor
+    if factor and host["loss"] > factor * max(reference, 1e-6) and len(run.seen_losses) > 1:
+        raise NonFiniteLossError(
+            f"[{name}] loss {host['loss']:.4g} at step {done} is over {factor:g}x the median "
+            f"{reference:.4g} of this run's earlier losses: the run diverged; stopping without saving. "
+            f"Last good checkpoint: {where}.")
+
+
+def _log_step(run: _Run, host: dict, done: int, num_steps: int, name: str, verbose: bool) -> None:
+    """The step's metrics with steps/s into the history, TensorBoard and (verbose) one line with the ETA."""
+    now = time.time()
+    rate = (done - run.last_step) / max(now - run.last_t, 1e-9)
+    run.last_t, run.last_step = now, done
+    host["steps_per_sec"] = rate
+    run.history.append(dict(step=done, **host))
+    if run.writer:
+        run.writer.write_scalars(done, {f"{name}/{k}": v for k, v in host.items()})
+    if verbose:
+        shown = " ".join(f"{k} {v:.4g}" for k, v in host.items() if k not in ("steps_per_sec",))
+        print(f"[{name}] step {done}/{num_steps} {shown} | {rate:.1f} steps/s, "
+              f"ETA {_fmt_eta((num_steps - done) / max(rate, 1e-9))}", flush=True)
+
+
+def _save(run: _Run, state: TrainState, done: int, name: str, history_dir: str | None) -> None:
+    """A checkpoint at step `done` (asynchronous) and the history beside it."""
+    checkpoint.raise_save_errors(
+        run.mngr, lambda: run.mngr.save(done, args=checkpoint.ocp.args.StandardSave(state.as_dict())), name)
+    run.last_good = done
+    if history_dir:
+        _write_history(history_dir, run.history)
+
+
+def _abort(run: _Run) -> None:
+    """On an exception or Ctrl-C: let pending asynchronous saves land, close the writers."""
+    if run.mngr is not None:
+        try:
+            run.mngr.wait_until_finished()
+            run.mngr.close()
+        except Exception:   # a save failing too: the error being raised already says what matters
+            pass
+    if run.writer:
+        run.writer.close()
+
+
+def _finish(run: _Run, state: TrainState, start: int, num_steps: int, name: str, history_dir: str | None) -> None:
+    """The final state saved (also when it was never saved in the loop) and every save landed."""
+    mngr = run.mngr
+    if mngr is None:
+        return
+    if mngr.latest_step() != num_steps and start < num_steps:
+        checkpoint.raise_save_errors(
+            mngr, lambda: mngr.save(num_steps, args=checkpoint.ocp.args.StandardSave(state.as_dict()), force=True),
+            name)
+    checkpoint.raise_save_errors(mngr, mngr.wait_until_finished, name)
+    mngr.close()
+    if history_dir:
+        _write_history(history_dir, run.history)
 
 
 def _read_history(workdir: str) -> list[dict]:
