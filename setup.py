@@ -8,7 +8,7 @@ setup(
                 "model patches and Head2Toe on one parameter-tree algebra.",
     python_requires=">=3.10",
     packages=find_packages(include=["modular", "modular.*", "experiments", "experiments.*",
-                                    "configs", "configs.*"]),
+                                    "configs", "configs.*", "benchmarks", "benchmarks.*"]),
     install_requires=[
         "jax>=0.4.35,<0.11",
         "flax>=0.10,<0.13",
