@@ -9,11 +9,19 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# The suite's XLA flags (conftest.py says why): LLVM's optimisations off, for compile time.
+TEST_XLA_FLAGS = "" if os.environ.get("MODULAR_TEST_XLA_DEFAULTS") == "1" else "--xla_backend_optimization_level=0"
+
 
 def env(**extra):
+    """The subprocess environment: the test process's, with the suite's XLA flags (plus `extra`'s XLA_FLAGS,
+    e.g. a host device count) instead of whatever XLA_FLAGS this process holds."""
     e = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
     e.pop("XLA_FLAGS", None)
+    flags = f"{extra.pop('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
     e.update(extra)
+    if flags:
+        e["XLA_FLAGS"] = flags
     return e
 
 
