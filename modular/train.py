@@ -10,7 +10,6 @@ reused by every later call with the same loss function, rules and shapes.
 """
 from __future__ import annotations
 
-import collections
 import dataclasses
 import json
 import os
@@ -27,7 +26,7 @@ import optax
 
 import ml_collections
 
-from modular import checkpoint, loss_contract, optim, parallel, reporting, settings
+from modular import checkpoint, compiled, loss_contract, optim, parallel, reporting, settings
 from modular import params as P
 from modular.platform import xla_cpu
 
@@ -330,8 +329,7 @@ class Trained:
     optimizer_state_size: int    # values the optimizer kept (frozen subtrees keep none)
 
 
-_COMPILED_STEPS: collections.OrderedDict = collections.OrderedDict()
-_MAX_COMPILED_STEPS = 32
+_COMPILED_STEPS = compiled.ProgramCache(maxsize=32)
 
 
 def _compiled_step(loss_fn: LossFn, cfg: ml_collections.ConfigDict, params: Any, num_steps: int,
@@ -342,20 +340,15 @@ def _compiled_step(loss_fn: LossFn, cfg: ml_collections.ConfigDict, params: Any,
     `tx.init` makes, so a grid over them compiles once. Loss factories memoise their results so equal
     arguments give one object."""
     tx = optim.build(cfg, params, num_steps)   # this call's rate and length, for its state
-    shapes = tuple((np.shape(x), str(jnp.result_type(x))) for x in jax.tree.leaves(params))
-    key = (loss_fn, optim.program_key(cfg), jax.tree.structure(params), shapes, jax.tree.structure(model_state),
+    key = (loss_fn, optim.program_key(cfg), compiled.tree_signature(params), jax.tree.structure(model_state),
            bool(update_frozen_stats))
-    if key in _COMPILED_STEPS:
-        _COMPILED_STEPS.move_to_end(key)
-        mask, stats, step = _COMPILED_STEPS[key]
-        return tx, mask, stats, step
-    mask = optim.trainable_mask(params, cfg)
-    stats = None if update_frozen_stats else optim.stats_update_mask(params, model_state, cfg)
-    entry = (mask, stats, xla_cpu.jit(make_train_step(loss_fn, tx, mask, stats), donate_argnums=(0,)))
-    _COMPILED_STEPS[key] = entry
-    if len(_COMPILED_STEPS) > _MAX_COMPILED_STEPS:
-        _COMPILED_STEPS.popitem(last=False)
-    return (tx,) + entry
+
+    def build():
+        mask = optim.trainable_mask(params, cfg)
+        stats = None if update_frozen_stats else optim.stats_update_mask(params, model_state, cfg)
+        return mask, stats, xla_cpu.jit(make_train_step(loss_fn, tx, mask, stats), donate_argnums=(0,))
+
+    return (tx,) + _COMPILED_STEPS.get(key, build)
 
 
 def train_subtrees(params: Any, model_state: Any, *, loss_fn: LossFn, optim_cfg: ml_collections.ConfigDict,

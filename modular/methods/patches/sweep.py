@@ -23,7 +23,7 @@ import jax
 import numpy as np
 import optax
 
-from modular import data, optim, params as P, protocol, reporting
+from modular import compiled, data, optim, params as P, protocol, reporting
 from modular.platform import xla_cpu
 from modular.methods.patches import multitask
 from modular.methods.patches.modes import check_applicable, get_mode, lr_rules
@@ -53,22 +53,21 @@ def lane_step(loss_fn, tx, stats_train: bool):
     return step
 
 
-_COMPILED: dict = {}
+_COMPILED = compiled.ProgramCache(maxsize=16)
 
 
 def _compiled(program_key, loss_fn, cfg, trainable, num_steps: int, sequential: bool, stats_train: bool):
-    """The jitted (vmapped) lane step, reused by later sweeps of the same program and shapes (other seeds).
-    `program_key` names what `loss_fn` computes (the model and the mode, or the multi-task sharing)."""
-    shapes = tuple((np.shape(x), str(np.result_type(x))) for x in jax.tree.leaves(trainable))
-    key = (program_key, json.dumps(cfg.to_dict(), sort_keys=True, default=str), int(num_steps), sequential,
-           jax.tree.structure(trainable), shapes)
-    if key not in _COMPILED:
+    """The jitted (vmapped) lane step, reused by later sweeps of the same program and shapes (other seeds,
+    other step counts: the rate and the run's length are optimizer state). `program_key` names what `loss_fn`
+    computes (the model and the mode, or the multi-task sharing)."""
+    key = (program_key, optim.program_key(cfg), sequential, stats_train, compiled.tree_signature(trainable))
+
+    def build():
         step = lane_step(loss_fn, rate_in_state(cfg, trainable, num_steps, 1.0), stats_train)
-        _COMPILED[key] = (xla_cpu.jit(step) if sequential else
-                          xla_cpu.jit(jax.vmap(step, in_axes=(0, None, None, None)), donate_argnums=(0,)))
-        while len(_COMPILED) > 16:
-            _COMPILED.pop(next(iter(_COMPILED)))
-    return _COMPILED[key]
+        return (xla_cpu.jit(step) if sequential else
+                xla_cpu.jit(jax.vmap(step, in_axes=(0, None, None, None)), donate_argnums=(0,)))
+
+    return _COMPILED.get(key, build)
 
 
 def train_rates(loss_fn, program_key, cfg, trainable, frozen, model_state, lrs: Sequence[float], batches, *,

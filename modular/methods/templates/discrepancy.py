@@ -15,7 +15,6 @@ steps that train it, so Adam's moments and step count never move a group during 
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Callable, Mapping
 
 import jax
@@ -24,7 +23,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from modular import optim, train
+from modular import compiled, optim, train
 from modular.platform import xla_cpu
 
 SECOND = "second_classifier"   # F2: [D, classes] kernel and bias, beside the network's own trees
@@ -150,17 +149,17 @@ def make_step(source_fn: Callable, target_fn: Callable, distance: Callable, task
     return step
 
 
-_COMPILED: dict = {}
+_COMPILED = compiled.ProgramCache(maxsize=16)
 
 
 def _compiled(source_fn, target_fn, distance, task: str, tunable: str, tunable_mult: float, settings: M3SDA,
               optim_cfg: ml_collections.ConfigDict, params, num_iterations: int):
-    """(optimizers, masks, jitted step), reused by later calls with equal arguments and tree shapes."""
-    shapes = tuple((np.shape(x), str(jnp.result_type(x))) for x in jax.tree.leaves(params))
+    """(optimizers, masks, jitted step), reused by later calls with equal arguments and tree shapes. (The
+    optimizers are returned for their `init`, so the key keeps the rate and length they start from.)"""
     key = (source_fn, target_fn, distance, task, tunable, float(tunable_mult), settings,
-           json.dumps(optim_cfg.to_dict(), sort_keys=True, default=str), int(num_iterations),
-           jax.tree.structure(params), shapes)
-    if key not in _COMPILED:
+           compiled.config_key(optim_cfg), int(num_iterations), compiled.tree_signature(params))
+
+    def build():
         n = int(settings.generator_steps)
         cfg_c = optim.override(optim_cfg, lr_mults=[(head_rule(task), float(settings.classifier_lr_mult))],
                                default_mult=0.0)
@@ -174,10 +173,9 @@ def _compiled(source_fn, target_fn, distance, task: str, tunable: str, tunable_m
                              "classifiers.")
         step = xla_cpu.jit(make_step(source_fn, target_fn, distance, task, settings, tx_c, mask_c, tx_f, mask_f),
                            donate_argnums=(0,))
-        if len(_COMPILED) >= 16:
-            _COMPILED.pop(next(iter(_COMPILED)))
-        _COMPILED[key] = ((tx_c, tx_f), (mask_c, mask_f), step)
-    return _COMPILED[key]
+        return (tx_c, tx_f), (mask_c, mask_f), step
+
+    return _COMPILED.get(key, build)
 
 
 def fit(params, batch_stats, *, source_fn: Callable, target_fn: Callable, distance: Callable, task: str,
