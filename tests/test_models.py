@@ -218,3 +218,17 @@ def test_vit_reports_every_blocks_branches_and_splits_like_the_others():
                                rtol=1e-5, atol=1e-5)                     # residual branches as named
     with pytest.raises(ValueError, match="patch size 4 must divide"):
         models.init(model, jax.random.key(0), (1, 10, 10, 1))
+
+
+def test_class_token_vit_trains_on_the_sharded_data_mesh():
+    """The class token is concatenated to batch-sharded patch tokens: under train.fit's explicitly sharded mesh
+    a replicated broadcast of it was a ShardingTypeError ("All operands should have the same sharding")."""
+    from configs import common
+    from modular import optim, supervised, train
+    model = models.build(common.model_config("vit", width=16, depth=1, heads=2, patch=4, pool="tok", split="final"), 10)
+    params, state = models.split_variables(models.init(model, jax.random.key(0), (1, 8, 8, 1)))
+    tx = optim.build(common.optim_config(), params, 2)
+    batch = {"image": np.ones((4, 8, 8, 1), np.float32), "label": np.zeros((4,), np.int32)}
+    result = train.fit(state=train.TrainState.create(params, state, tx), loss_fn=supervised.classification_loss(model),
+                       tx=tx, batch_fn=lambda step: batch, num_steps=2, verbose=False)
+    assert np.isfinite(result.history[-1]["loss"])

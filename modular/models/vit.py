@@ -70,7 +70,9 @@ class ViT(nn.Module):
                 x = x + pos.astype(x.dtype)
                 if self.pool == "tok":
                     cls = self.param("cls", nn.initializers.zeros, (1, 1, x.shape[-1]))
-                    x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (x.shape[0], 1, x.shape[-1])), x], 1)
+                    # zeros_like(x[:, :1]) carries the batch sharding of x, so the concatenation is valid under an
+                    # explicitly sharded mesh (a broadcast_to of the parameter would be replicated)
+                    x = jnp.concatenate([jnp.zeros_like(x[:, :1]) + cls.astype(x.dtype), x], 1)
             elif unit == "final":
                 x = nn.LayerNorm(dtype=self.dtype, name="final")(x)
             else:
