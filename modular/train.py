@@ -14,6 +14,7 @@ import dataclasses
 import json
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Any, Callable, Mapping
@@ -58,6 +59,22 @@ def stop_between_steps_on_sigint() -> None:
         _PENDING_INTERRUPT.set()   # sticky: a library that swallows the KeyboardInterrupt cannot lose it
         raise KeyboardInterrupt
     signal.signal(signal.SIGINT, handler)
+    sys.unraisablehook = _quiet_kept_interrupts(sys.unraisablehook)
+
+
+def _quiet_kept_interrupts(default_hook):
+    """A Ctrl-C that lands inside a callback Python cannot raise from (e.g. jax's garbage-collection callback)
+    is "Exception ignored" with a traceback on stderr; it is kept in `_PENDING_INTERRUPT` and honoured at the
+    next check, so it is not printed. Anything else goes to `default_hook`."""
+    if getattr(default_hook, "_keeps_interrupts", False):
+        return default_hook
+
+    def hook(unraisable):
+        if isinstance(unraisable.exc_value, KeyboardInterrupt) and _PENDING_INTERRUPT.is_set():
+            return
+        default_hook(unraisable)
+    hook._keeps_interrupts = True
+    return hook
 
 
 def interrupt_pending() -> bool:
