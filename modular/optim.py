@@ -56,15 +56,21 @@ def schedule(cfg: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
     raise ValueError(f"Unknown learning-rate schedule '{kind}'; known: constant, cosine, warmup_cosine, step.")
 
 
-def step_schedule(lr: float, num_steps: int, *, decay_at=(0.5, 0.75), decay_factor: float = 0.1,
-                  warmup_steps: int = 0) -> optax.Schedule:
-    """`lr` multiplied by `decay_factor` at each fraction `decay_at` of `num_steps` (the classic step decay,
-    e.g. x0.1 at 50% and 75% of training), after an optional linear warmup."""
+def _step_decay(decay_at, decay_factor: float) -> tuple[list[float], float]:
+    """The step schedule's decay points (fractions of the run) and factor, checked (one sentence each)."""
     fractions = [float(f) for f in (decay_at or ())]
     if any(not 0.0 < f < 1.0 for f in fractions):
         raise ValueError(f"optim.decay_at must hold fractions of the run in (0, 1), got {list(decay_at)}.")
     if not 0.0 < decay_factor <= 1.0:
         raise ValueError(f"optim.decay_factor must be in (0, 1], got {decay_factor}.")
+    return fractions, decay_factor
+
+
+def step_schedule(lr: float, num_steps: int, *, decay_at=(0.5, 0.75), decay_factor: float = 0.1,
+                  warmup_steps: int = 0) -> optax.Schedule:
+    """`lr` multiplied by `decay_factor` at each fraction `decay_at` of `num_steps` (the classic step decay,
+    e.g. x0.1 at 50% and 75% of training), after an optional linear warmup."""
+    fractions, decay_factor = _step_decay(decay_at, decay_factor)
     bounds = sorted({max(1, int(round(f * num_steps))) for f in fractions})
     decayed = optax.piecewise_constant_schedule(lr, {b: decay_factor for b in bounds})
     if not warmup_steps:
@@ -95,14 +101,9 @@ def schedule_value(cfg: ml_collections.ConfigDict, count: jax.Array, lr: jax.Arr
         cosine = lr * (0.5 * (1 + jnp.cos(jnp.pi * done / decay.astype(jnp.float32))))
         return jnp.where(count < warm, ramp, cosine) if warm else cosine
     if kind == "step":
-        fractions = sorted(float(f) for f in (cfg.get("decay_at", (0.5, 0.75)) or ()))
-        if any(not 0.0 < f < 1.0 for f in fractions):
-            raise ValueError(f"optim.decay_at must hold fractions of the run in (0, 1), got {fractions}.")
-        factor = float(cfg.get("decay_factor", 0.1))
-        if not 0.0 < factor <= 1.0:
-            raise ValueError(f"optim.decay_factor must be in (0, 1], got {factor}.")
+        fractions, factor = _step_decay(cfg.get("decay_at", (0.5, 0.75)), float(cfg.get("decay_factor", 0.1)))
         rate, previous = lr, None
-        for f in fractions:   # the bounds of `step_schedule`, each distinct bound decaying once
+        for f in sorted(fractions):   # the bounds of `step_schedule`, each distinct bound decaying once
             bound = jnp.maximum(1, jnp.round(f * total.astype(jnp.float32)).astype(total.dtype))
             distinct = True if previous is None else bound != previous
             rate = jnp.where(distinct & (count >= bound), rate * factor, rate)
