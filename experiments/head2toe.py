@@ -62,7 +62,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     claims = head2toe.claims(summary)
     axes = head2toe.grid_axes(config.head2toe)
     edges = {m: protocol.grid_edges(axes[m], [t["methods"][m]["chosen"] for tasks in per_seed for t in tasks],
-                                    seeds=[f"{t['seed']}/{t['task']}" for tasks in per_seed for t in tasks])
+                                    seeds=[f"{t['seed']}/{t['task']}" for tasks in per_seed for t in tasks],
+                                    scores=[list(zip(t["methods"][m]["grid_points"], t["methods"][m]["grid_validation"]))
+                                            for tasks in per_seed for t in tasks],
+                                    bounds=head2toe.GRID_BOUNDS)
              for m in summary["methods"]}
     table = head2toe.accuracy_table(summary, PAPER_TABLE1, grid_sizes={m: len(g) for m, g in head2toe.settings_grids(
         config.head2toe).items()})

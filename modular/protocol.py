@@ -105,17 +105,28 @@ def choose(settings: Sequence[Mapping], evaluate: Callable[[Mapping], float]) ->
 
 
 def grid_edges(axes: Mapping[str, Sequence[Any]], chosen: Sequence[Mapping[str, Any]],
-               seeds: Sequence[Any] | None = None) -> list[dict]:
+               seeds: Sequence[Any] | None = None, *, scores: Sequence[Sequence[tuple[Mapping, float]] | None] | None = None,
+               bounds: Mapping[str, Sequence[float]] | None = None) -> list[dict]:
     """The choices that sit on the edge of an ordered grid axis, where the optimum may lie outside the grid.
 
     `axes` {name: values} is the grid a method searched (its numeric axes are checked; an axis of one value
     was not searched); `chosen` holds the chosen setting per seed ({name: value}, keys absent from `axes`
     ignored). Returns one entry per (axis, edge) that some seed chose: {axis, value, edge: "lowest" |
-    "highest", seeds, of, grid}. Empty when every choice is interior: only then is a "best of the grid" a
-    result rather than a lower bound. A two-value axis has no interior, so every choice on it is an edge."""
+    "highest", seeds, tied, of, grid}. A two-value axis has no interior, so every choice on it is an edge.
+
+    `scores` (optional, per choice: [(setting, validation score), ...] over the points it chose among) tells a
+    real edge from a tie: when a point whose value on that axis is interior scored as well as the edge choice
+    on validation, the grid holds a maximiser inside it, and the seed goes to `tied` instead of `seeds`.
+    `bounds` {name: values} are an axis's own limits, beyond which no setting exists (a feature fraction of
+    1.0 keeps every feature; a coefficient of 0 does not regularise): a choice there is not an edge.
+    Only entries with `seeds` make a number a lower bound (`edges_note`); an empty list means every choice is
+    interior, tied with an interior point, or at a bound."""
     seeds = list(range(len(chosen))) if seeds is None else list(seeds)
     if len(seeds) != len(chosen):
         raise ValueError(f"grid_edges: {len(chosen)} chosen settings but {len(seeds)} seeds.")
+    if scores is not None and len(scores) != len(chosen):
+        raise ValueError(f"grid_edges: {len(chosen)} chosen settings but {len(scores)} lists of scores.")
+    bounds = {name: [float(v) for v in values] for name, values in (bounds or {}).items()}
     found = []
     for name, values in axes.items():
         values = list(values)
@@ -124,24 +135,47 @@ def grid_edges(axes: Mapping[str, Sequence[Any]], chosen: Sequence[Mapping[str, 
             continue
         ordered = sorted(float(v) for v in values)
         for edge, value in (("lowest", ordered[0]), ("highest", ordered[-1])):
-            hit = [s for s, c in zip(seeds, chosen) if name in c and c[name] is not None
-                   and math.isclose(float(c[name]), value, rel_tol=1e-9, abs_tol=0.0)]
-            if hit:
-                found.append(dict(axis=name, value=value, edge=edge, seeds=hit, of=len(chosen),
+            if any(math.isclose(value, b, rel_tol=1e-9, abs_tol=0.0) for b in bounds.get(name, [])):
+                continue
+            hit, tied = [], []
+            for i, (s, c) in enumerate(zip(seeds, chosen)):
+                if name not in c or c[name] is None or not math.isclose(float(c[name]), value, rel_tol=1e-9,
+                                                                        abs_tol=0.0):
+                    continue
+                tie = scores is not None and scores[i] is not None and _tied_inside(
+                    c, scores[i], name, ordered[0], ordered[-1])
+                (tied if tie else hit).append(s)
+            if hit or tied:
+                found.append(dict(axis=name, value=value, edge=edge, seeds=hit, tied=tied, of=len(chosen),
                                   grid=[v for v in ordered]))
     return found
 
 
+def _tied_inside(chosen: Mapping, scored: Sequence[tuple[Mapping, float]], name: str, low: float,
+                 high: float) -> bool:
+    """Whether a point strictly inside (low, high) on axis `name` scored at least as well as `chosen`."""
+    def inside(setting):
+        return name in setting and setting[name] is not None and low < float(setting[name]) < high
+    mine = [v for s, v in scored if v is not None and all(s.get(k) == chosen[k] for k in chosen)]
+    if not mine:
+        raise ValueError(f"grid_edges: the chosen setting {dict(chosen)} is not among its scored points.")
+    inner = [v for s, v in scored if v is not None and inside(s)]
+    return bool(inner) and max(inner) >= max(mine)
+
+
 def edge_text(edges: Sequence[Mapping]) -> str:
     """'lr 0.1 (highest of 0.001..0.1, in 3 of 3 choices)'; '' when no choice is on an edge. A choice is one
-    seed's (or one seed and target's) selection."""
+    seed's (or one seed and target's) selection; choices tied with an interior point are counted beside."""
+    def tied(e):
+        n = len(e.get("tied", []))
+        return f"; {n} more tied with an interior value" if n else ""
     return "; ".join(f"{e['axis']} {e['value']:g} ({e['edge']} of {e['grid'][0]:g}..{e['grid'][-1]:g}, "
-                     f"in {len(e['seeds'])} of {e['of']} choices)" for e in edges)
+                     f"in {len(e['seeds'])} of {e['of']} choices{tied(e)})" for e in edges if e["seeds"])
 
 
 def edges_note(rows: Mapping[str, Sequence[Mapping]]) -> str:
     """The line printed under a table whose rows chose grid edges ({row: grid_edges(...)}); '' when none did."""
-    hit = {row: edges for row, edges in rows.items() if edges}
+    hit = {row: edges for row, edges in rows.items() if any(e["seeds"] for e in edges)}
     if not hit:
         return ""
     listed = "; ".join(f"{row}: {edge_text(edges)}" for row, edges in hit.items())

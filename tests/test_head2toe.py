@@ -261,6 +261,10 @@ def test_smoke_run_end_to_end(tmp_path):
     assert set(res["grid_edges"]) == set(head2toe.METHODS)
     assert all(e["axis"] != "steps" for edges in res["grid_edges"].values() for e in edges)
     assert res["grid_edges"]["linear"] and res["grid_edges_note"] in res["readme_tables"]["head2toe"]
+    # a 2-value grid has no interior, so no edge choice can be a tie; the scores that tell ties are recorded
+    assert all(e["seeds"] and not e["tied"] for edges in res["grid_edges"].values() for e in edges)
+    for method, run in res["per_task"][0][0]["methods"].items():
+        assert len(run["grid_points"]) == len(run["grid_validation"]) and run["chosen"] in run["grid_points"], method
     flops = res["per_task"][0][0]["flops"]
     assert 0 < flops["ratio_paper"] < flops["ceiling"] < flops["ratio_forward_backward"] * 10
     for target in config.data.targets:

@@ -134,7 +134,8 @@ def test_grid_edges_flag_choices_on_either_end_and_only_those():
               dict(lr=0.1, steps=100, opt="adam")]
     edges = protocol.grid_edges(axes, chosen, seeds=[0, 1, 2])
     # only lr is an ordered, searched axis: one value of steps was not searched, opt has no order
-    assert edges == [dict(axis="lr", value=0.1, edge="highest", seeds=[0, 2], of=3, grid=[0.001, 0.01, 0.1])]
+    assert edges == [dict(axis="lr", value=0.1, edge="highest", seeds=[0, 2], tied=[], of=3,
+                          grid=[0.001, 0.01, 0.1])]
     assert protocol.edge_text(edges) == "lr 0.1 (highest of 0.001..0.1, in 2 of 3 choices)"
     assert protocol.grid_edges(axes, [dict(lr=0.01, steps=100)] * 3) == []
     low = protocol.grid_edges(dict(lr=[0.3, 0.03, 0.003]), [dict(lr=0.003)])   # order of the grid does not matter
@@ -146,3 +147,37 @@ def test_grid_edges_flag_choices_on_either_end_and_only_those():
     assert protocol.edges_note({"full": []}) == ""
     with pytest.raises(ValueError, match="2 chosen settings but 3 seeds"):
         protocol.grid_edges(axes, chosen[:2], seeds=[0, 1, 2])
+
+
+def test_grid_edges_tell_a_tie_with_an_interior_point_and_an_axis_bound_from_an_edge():
+    axes = dict(lr=[0.01, 0.1, 1.0], fraction=[0.2, 0.5, 1.0])
+    points = [dict(lr=lr, fraction=f) for lr in axes["lr"] for f in axes["fraction"]]
+
+    def scored(best, value, rest=0.5):
+        return [(p, value if p == best else rest) for p in points]
+
+    top = dict(lr=1.0, fraction=0.5)
+    chosen = [top, top, top]
+    scores = [scored(top, 0.9),                                            # a real edge: better than any inside
+              [(p, 0.9 if p in (top, dict(lr=0.1, fraction=0.2)) else 0.5) for p in points],   # tied inside
+              None]                                                        # no scores: counted as an edge
+    edges = protocol.grid_edges(axes, chosen, seeds=["a", "b", "c"], scores=scores)
+    assert edges == [dict(axis="lr", value=1.0, edge="highest", seeds=["a", "c"], tied=["b"], of=3,
+                          grid=[0.01, 0.1, 1.0])]
+    assert protocol.edge_text(edges) == ("lr 1 (highest of 0.01..1, in 2 of 3 choices; 1 more tied with an "
+                                         "interior value)")
+    # a tie with a point at the other edge is no tie: that point is not inside the grid either
+    low_tie = [(p, 0.9 if p in (top, dict(lr=0.01, fraction=0.5)) else 0.5) for p in points]
+    assert protocol.grid_edges(axes, [top], scores=[low_tie])[0]["seeds"] == [0]
+    # only ties: listed in results.json, but the row is no lower bound and the note stays empty
+    only_tied = protocol.grid_edges(axes, [top], scores=[scores[1]])
+    assert only_tied[0]["seeds"] == [] and protocol.edge_text(only_tied) == ""
+    assert protocol.edges_note({"head2toe": only_tied}) == ""
+    # an axis's own limit (keep every feature) is no edge; the lowest fraction still is
+    full = protocol.grid_edges(axes, [dict(lr=0.1, fraction=1.0), dict(lr=0.1, fraction=0.2)],
+                               bounds=dict(fraction=[1.0]))
+    assert [(e["axis"], e["value"], e["seeds"]) for e in full] == [("fraction", 0.2, [1])]
+    with pytest.raises(ValueError, match="not among its scored points"):
+        protocol.grid_edges(axes, [dict(lr=1.0, fraction=0.2)], scores=[[(dict(lr=0.1, fraction=0.2), 0.5)]])
+    with pytest.raises(ValueError, match="1 chosen settings but 2 lists of scores"):
+        protocol.grid_edges(axes, [top], scores=[None, None])

@@ -19,7 +19,7 @@ from modular.methods.head2toe.features import (FeatureCache, cache_features, fea
                                                l2_normalise, layer_features, pool_layer, pool_size, token_pool_size)
 from modular.methods.head2toe.finetune import head2toe_ft, train_model
 from modular.methods.head2toe.heads import REGULARISERS, head_accuracy, relevance, train_linear
-from modular.methods.head2toe.compare import METHODS, compare_on_task, grid_axes, settings_grids
+from modular.methods.head2toe.compare import GRID_BOUNDS, METHODS, compare_on_task, grid_axes, settings_grids
 from modular.methods.head2toe.grid import grid_accuracy, train_grid
 from modular.methods.head2toe.report import (CORRELATION_NOTE, accuracy_table, claims, correlation, correlations,
                                              per_task_table, plots, summarize)
@@ -27,6 +27,7 @@ from modular.methods.head2toe.select import (cross_validate, feature_scores, fol
                                              top_fraction_mask)
 
 __all__ = [
+    "GRID_BOUNDS",
     "pool_size", "token_pool_size", "pool_layer", "l2_normalise", "layer_features", "FeatureCache", "cache_features",
     "forward_order", "features_fn",
     "REGULARISERS", "train_linear", "head_accuracy", "relevance",

@@ -25,6 +25,9 @@ from modular.methods.head2toe import costs, features, finetune, grid, select
 HEAD_METHODS = ("linear", "all_l1", "all_l2", "all_l21", "layerwise", "layerwise_group", "head2toe")
 BACKBONE_METHODS = ("finetune", "scratch", "head2toe_ft")
 METHODS = HEAD_METHODS + BACKBONE_METHODS
+# Grid values beyond which no setting exists, so a choice there is no grid edge (`protocol.grid_edges`):
+# a fraction of 1.0 keeps every feature, a coefficient of 0 does not regularise.
+GRID_BOUNDS = dict(fraction=[1.0], coef=[0.0])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,6 +136,7 @@ def _tune_and_test(method, points, val, test) -> dict:
     chosen, val_score = protocol.select(points, list(val_acc))
     (test_acc, extras), t_refit = _timed(method, test, [chosen])
     return dict(chosen=chosen, validation=val_score, accuracy=float(test_acc[0]), extras=extras,
+                grid_points=[dict(p) for p in points],
                 grid_validation=[None if not np.isfinite(v) else float(v) for v in val_acc],
                 seconds=dict(grid=t_grid, refit=t_refit))
 
@@ -150,10 +154,11 @@ def _tune_and_test_heads(heads: Heads, grids: dict, fractions, val: Pair, test: 
         if m.startswith("layerwise"):
             keep = [i for i, p in enumerate(pts) if p["fraction"] == chosen["head2toe"][0]["fraction"]]
             pts, acc = [pts[i] for i in keep], acc[keep]
-        chosen[m] = protocol.select(pts, list(acc)) + ([None if not np.isfinite(v) else float(v) for v in acc],)
+        chosen[m] = protocol.select(pts, list(acc)) + ([dict(p) for p in pts],
+                                                       [None if not np.isfinite(v) else float(v) for v in acc])
     test_out, t_refit = _timed(heads.run, test, {m: [c[0]] for m, c in chosen.items()})
-    runs = {m: dict(chosen=c, validation=v, grid_validation=g, accuracy=float(test_out[m][0][0]),
-                    extras=test_out[m][1], seconds={}) for m, (c, v, g) in chosen.items()}
+    runs = {m: dict(chosen=c, validation=v, grid_points=p, grid_validation=g, accuracy=float(test_out[m][0][0]),
+                    extras=test_out[m][1], seconds={}) for m, (c, v, p, g) in chosen.items()}
     return runs, dict(grid=t_grid, refit=t_refit)
 
 
