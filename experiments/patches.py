@@ -201,7 +201,6 @@ def _edges(lrs, rows: dict, seeds) -> dict:
             chosen += [dict(lr=r) for r in rates]
             labels += [seed if len(rates) == 1 else f"{seed}/{j}" for j in range(len(rates))]
         out[row] = protocol.grid_edges(dict(lr=[float(v) for v in lrs]), chosen, seeds=labels)
-        out[row] = protocol.grid_edges(dict(lr=[float(v) for v in lrs]), chosen, seeds=labels)
     return out
 
 
