@@ -13,26 +13,33 @@ entry (e.g. the patch mode and the hyper-parameters it chose). An adapter may al
 the training phases it runs, for the projection (`modular.projection.phases`).
 
 The registry maps a method name to its adapter as `"package.module:attribute"`; the module is imported only
-when the method is used (as `bank.load_served` imports a manifest entry's `server`). A new method registers
-with `register(name, "its.module:adapt")` and nothing in the core changes.
+when the method is used (as `bank.load_served` imports a manifest entry's `server`). Methods come from the
+`modular.adapters` entry-point group of every installed package (the library's own are in its setup.py, so
+this module names no paper) and from `register(name, "its.module:adapt")` at run time; nothing in the core
+changes for a new method.
 """
 from __future__ import annotations
 
+import functools
 import importlib
+import importlib.metadata
 from typing import Any, Callable, Mapping
 
 from modular import bank
 
-# The library's methods: name -> "module:attribute" of the adapter (imported when used).
-_REGISTRY: dict[str, str] = {
-    "linear": "modular.methods.patches.adapter:linear",            # model patches: the last layer
-    "sb_patch": "modular.methods.patches.adapter:sb_patch",        # BN scale-and-bias + last layer
-    "dw_patch": "modular.methods.patches.adapter:dw_patch",        # depthwise kernels + last layer
-    "mixture": "modular.methods.patches.adapter:mixture",          # mixture weights + S/B + last layer
-    "full_finetune": "modular.methods.patches.adapter:full_finetune",  # every weight
-    "head2toe": "modular.methods.head2toe.adapter:adapt_task",     # feature selection + linear head
-    "mixture_weights": "modular.methods.templates.bank:adapt_task",  # a new task on frozen templates
-}
+ENTRY_POINTS = "modular.adapters"       # the entry-point group a package declares its adapters in
+_REGISTRY: dict[str, str] = {}          # run-time registrations; they win over installed entry points
+
+
+@functools.cache
+def _installed() -> dict[str, str]:
+    """name -> 'module:attribute' from the installed packages' `modular.adapters` entry points."""
+    return {ep.name: ep.value for ep in importlib.metadata.entry_points(group=ENTRY_POINTS)}
+
+
+def _registry() -> dict[str, str]:
+    return {**_installed(), **_REGISTRY}
+
 
 Adapter = Callable[..., bank.Adapted]
 
@@ -47,14 +54,18 @@ def register(method: str, target: str) -> None:
 
 def methods() -> list[str]:
     """The registered method names."""
-    return list(_REGISTRY)
+    return list(_registry())
 
 
 def target(method: str) -> str:
     """The 'module:attribute' that adapts `method`; one sentence if none is registered."""
-    if method not in _REGISTRY:
-        raise ValueError(f"Unknown adapt method {method!r}; known: {', '.join(_REGISTRY)}.")
-    return _REGISTRY[method]
+    registry = _registry()
+    if method not in registry:
+        if not _installed():
+            raise ValueError(f"Unknown adapt method {method!r}: no package declares '{ENTRY_POINTS}' entry points, "
+                             f"so `modular` is not installed (run `pip install -e .` in the repository).")
+        raise ValueError(f"Unknown adapt method {method!r}; known: {', '.join(registry)}.")
+    return registry[method]
 
 
 def get(method: str) -> Adapter:
