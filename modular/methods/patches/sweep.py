@@ -23,7 +23,7 @@ import jax
 import numpy as np
 import optax
 
-from modular import compiled, data, optim, params as P, protocol, reporting
+from modular import compiled, data, models, optim, params as P, protocol, reporting
 from modular.platform import xla_cpu
 from modular.methods.patches import multitask
 from modular.methods.patches.modes import check_applicable, get_mode, lr_rules
@@ -124,7 +124,7 @@ def sweep(source, fit: data.Dataset, val: data.Dataset, mode: str, lrs: Sequence
     cfg = optim.override(optim_cfg, lr_mults=[tuple(r) for r in lr_rules(mode)], default_mult=0.0)
     parts = P.split(start["params"], [(rule, "train") for rule in get_mode(mode).trains], "frozen")
     trainable, frozen = parts.get("train", {}), parts.get("frozen", {})
-    model_state = {k: v for k, v in start.items() if k != "params"}
+    _, model_state = models.split_variables(start)
     stats_train = get_mode(mode).task_bn_stats
     batches = lambda s: data.batch_at(fit.train_images, fit.train_labels, s, batch_size, seed)
     t0 = time.perf_counter()

@@ -48,7 +48,7 @@ def transfer(source: supervised.Classifier, ds: data.Dataset, mode: str, *, mode
     model, variables = target_start(source, model_cfg, ds.num_classes, ds.image_shape, seed)
     check_applicable(variables["params"], mode)
     trained = train.train_subtrees(
-        variables["params"], {k: v for k, v in variables.items() if k != "params"},
+        *models.split_variables(variables),
         loss_fn=patch_loss(model, mode), optim_cfg=optim_cfg, rules=lr_rules(mode), default_mult=0.0,
         batch_fn=lambda step: data.batch_at(ds.train_images, ds.train_labels, step, batch_size, seed),
         num_steps=num_steps, seed=seed, name=f"patch:{mode}", workdir=workdir, checkpoint_every=num_steps,
