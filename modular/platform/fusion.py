@@ -41,19 +41,30 @@ def disabled():
     return scoped(False)
 
 
+def _same(v: jax.Array) -> jax.Array:
+    return v
+
+
+def _times_one(v: jax.Array) -> jax.Array:
+    return v * 1.0
+
+
 def _opaque_identity(x: jax.Array) -> jax.Array:
     # A scalar the compiler cannot know: the max over the leading (batch) axis of one entry per row,
     # which stays valid when that axis is sharded across devices (one small all-reduce).
     first = jnp.max(x[(slice(None),) + (0,) * (x.ndim - 1)]) if x.ndim else x
     # Both branches return x (the second when that scalar is NaN). They must differ in form,
-    # or the cond is folded away; the predicate only has to be unknown to the compiler.
-    return jax.lax.cond(first == first, lambda v: v, lambda v: v * 1.0, x)
+    # or the cond is folded away; the predicate only has to be unknown to the compiler. The branches are
+    # module-level functions so that JAX's trace cache knows them from one boundary to the next.
+    return jax.lax.cond(first == first, _same, _times_one, x)
 
 
 def _identity_on_cpu_only(x: jax.Array) -> jax.Array:
-    if x.size == 0 or not is_enabled():
+    # A concrete array is being computed eagerly (a model's init outside jit): no fusion to prevent, and a
+    # cond run eagerly would compile a small program per call.
+    if x.size == 0 or not is_enabled() or not isinstance(x, jax.core.Tracer):
         return x
-    return jax.lax.platform_dependent(x, cpu=_opaque_identity, default=lambda v: v)
+    return jax.lax.platform_dependent(x, cpu=_opaque_identity, default=_same)
 
 
 @jax.custom_vjp

@@ -28,6 +28,12 @@ def test_boundary_is_identity_in_value_and_gradient():
     np.testing.assert_array_equal(jax.vmap(fusion.fusion_boundary)(x), x)
 
 
+def test_an_eager_boundary_returns_its_input_untouched():
+    # outside jit (a model's init) there is no fusion to prevent; a cond run eagerly compiled a program per call
+    x = jnp.ones((2, 3))
+    assert fusion.fusion_boundary(x) is x
+
+
 def test_boundary_survives_cpu_compilation_unless_disabled():
     def compiled_text():
         fn = jax.jit(jax.grad(lambda v: jnp.sum(jax.nn.relu(fusion.fusion_boundary(v * 3.0) + v) ** 2)))
