@@ -77,6 +77,7 @@ def test_cache_holds_every_layer_normalised(tiny):
     x = np.random.default_rng(0).uniform(size=(12, 8, 8, 1)).astype(np.float32)
     cache = feats.cache_features(model, variables, x[:8], x[8:], target=16)
     names = feats.forward_order(model, variables, x[:1])
+    assert names[0] == "stem" and names[-1] == "logits" and names != sorted(names)   # input to output
     assert set(cache.layers) | set(cache.aliases) == set(names)          # every activation is there once
     assert "logits" in cache.layers and "stem" in cache.layers
     assert cache.train.shape == (8, cache.num_features) and cache.test.shape == (4, cache.num_features)

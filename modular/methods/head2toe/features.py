@@ -112,9 +112,15 @@ def all_layer_features(model, variables, images: np.ndarray, target: int, batch_
 
 
 def forward_order(model, variables, example: np.ndarray) -> list:
-    """Activation names input-to-output (jit outputs come back with sorted keys, so ask the model eagerly)."""
-    _, out, _ = models.apply(model, variables, jnp.asarray(example), mode="eval")
-    return [k for k in out if k not in SKIPPED]
+    """Activation names input-to-output. Jit outputs come back with sorted keys, so the names are read while
+    the model is traced abstractly (`jax.eval_shape`: nothing is computed or compiled)."""
+    order = []
+
+    def record(v, x):
+        _, out, _ = models.apply(model, v, x, mode="eval")
+        order.extend(k for k in out if k not in SKIPPED)
+    jax.eval_shape(record, variables, jnp.asarray(example))
+    return order
 
 
 def cache_features(model, variables, train_images: np.ndarray, test_images: np.ndarray, target: int) -> FeatureCache:
