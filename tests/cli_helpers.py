@@ -38,3 +38,17 @@ def run_cli(workdir, *overrides, config="configs/pretrain.py:smoke", timeout=600
 def results(workdir):
     with open(os.path.join(workdir, "results.json")) as f:
         return json.load(f)
+
+
+# A 4-step run of the default config (pretrain smoke), logging and saving every 2 steps.
+SHORT = ["--config.num_steps=4", "--config.log_every=2", "--config.checkpoint_every=2"]
+
+
+def one_sentence(proc, *needles, code=1):
+    """A run that failed with exit `code` and said why in one line of stderr holding every needle: that line."""
+    assert proc.returncode == code, proc.stdout[-2000:] + proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr[-3000:]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]

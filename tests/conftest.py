@@ -45,7 +45,7 @@ def pytest_xdist_auto_num_workers(config):
 # `e2e`, and everything else is `unit`.
 TIERS = ("unit", "e2e", "full")
 FULL_FILES = {"test_full_configs.py"}
-E2E_FILES = {"test_cli.py", "test_workdir.py", "test_tour.py", "test_adapt.py",
+E2E_FILES = {"test_cli.py", "test_workdir.py", "test_workdir_resume.py", "test_tour.py", "test_adapt.py",
              "test_docs.py", "test_interrupts.py", "test_compat_study.py", "test_lowering.py", "test_convert.py",
              "test_streaming.py", "test_head2toe_protocol.py", "test_templates_adaptation.py",
              "test_templates_selforg.py", "test_patches.py", "test_patches_multitask.py", "test_patches_rate_choice.py",
