@@ -17,7 +17,6 @@ updates per network. The applications run on every seed (keys below).
 import ml_collections
 
 from configs import common
-from modular.methods import compat
 
 
 def get_config(arg: str = ""):
@@ -28,8 +27,33 @@ def get_config(arg: str = ""):
                                                  max_train=ml_collections.FieldReference(None, field_type=int),
                                                  val_fraction=0.2))
     config.model = common.model_config(depth=8, width=8, split="stage2")  # compat.split wins
-    config.compat = compat.default_options()  # schedule, split, DCC/RP loss weights, RP fraction
-    config.compat.update(compat.study.study_options())  # settings, controls, evaluation points, step choice
+    # The method's options (equal to the library's `compat.default_options()`, which tests/test_compat.py checks).
+    config.compat = ml_collections.ConfigDict(dict(
+        schedule="joint",                    # joint | incremental | incremental_ba
+        split="stage2",                      # last extractor unit; the heads hold the rest + pool + classifier
+        common_classes=ml_collections.FieldReference(None, field_type=list),  # None: every shared label id
+        dcc_weight=1.0, rp_weight=1.0,
+        rp_fraction=1.0,                     # rotate this share of each batch (the paper: every image)
+    ))
+    # The study (`compat.study`): its settings, controls, evaluation points and step choice.
+    config.compat.update(dict(
+        settings=("independent", "DCC", "RP", "IIW", "RP+DCC", "IIW+DCC", "IIW+RP", "IIW+RP+DCC"),
+        rp_transforms="rot4",                # the main pretext (paper: rot4)
+        harder_rp="dihedral8",               # '' to skip: RP alone with this pretext
+        upper_bound=True,                    # RP with each network's own RP head
+        same_data=("independent", "IIW"),    # App. C.3: b trains on a's task, these settings
+        incremental_orders=("incremental", "incremental_ba"),  # for the chosen setting, at the chosen steps
+        # Pretrained IIW: these settings (each with IIW) again, both extractors starting from one extractor
+        # pretrained for `pretrain_steps` on `pretrain_data` ('' or () to skip).
+        pretrained_settings=("IIW", "IIW+RP+DCC"),
+        pretrain_data="mnist5k/invert",
+        pretrain_steps=300,
+        # With the 'fast_transfer' application: these settings trained incrementally (a with its RP head
+        # first, then b against a's frozen heads) at the chosen steps, the pairs that application reuses.
+        fast_transfer_settings=("RP", "IIW+RP"),
+        eval_points=4,                       # validation evaluations along the run (evenly spaced)
+        converge_tolerance=0.03,             # the step choice: curves move less than this afterwards
+    ))
     config.compat.update(dict(
         dcc=True, rp=True, iiw=True,         # the setting whose metrics lead results.json
         # Applications (paper Sec. 5), each on every seed: 'uda' adapts a's extractor (chosen setting) to

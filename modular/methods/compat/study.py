@@ -35,28 +35,6 @@ from modular.methods.compat.training import Variant, parse_setting, pretrain_ext
 PRETEXT_LABELS = {"rot4": "rotation", "dihedral8": "rotation+mirror"}
 
 
-def study_options() -> dict:
-    """The study's keys of `config.compat` (beside `default_options`)."""
-    return dict(
-        settings=("independent", "DCC", "RP", "IIW", "RP+DCC", "IIW+DCC", "IIW+RP", "IIW+RP+DCC"),
-        rp_transforms="rot4",            # the main pretext (paper: rot4)
-        harder_rp="dihedral8",           # '' to skip: RP alone with this pretext
-        upper_bound=True,                # RP with each network's own RP head
-        same_data=("independent", "IIW"),  # App. C.3: b trains on a's task, these settings
-        incremental_orders=("incremental", "incremental_ba"),  # for the chosen setting, at the chosen steps
-        # Pretrained IIW: these settings (each with IIW) again, both extractors starting from one extractor
-        # pretrained for `pretrain_steps` on `pretrain_data` ('' or () to skip).
-        pretrained_settings=("IIW", "IIW+RP+DCC"),
-        pretrain_data="mnist5k/invert",
-        pretrain_steps=300,
-        # With the 'fast_transfer' application: these settings trained incrementally (a with its RP head
-        # first, then b against a's frozen heads) at the chosen steps, the pairs that application reuses.
-        fast_transfer_settings=("RP", "IIW+RP"),
-        eval_points=4,                   # validation evaluations along the run (evenly spaced)
-        converge_tolerance=0.03,         # the step choice: curves move less than this afterwards
-    )
-
-
 def pretrained_name(setting: str) -> str:
     return f"pretrained {setting}"
 
