@@ -1,13 +1,17 @@
 """How much of an experiment's wall time is compiling, and which programs compile more than once.
 
   python -m benchmarks.compile_share --config=configs/NAME.py[:ARG] [--config.KEY=VALUE ...]
-      [--workdir=DIR] [--cache=off|DIR] [--out=FILE.json]
+      [--workdir=DIR] [--cache=fresh|off|DIR] [--out=FILE.json]
 
 Runs the experiment in this process, as `experiments.run` does, and reads JAX's own monitoring events and
 compile log: XLA compilations (each `jit` cache miss that reaches the backend), their seconds, the seconds of
-tracing and lowering, persistent-cache hits, and every (program, argument shapes) pair lowered more than
-once, i.e. compiled again for a shape it already had. `--cache=off` (the default) measures a cold run; run
-twice with `--cache=DIR` to measure a second run that reuses the first one's programs. The workdir defaults
+tracing and lowering, and persistent-cache hits. `--cache=fresh` (the default) measures a cold run with
+the persistent cache on, as `experiments.run` has it, in a new empty folder: every hit there is a program
+identical (same HLO, same options) to one compiled earlier in the same run, i.e. compiled twice.
+`--cache=off` runs without the persistent cache; run twice with `--cache=DIR` to measure a second run that
+reuses the first one's programs. The compile log names each program and its argument shapes only, so the
+(name, argument shapes) pairs seen more than once are listed too, as candidates: an eager op such as
+`broadcast_in_dim` or `_normal` has one argument shape for every output shape it makes. The workdir defaults
 to a fresh temporary folder, so nothing resumes.
 """
 from __future__ import annotations
@@ -17,7 +21,6 @@ import json
 import logging
 import os
 import re
-import sys
 import tempfile
 import time
 
@@ -26,7 +29,8 @@ from absl import logging as absl_logging
 
 from experiments import run as run_cli
 
-_CACHE = flags.DEFINE_string("cache", "off", "'off' (a cold run) or a folder for JAX's persistent compilation cache.")
+_CACHE = flags.DEFINE_string("cache", "fresh", "'fresh' (a cold run on a new, empty persistent cache: its hits are "
+                             "programs compiled twice), 'off', or a folder for JAX's persistent compilation cache.")
 _OUT = flags.DEFINE_string("out", "", "Also write the measurements as JSON to this file.")
 
 BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
@@ -61,7 +65,8 @@ class CompileLog(logging.Handler):
         self.counts[event] += 1
 
     def repeated(self) -> list[tuple[str, int]]:
-        """Programs lowered more than once for the same argument shapes: (name, times), most first."""
+        """(name, argument shapes) pairs lowered more than once: (name, extra times), most first. Candidates
+        only: static arguments (an eager op's output shape, a jit's static_argnums) are not in the log."""
         by_name = collections.Counter()
         for (name, _), n in self.lowered.items():
             if n > 1:
@@ -76,6 +81,9 @@ def measure(config, workdir: str, cache: str) -> dict:
 
     platform.tune_cpu()
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax's INFO lines, as experiments.run
+    if cache == "fresh":
+        cache = tempfile.mkdtemp(prefix="compile_share_cache_")
+    empty_at_start = cache != "off" and not (os.path.isdir(cache) and os.listdir(cache))
     if cache != "off":
         os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
         os.environ[compilation_cache.ENV] = cache
@@ -96,6 +104,8 @@ def measure(config, workdir: str, cache: str) -> dict:
                 compilations=log.counts[BACKEND_COMPILE], compile_seconds=compile_s,
                 trace_lower_seconds=trace_lower_s, compile_share=(compile_s + trace_lower_s) / max(wall, 1e-9),
                 persistent_cache_hits=log.counts[CACHE_HIT], distinct_programs=len(log.lowered),
+                cache=cache, cache_empty_at_start=empty_at_start,
+                identical_compiled_twice=log.counts[CACHE_HIT] if empty_at_start else None,
                 compiled_again=log.repeated(), most_compiled=log.compiled_by_name.most_common(10))
 
 
@@ -107,7 +117,10 @@ def report(m: dict) -> str:
         f"  compile seconds       {m['compile_seconds']:.1f}  (+ {m['trace_lower_seconds']:.1f} s tracing and lowering)",
         f"  compile share of wall {100 * m['compile_share']:.0f}%",
         f"  distinct programs     {m['distinct_programs']} (program x argument shapes)",
-        f"  compiled again for a shape they had: {again}",
+        "  identical programs compiled again in this run: "
+        + (f"{m['identical_compiled_twice']} (hits on a cache that started empty)"
+           if m["identical_compiled_twice"] is not None else "unknown (needs --cache=fresh or an empty folder)"),
+        f"  same name and argument shapes more than once (candidates; static arguments are not logged): {again}",
     ])
 
 
