@@ -36,6 +36,7 @@ def run(mode: str, **env) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.e2e   # two interpreters, 20 calls each of a conv net's gradient: 17 s of CPU on a busy 2-core machine
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
 def test_temporaries_are_reused_instead_of_faulted_in():
     default = run("off")
