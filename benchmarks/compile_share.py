@@ -37,6 +37,7 @@ BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
 TRACE = "/jax/core/compile/jaxpr_trace_duration"
 LOWER = "/jax/core/compile/jaxpr_to_mlir_module_duration"
 CACHE_HIT = "/jax/compilation_cache/cache_hits"
+_HIT = re.compile(r"Persistent compilation cache hit for '([^']+)'")
 _LOWERED = re.compile(r"Compiling (\S+) with global shapes and types (.*?)\. Argument mapping", re.S)
 
 
@@ -49,11 +50,16 @@ class CompileLog(logging.Handler):
         self.seconds = collections.defaultdict(float)
         self.counts = collections.Counter()
         self.compiled_by_name = collections.Counter()
+        self.hits_by_name = collections.Counter()
 
     def emit(self, record):
-        m = _LOWERED.search(record.getMessage())
+        message = record.getMessage()
+        m = _LOWERED.search(message)
         if m:
             self.lowered[(m.group(1), m.group(2))] += 1
+        hit = _HIT.search(message)
+        if hit:
+            self.hits_by_name[hit.group(1)] += 1
 
     def on_duration(self, event, duration, **kwargs):
         self.seconds[event] += duration
@@ -106,6 +112,7 @@ def measure(config, workdir: str, cache: str) -> dict:
                 persistent_cache_hits=log.counts[CACHE_HIT], distinct_programs=len(log.lowered),
                 cache=cache, cache_empty_at_start=empty_at_start,
                 identical_compiled_twice=log.counts[CACHE_HIT] if empty_at_start else None,
+                identical_by_name=log.hits_by_name.most_common() if empty_at_start else None,
                 compiled_again=log.repeated(), most_compiled=log.compiled_by_name.most_common(10))
 
 
@@ -118,7 +125,8 @@ def report(m: dict) -> str:
         f"  compile share of wall {100 * m['compile_share']:.0f}%",
         f"  distinct programs     {m['distinct_programs']} (program x argument shapes)",
         "  identical programs compiled again in this run: "
-        + (f"{m['identical_compiled_twice']} (hits on a cache that started empty)"
+        + (f"{m['identical_compiled_twice']} (hits on a cache that started empty): "
+           + (", ".join(f"{name} x{n}" for name, n in m["identical_by_name"][:10]) or "none")
            if m["identical_compiled_twice"] is not None else "unknown (needs --cache=fresh or an empty folder)"),
         f"  same name and argument shapes more than once (candidates; static arguments are not logged): {again}",
     ])

@@ -29,6 +29,7 @@ def test_cold_then_warm_run(tmp_path):
     assert cold["compilations"] > 0 and 0 < cold["compile_seconds"] < cold["wall_seconds"]
     assert cold["distinct_programs"] > 0   # (a program compiled twice in one run is a hit even when cold)
     assert cold["cache_empty_at_start"] and cold["identical_compiled_twice"] == cold["persistent_cache_hits"]
+    assert sum(n for _, n in cold["identical_by_name"]) == cold["identical_compiled_twice"]   # each hit named
     warm = measure(tmp_path, "warm", cache)
     assert not warm["cache_empty_at_start"] and warm["identical_compiled_twice"] is None
     assert warm["persistent_cache_hits"] > cold["persistent_cache_hits"]
