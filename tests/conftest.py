@@ -49,8 +49,8 @@ E2E_FILES = {"test_cli.py", "test_workdir.py", "test_workdir_resume.py", "test_t
              "test_docs.py", "test_interrupts.py", "test_compat_study.py", "test_lowering.py", "test_convert.py",
              "test_streaming.py", "test_head2toe_protocol.py", "test_templates_adaptation.py",
              "test_templates_selforg.py", "test_patches.py", "test_patches_multitask.py", "test_patches_rate_choice.py",
-             "test_patches_smoke.py", "test_templates.py", "test_compat.py", "test_head2toe.py", "test_projection.py",
-             "test_dtype.py"}
+             "test_patches_smoke.py", "test_templates.py", "test_templates_smoke.py", "test_compat.py",
+             "test_head2toe.py", "test_projection.py", "test_dtype.py"}
 
 
 def pytest_collection_modifyitems(config, items):
