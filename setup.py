@@ -14,10 +14,10 @@ setup(
         "flax>=0.10,<0.13",
         "optax>=0.2.4,<0.3",
         "orbax-checkpoint>=0.11,<0.13",
-        "clu>=0.0.12",
         "ml-collections>=0.1.1",
         "tensorflow-cpu>=2.16,<2.22",
-        "tensorboard>=2.16",
+        "tensorboard>=2.16",                   # the event files (modular/scalars.py), and to view them
+        "etils[epath]",                        # local or gs:// workdir paths (orbax uses it too)
         "tensorflow-datasets>=4.9.6,<4.10",
         "importlib_resources",                 # tensorflow-datasets imports it but does not declare it
         "absl-py",

@@ -27,7 +27,7 @@ import optax
 
 import ml_collections
 
-from modular import checkpoint, compiled, loss_contract, optim, parallel, reporting, settings
+from modular import checkpoint, compiled, loss_contract, optim, parallel, reporting, scalars, settings
 from modular import params as P
 from modular.platform import xla_cpu
 
@@ -163,10 +163,8 @@ def fit(*, state: TrainState, loss_fn: LossFn, tx: optax.GradientTransformation,
     base_rng = jax.random.key(seed)
     run = _restore(state, workdir, checkpoint_every or num_steps, name, verbose and is_main)
     state = run.state
-    if workdir:
-        from clu import metric_writers, periodic_actions  # imports TensorFlow: only when writing to a workdir
-        run.writer = metric_writers.create_default_writer(workdir, just_logging=not is_main, asynchronous=False)
-        run.progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=run.writer)
+    if workdir and is_main:   # TensorBoard scalars (steps/s among them) from the first process only
+        run.writer = scalars.ScalarWriter(workdir)
 
     start = int(parallel.to_host(state.step))
     t0 = time.time()
@@ -184,8 +182,6 @@ def fit(*, state: TrainState, loss_fn: LossFn, tx: optax.GradientTransformation,
             batch = parallel.shard_batch(dict(batch_fn(step)), mesh)
             state, metrics = step_fn(state, batch, jax.random.fold_in(base_rng, step))
             done = step + 1
-            if run.progress is not None:
-                run.progress(done)
             must_save = run.mngr is not None and (done == num_steps or
                                                   (checkpoint_every and done % checkpoint_every == 0))
             must_log = done == num_steps or (log_every and done % log_every == 0)
@@ -221,7 +217,6 @@ class _Run:
     resumed_from: int | None = None
     history: list = dataclasses.field(default_factory=list)
     writer: Any = None
-    progress: Any = None
     last_good: int | None = None
     seen_losses: list = dataclasses.field(default_factory=list)
     last_t: float = 0.0
