@@ -28,7 +28,8 @@ setup(
         "pillow>=9.1",                         # the user's image folders (Image.Resampling)
         "filelock",                            # JAX's persistent compilation cache reads entries under a lock
     ],
-    # Each paper's adapters, found by name by modular.adapters (the core names no paper): "method = module:attr".
+    # Each paper's adapters and studies, found by name by modular.adapters (the core names no paper):
+    # "name = module:attr".
     entry_points={"modular.adapters": [
         "linear = modular.methods.patches.adapter:linear",                # model patches: the last layer
         "sb_patch = modular.methods.patches.adapter:sb_patch",            # BN scale-and-bias + last layer
@@ -37,6 +38,8 @@ setup(
         "full_finetune = modular.methods.patches.adapter:full_finetune",  # every weight
         "head2toe = modular.methods.head2toe.adapter:adapt_task",         # feature selection + linear head
         "mixture_weights = modular.methods.templates.bank:adapt_task",    # a new task on frozen templates
+    ], "modular.studies": [
+        "compat = modular.methods.compat.pairs:recombination",            # pairs recombined without fine-tuning
     ]},
     extras_require={
         # torch (the CPU wheel here) writes the reference ResNet-50/MobileNetV2 state dicts of tests/test_convert.py

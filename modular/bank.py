@@ -7,8 +7,11 @@ the identity of the backbone they fit.
 
 Serving knows no method: each manifest entry names, under `server`, the module that serves its file (the
 paper's own, e.g. its `serving.py`), and that module's `load_task(entry, bank_dir, backbone,
-allow_other_weights) -> ServedTask` puts the file back on its backbone (`load_served`). A new method serves
-from a bank by writing its module's name into its entries; nothing in the core changes.
+allow_other_weights) -> ServedTask` puts the file back on its backbone (`load_served`). A server module may
+also serve freshly adapted files in one mixed-task batch, checked against the models that adapting built
+(`serve_mixed(source, bank_paths, models, datasets, examples_per_task, seed) -> dict`, reached by `serve_mixed`
+here). A new method serves from a bank by writing its module's name into its entries; nothing in the core
+changes.
 """
 from __future__ import annotations
 
@@ -39,6 +42,7 @@ class Adapted:
     info: dict = dataclasses.field(default_factory=dict)
     server: str = ""         # the module that serves the file (`load_served`); "" if none does
     entry: dict = dataclasses.field(default_factory=dict)   # what the method adds to the file's manifest entry
+    model: Any = dataclasses.field(default=None, repr=False, compare=False)   # the adapted classifier, if any
 
 
 def slug(name: str) -> str:
@@ -131,16 +135,36 @@ def load_served(entry: Mapping[str, Any], bank_dir: str, backbone: Any, *, allow
     if not module_name:
         raise ValueError(f"Bank entry {task or entry.get('file')!r} in {bank_dir} names no server module (the "
                          f"manifest's \"server\" key): it was written by an older version; adapt the task again.")
-    try:
-        module = importlib.import_module(str(module_name))
-    except ImportError as e:
-        raise ValueError(f"Bank entry {task or entry.get('file')!r} is served by module {module_name!r}, which "
-                         f"cannot be imported ({e}).") from None
-    load = getattr(module, "load_task", None)
-    if not callable(load):
-        raise ValueError(f"Module {module_name!r}, named as the server of bank entry {task or entry.get('file')!r}, "
-                         f"has no load_task(entry, bank_dir, backbone, allow_other_weights) function.")
+    load = _server_function(module_name, "load_task", "(entry, bank_dir, backbone, allow_other_weights)",
+                            f"bank entry {task or entry.get('file')!r}")
     served = load(entry, bank_dir, backbone, allow_other_weights=allow_other_weights)
     if not isinstance(served, ServedTask):
         raise TypeError(f"{module_name}.load_task returned {type(served).__name__}, not a bank.ServedTask.")
     return served
+
+
+def _server_function(module_name: str, name: str, signature: str, of: str) -> Callable:
+    """`name` of the server module `module_name` (named as the server of `of`), one sentence if it has none."""
+    try:
+        module = importlib.import_module(str(module_name))
+    except ImportError as e:
+        raise ValueError(f"{of[:1].upper()}{of[1:]} is served by module {module_name!r}, which cannot be imported "
+                         f"({e}).") from None
+    function = getattr(module, name, None)
+    if not callable(function):
+        raise ValueError(f"Module {module_name!r}, named as the server of {of}, has no {name}{signature} function.")
+    return function
+
+
+def serve_mixed(records: Sequence[Adapted], bank_paths: Sequence[str], datasets: Sequence[Any], source: Any, *,
+                examples_per_task: int, seed: int) -> dict:
+    """The bank files `records` wrote (one method: one server) on the `source` classifier, served in one
+    mixed-task batch of each dataset's test examples by their server's `serve_mixed`, and checked against the
+    models adapting built (`Adapted.model`)."""
+    servers = {r.server for r in records}
+    if len(servers) != 1 or not all(servers):
+        raise ValueError(f"A mixed-task batch needs files of one server, got {sorted(servers)}.")
+    serve = _server_function(servers.pop(), "serve_mixed",
+                             "(source, bank_paths, models, datasets, examples_per_task, seed)", "these bank files")
+    return serve(source, list(bank_paths), [r.model for r in records], list(datasets),
+                 examples_per_task=examples_per_task, seed=seed)

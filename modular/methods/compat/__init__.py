@@ -20,6 +20,7 @@ A pair lives in the library's multi-task layout (BatchNorm statistics in a tree 
   applications.py  Sec. 5 on every seed: UDA through the frozen RP head, fast transfer, the head update across
                    architectures
   report.py        tables and plots
+  pairs.py         one pair per setting, recombined: the study other experiments run by name (the tour's)
 """
 from modular.methods.compat import applications, claims, model, recombine, report, study, training
 from modular.methods.compat.applications import (APPLICATIONS, PAPER_APPLICATIONS, adapt_extractor_rp, fast_transfer,

@@ -19,18 +19,14 @@ from modular.projection.phases import Phase, phase
 
 
 class PatchAdapter:
-    """Adapts with one transfer mode (called as an adapter); `adapt_with_classifier` also gives the model."""
+    """Adapts with one transfer mode (called as an adapter); the record's `model` is the adapted classifier,
+    which `serving.serve_mixed` checks a mixed-task batch of the files against."""
 
     def __init__(self, mode: str):
         self.mode = mode
 
     def __call__(self, backbone: backbone_lib.Backbone, dataset: data.Dataset, config, *, seed: int, workdir: str,
                  bank_path: str, meta) -> bank.Adapted:
-        return self.adapt_with_classifier(backbone, dataset, config, seed=seed, workdir=workdir,
-                                          bank_path=bank_path, meta=meta)[0]
-
-    def adapt_with_classifier(self, backbone, dataset, config, *, seed, workdir, bank_path, meta):
-        """(the bank record, the adapted classifier): `__call__` plus the model it trained, for serving."""
         a = config.adapt
         kw = dict(model_cfg=backbone.model_cfg, num_steps=a.num_steps, batch_size=a.batch_size, seed=seed,
                   log_every=config.log_every)
@@ -48,8 +44,8 @@ class PatchAdapter:
             lr, final_dir, chosen = float(best), os.path.join(workdir, "final"), dict(lr=float(best), val_accuracy=val)
         adapted, clf = adapt(backbone.classifier, dataset, self.mode, optim_cfg=optim.override(config.optim, lr=lr),
                              workdir=final_dir, bank_path=bank_path, meta=meta, **kw)
-        adapted.server, adapted.entry = serving.__name__, dict(mode=self.mode, chosen=chosen)
-        return adapted, clf
+        adapted.server, adapted.entry, adapted.model = serving.__name__, dict(mode=self.mode, chosen=chosen), clf
+        return adapted
 
     def phases(self, config) -> list[Phase]:
         a = config.adapt

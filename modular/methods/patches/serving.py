@@ -1,5 +1,6 @@
 """Mixed-task serving: one batch whose examples belong to different tasks, answered in one jitted call.
-`load_task` serves a patch file of a bank (`modular.bank.load_served`).
+`load_task` serves a patch file of a bank (`modular.bank.load_served`); `serve_mixed` serves freshly adapted
+patch files in one mixed batch (`modular.bank.serve_mixed`).
 
 Each example gathers its task's patch from patches stacked on a leading task axis and runs the shared
 backbone with it. BN in eval mode is a per-example affine map, so vmapping over examples with the shared

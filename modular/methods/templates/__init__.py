@@ -15,7 +15,8 @@ Trees: `{"shared": {templates, adapter_in, adapter_out}, "tasks": {"task0": {mix
   transfer.py      a new task on frozen templates: the table of xi inits, interpolating the sources' xi
   adaptation.py    unsupervised adaptation of xi: moment matching, ADDA / gradient reversal, M3SDA
   discrepancy.py   M3SDA's two-classifier discrepancy and its three-step iteration
-  bank.py          the task-bank adapter: train the source, add a task, export its private subtree
+  bank.py          the task-bank adapter (`adapt_task`; its `prepare` trains the template bank on the source
+                   once), add a task, export its private subtree
   study.py         the experiment over seeds: with vs without the regulariser, transfer from the regularised
                    sources, and the paper's claims decided by `modular.protocol`
   report.py        heatmaps and tables of the experiment

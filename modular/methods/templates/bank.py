@@ -2,19 +2,27 @@
 
 `train_source` trains templates, adapters and one source task; `adapt` adds a new task on the frozen
 templates (its mixture started from the source task's) and exports that task's private subtree to one
-bank file tagged with the shared backbone it fits.
+bank file tagged with the shared backbone it fits. `adapt_task` is both as a bank adapter
+(`modular.adapters`, method 'mixture_weights'): its `prepare` trains the template bank on an experiment's
+source data once, and each task is then adapted on it.
 """
 from __future__ import annotations
 
 import time
 from typing import Mapping
 
-from modular import bank, checkpoint, data, params as P, train
+import ml_collections
+
+from modular import backbone as backbone_lib, bank, checkpoint, data, params as P, supervised, train
 from modular.methods.templates.multitask import Recipe, evaluate, train_tasks
 from modular.methods.templates.transfer import new_task_start, transfer_rules, with_mixture
 from modular.models import isometric
+from modular.projection.phases import Phase, phase
 
 SOURCE_TASK = "task0"
+# What a new task trains on frozen templates, as rules on the single-task isometric model's paths (the
+# projection's model): the mixture weights, the BN scale and bias, the head.
+TRANSFER_RULES = ((r".*/mixture", 1.0), (r".*/bn[^/]*/(scale|bias)", 1.0), (r"head/.*", 1.0), (".*", 0.0))
 
 
 def train_source(cfg, ds: data.Dataset, *, optim_cfg, num_steps: int, batch_size: int, seed: int,
@@ -51,15 +59,48 @@ def adapt(cfg, source_params: Mapping, source_stats: Mapping, ds: data.Dataset, 
                         info={"one_hotness": isometric.one_hotness(isometric.mixture_weights(params, task))})
 
 
-def adapt_task(backbone, dataset: data.Dataset, config, *, seed: int, workdir: str, bank_path: str,
-               meta: Mapping) -> bank.Adapted:
+class MixtureWeights:
     """`adapt` as a bank adapter (`modular.adapters`, method 'mixture_weights'). `backbone` is the template
-    bank `train_source` trained: a `backbone.Backbone` whose `model_cfg` is the isometric model's config and
-    whose classifier's variables are its params and batch_stats. Settings: `config.templates`
-    (transfer_steps, batch_size, mixture_lr_mult, entropy_weight), `config.optim`, `config.log_every`. No
-    module serves these files from a bank yet (`server` stays empty)."""
-    tc, variables = config.templates, backbone.classifier.variables
-    return adapt(backbone.model_cfg, variables["params"], variables["batch_stats"], dataset, optim_cfg=config.optim,
-                 num_steps=tc.transfer_steps, batch_size=tc.batch_size, seed=seed,
-                 mixture_lr_mult=tc.mixture_lr_mult, entropy_weight=tc.entropy_weight, workdir=workdir,
-                 bank_path=bank_path, log_every=config.log_every, meta=meta)
+    bank `prepare` trained: a `backbone.Backbone` whose `model_cfg` is the isometric model's config and whose
+    classifier's variables are its params and batch_stats. Settings: `config.templates` (model, num_steps,
+    transfer_steps, batch_size, mixture_lr_mult, entropy_weight), `config.optim`, `config.log_every`,
+    `config.checkpoint_every`. No module serves these files from a bank yet (`server` stays empty)."""
+
+    def __call__(self, backbone, dataset: data.Dataset, config, *, seed: int, workdir: str, bank_path: str,
+                 meta: Mapping) -> bank.Adapted:
+        tc, variables = config.templates, backbone.classifier.variables
+        return adapt(backbone.model_cfg, variables["params"], variables["batch_stats"], dataset,
+                     optim_cfg=config.optim, num_steps=tc.transfer_steps, batch_size=tc.batch_size, seed=seed,
+                     mixture_lr_mult=tc.mixture_lr_mult, entropy_weight=tc.entropy_weight, workdir=workdir,
+                     bank_path=bank_path, log_every=config.log_every, meta=meta)
+
+    def prepare(self, backbone, source: data.Dataset, config, *, seed: int, workdir: str) -> backbone_lib.Backbone:
+        """The template bank, trained on the experiment's `source` data (`train_source`, resumed from
+        `workdir`): the backbone every task adapts on. The pretrained `backbone` is not used."""
+        tc = config.templates
+        print(f"[templates] training the template bank on {source.name}", flush=True)
+        params, stats, fit = train_source(tc.model, source, optim_cfg=config.optim, num_steps=tc.num_steps,
+                                          batch_size=tc.batch_size, seed=seed, mixture_lr_mult=tc.mixture_lr_mult,
+                                          entropy_weight=tc.entropy_weight, workdir=workdir,
+                                          checkpoint_every=config.checkpoint_every, log_every=config.log_every)
+        # model=None: the multi-task template network is built from `model_cfg` by whoever applies it
+        classifier = supervised.Classifier(model=None, variables={"params": params, "batch_stats": stats}, fit=fit)
+        return backbone_lib.Backbone(classifier=classifier, model_cfg=tc.model, image_size=int(source.image_shape[0]),
+                                     channels=int(source.image_shape[-1]), source=source.name, path=workdir)
+
+    @staticmethod
+    def _model(config) -> ml_collections.ConfigDict:
+        return ml_collections.ConfigDict(dict(config.templates.model.to_dict(), name="isometric"))
+
+    def prepare_phases(self, config) -> list[Phase]:
+        tc = config.templates
+        return [phase(config, "template bank", model=self._model(config), batch_size=tc.batch_size,
+                      steps=tc.num_steps)]
+
+    def phases(self, config) -> list[Phase]:
+        tc = config.templates
+        return [phase(config, "mixture weights", model=self._model(config), batch_size=tc.batch_size,
+                      steps=tc.transfer_steps, rules=TRANSFER_RULES)]
+
+
+adapt_task = MixtureWeights()
