@@ -9,8 +9,10 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# The suite's XLA flags (conftest.py says why): LLVM's optimisations off, for compile time.
-TEST_XLA_FLAGS = "" if os.environ.get("MODULAR_TEST_XLA_DEFAULTS") == "1" else "--xla_backend_optimization_level=0"
+# The suite's XLA flags (conftest.py says why): LLVM's optimisations and the MLIR fusion emitters off, for
+# compile time.
+TEST_XLA_FLAGS = "" if os.environ.get("MODULAR_TEST_XLA_DEFAULTS") == "1" else (
+    "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false")
 
 
 def env(**extra):
