@@ -5,7 +5,7 @@ tfds datasets, accelerators).
 """
 import ml_collections
 
-from modular import optim
+from modular import models, optim
 
 SCALES = ("", "smoke", "full")
 
@@ -27,8 +27,12 @@ def model_config(name: str = "resnet", **overrides) -> ml_collections.ConfigDict
     # logits stay float32. init: weights to start from (modular.pretrained: a torchvision .pth, a big_vision
     # .npz, this library's .msgpack or checkpoint folder); the source pretraining is then skipped.
     # input_norm: '' (images in [0, 1]), 'imagenet' (torchvision's weights) or 'symmetric' (big_vision's).
-    cfg = dict(name=name, depth=8, width=16, widen=1, split="stage3", bn_momentum=0.9, dtype="float32", init="",
-               input_norm="")
+    # The experiments' backbone is a ResNet-8 cut after stage3 (depth, widen and split below are that choice);
+    # the architecture defaults (width, BN momentum, dtype, input normalisation) are the library's own,
+    # modular.models.default_config, so the two cannot drift apart.
+    arch = models.default_config(name)
+    cfg = dict(name=name, depth=8, width=arch.width, widen=1, split="stage3", bn_momentum=arch.bn_momentum,
+               dtype=arch.dtype, init="", input_norm=arch.input_norm)
     # ViT keys, unset (None: the architecture's default) but settable from the command line, e.g.
     # --config.model.name=vit --config.model.heads=12 --config.model.pool=tok.
     for key, kind in (("patch", int), ("heads", int), ("mlp_ratio", int), ("pool", str)):
