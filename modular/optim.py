@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from modular import params as P
+from modular import compiled, params as P
 
 FROZEN = "frozen"
 
@@ -116,7 +116,8 @@ def scale_by_schedule_in_state(cfg: ml_collections.ConfigDict, lr: float,
                                num_steps: int) -> optax.GradientTransformation:
     """Scale updates by the configured schedule at base rate `lr` over `num_steps`, both kept in the state
     (so the step's program does not depend on them: a grid over them reuses one compilation)."""
-    schedule_value(cfg, 0, lr, num_steps)  # a bad schedule config fails at build time, in one sentence
+    # A bad schedule config fails at build time, in one sentence; traced abstractly, so nothing compiles.
+    jax.eval_shape(lambda: schedule_value(cfg, 0, lr, num_steps))
 
     def init(params):
         del params
@@ -232,6 +233,24 @@ def build(cfg: ml_collections.ConfigDict, params: Mapping, num_steps: int) -> op
                      scale_by_schedule_in_state(cfg, float(cfg.lr), int(num_steps)))
     clip = float(cfg.get("grad_clip_norm", 0.0))
     return optax.chain(optax.clip_by_global_norm(clip), tx) if clip else tx
+
+
+_INIT_PROGRAMS = compiled.ProgramCache(maxsize=32)
+
+
+def initial_state(cfg: ml_collections.ConfigDict, params: Mapping, num_steps: int) -> Any:
+    """`build(cfg, params, num_steps).init(params)`, computed by one compiled program per optimizer program
+    (`program_key`) and parameter tree, with the base rate and the step count as its arguments. Run eagerly,
+    `init` compiles one small XLA program for every distinct parameter shape (the optimizer's zeros); the same
+    values come out either way."""
+    def make():
+        def init(p, lr, n):
+            state = build(cfg, p, 1).init(p)
+            return jax.tree.map(lambda x: x._replace(lr=lr, num_steps=n) if isinstance(x, ScheduleState) else x,
+                                state, is_leaf=lambda x: isinstance(x, ScheduleState))
+        return jax.jit(init)
+    program = _INIT_PROGRAMS.get((program_key(cfg), compiled.tree_signature(params)), make)
+    return program(params, np.float32(float(cfg.lr)), np.int32(int(num_steps)))
 
 
 def program_key(cfg: ml_collections.ConfigDict) -> str:

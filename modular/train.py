@@ -396,7 +396,9 @@ def train_subtrees(params: Any, model_state: Any, *, loss_fn: LossFn, optim_cfg:
             shown = stats_mask if stats_mask is not None else jax.tree.map(lambda _: True, model_state)
             print(optim.stats_table(model_state, shown, title=f"[{name}] model state (BatchNorm statistics)"),
                   flush=True)
-    result = fit(state=TrainState.create(params, model_state, tx), loss_fn=loss_fn, tx=tx, batch_fn=batch_fn,
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
+                       opt_state=optim.initial_state(cfg, params, num_steps))   # equal to tx.init(params)
+    result = fit(state=state, loss_fn=loss_fn, tx=tx, batch_fn=batch_fn,
                  num_steps=num_steps, seed=seed, trainable=mask, workdir=workdir, checkpoint_every=checkpoint_every,
                  log_every=log_every, eval_fn=eval_fn, eval_every=eval_every, name=name, verbose=verbose,
                  step_fn=step_fn)

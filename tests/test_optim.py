@@ -118,3 +118,24 @@ def test_rate_and_length_live_in_the_state_not_the_program(name):
     u_ours, _ = ours.update(grads_like(head), ours.init(head), head)
     u_ref, _ = ref.update(grads_like(head), ref.init(head), head)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), u_ours, u_ref)
+
+
+@pytest.mark.parametrize("fields", [dict(), dict(name="adamw", weight_decay=1e-4, grad_clip_norm=1.0),
+                                    dict(name="momentum", schedule="step", warmup_steps=3)])
+def test_initial_state_equals_init_and_compiles_once_per_program(fields):
+    """`optim.initial_state` is `build(...).init` (same tree, dtypes and values), and a second rate and step
+    count reuse its compiled program: they are arguments, not constants."""
+    params = tree()
+    cfg = optim.override(common.optim_config(lr_mults=[(".*kernel", 0.5)]), lr=0.0123, **fields)
+    ours = optim.initial_state(cfg, params, 77)
+    theirs = optim.build(cfg, params, 77).init(params)
+    assert jax.tree.structure(ours) == jax.tree.structure(theirs)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
+        assert np.asarray(a).dtype == np.asarray(b).dtype and np.array_equal(a, b)
+    before = len(optim._INIT_PROGRAMS)
+    other = optim.initial_state(optim.override(cfg, lr=0.5), params, 9)
+    assert len(optim._INIT_PROGRAMS) == before
+    assert next(reversed(optim._INIT_PROGRAMS._entries.values()))._cache_size() == 1   # one executable
+    for a, b in zip(jax.tree.leaves(other), jax.tree.leaves(optim.build(optim.override(cfg, lr=0.5), params, 9)
+                                                           .init(params))):
+        assert np.array_equal(a, b)

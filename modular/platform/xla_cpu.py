@@ -42,7 +42,7 @@ def _options(enabled: bool, xla_flags: str) -> tuple:
     if "compiler_options" not in inspect.signature(jax.jit).parameters:
         return ()
     try:
-        jax.jit(lambda x: x.sum()).lower(jnp.zeros(2)).compile(dict(PREFERRED))
+        jax.jit(lambda x: x.sum()).lower(jax.ShapeDtypeStruct((2,), jnp.float32)).compile(dict(PREFERRED))
     except Exception:  # an older or newer jaxlib without this option: keep XLA's defaults
         return ()
     return tuple(PREFERRED.items())

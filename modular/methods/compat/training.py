@@ -378,7 +378,9 @@ def train_group(variants: Sequence[Variant], split: dict, seeds: Sequence[int], 
     roster = [(v, s) for v in variants for s in seeds]
     inits = [init_member(mods, v, s, image_shape, (pretrained or {}).get(s)) for v, s in roster]
     txs = optimisers(optim_cfg, program, num_steps)
-    state = pack([{"params": p, "stats": s, "opt": init_opt_state(txs, program, p)} for p, s in inits])
+    # One compiled program makes every member's optimizer state (eagerly, each parameter shape compiled its own).
+    init_opt = jax.jit(functools.partial(init_opt_state, txs, program))
+    state = pack([{"params": p, "stats": s, "opt": init_opt(p)} for p, s in inits])
     fit = [_sets(split[s], v, 0) for v, s in roster]
     val = [_sets(split[s], v, 1) for v, s in roster]
     member_seeds, member_variants = [s for _, s in roster], [v for v, _ in roster]
