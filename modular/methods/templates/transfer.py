@@ -99,10 +99,17 @@ def source_scores(cfg, params: Mapping, batch_stats: Mapping, images: np.ndarray
             scores.append(train.accuracy(logits_fn(cfg, s), variables, images, labels))
             kinds.append("head")
         else:
-            fn = lambda v, b, s=s: isometric.apply(cfg, v["params"], v["batch_stats"], b["image"], task=s)[1]["features"]
-            scores.append(centroid_probe(np.asarray(train.predict(fn, variables, images)), np.asarray(labels), seed))
+            features = train.predict(_features_fn(ml_collections.FrozenConfigDict(cfg), s), variables, images)
+            scores.append(centroid_probe(np.asarray(features), np.asarray(labels), seed))
             kinds.append("probe")
     return dict(scores=np.asarray(scores), kind=kinds)
+
+
+@functools.lru_cache(maxsize=64)
+def _features_fn(cfg, task: str):
+    """(variables, batch) -> `task`'s pooled features in eval mode; equal arguments give the same function, so
+    the probe compiles once per task and shape (a fresh lambda per call compiled it again every time)."""
+    return lambda v, b: isometric.apply(cfg, v["params"], v["batch_stats"], b["image"], task=task)[1]["features"]
 
 
 def transfer_rules(target: str, kind: str, mixture_lr_mult: float) -> list[tuple[str, float]]:
