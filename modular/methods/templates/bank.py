@@ -30,7 +30,7 @@ def train_source(cfg, ds: data.Dataset, *, optim_cfg, num_steps: int, batch_size
                  log_every: int) -> tuple[dict, dict, train.FitResult]:
     """(params, batch_stats, fit): templates, adapters and the source task trained on `ds` (resumes in workdir)."""
     recipe = Recipe(optim_cfg, num_steps, batch_size, seed, mixture_lr_mult, entropy_weight, workdir=workdir,
-                    name="tour/templates_source", checkpoint_every=checkpoint_every, log_every=log_every)
+                    name="templates/bank", checkpoint_every=checkpoint_every, log_every=log_every)
     trained = train_tasks(cfg, recipe, {SOURCE_TASK: ds})
     return trained.params, trained.model_state, trained.fit
 
@@ -45,7 +45,7 @@ def adapt(cfg, source_params: Mapping, source_stats: Mapping, ds: data.Dataset, 
     params, stats, task = new_task_start(cfg, source_params, source_stats, ds.num_classes, ds.image_shape[-1], seed)
     params = with_mixture(params, task, source_params["tasks"][SOURCE_TASK]["mixture"])
     recipe = Recipe(optim_cfg, num_steps, batch_size, seed, mixture_lr_mult, entropy_weight, workdir=workdir,
-                    name="tour/mixture_weights", checkpoint_every=num_steps, log_every=log_every)
+                    name="templates/mixture_weights", checkpoint_every=num_steps, log_every=log_every)
     trained = train_tasks(cfg, recipe, {task: ds}, start=(params, stats),
                           rules=transfer_rules(task, "source", mixture_lr_mult), default_mult=0.0)
     params, stats = trained.params, trained.model_state
