@@ -63,6 +63,16 @@ def _registry() -> dict[str, str]:
     return {**_installed(), **_REGISTRY}
 
 
+def _study_registry() -> dict[str, str]:
+    return {**_entry_points(STUDY_ENTRY_POINTS), **_STUDIES}
+
+
+def _declared_phases(owner: Callable, attribute: str, config: Any) -> list:
+    """`owner.attribute(config)` as a list: the phases an adapter or study declares ([] when it has none)."""
+    declared = getattr(owner, attribute, None)
+    return list(declared(config)) if callable(declared) else []
+
+
 Adapter = Callable[..., bank.Adapted]
 
 
@@ -124,8 +134,7 @@ def adapt(method: str, backbone: Any, dataset: Any, config: Any, *, seed: int, w
 
 def phases(method: str, config: Any) -> list:
     """The training phases `method`'s adapter runs for one task under `config` ([] when it declares none)."""
-    declared = getattr(get(method), "phases", None)
-    return list(declared(config)) if callable(declared) else []
+    return _declared_phases(get(method), "phases", config)
 
 
 def prepare(method: str, backbone: Any, source: Any, config: Any, *, seed: int, workdir: str) -> Any:
@@ -137,8 +146,7 @@ def prepare(method: str, backbone: Any, source: Any, config: Any, *, seed: int, 
 
 def prepare_phases(method: str, config: Any) -> list:
     """The training phases of `method`'s `prepare` under `config` ([] when it declares none)."""
-    declared = getattr(get(method), "prepare_phases", None)
-    return list(declared(config)) if callable(declared) else []
+    return _declared_phases(get(method), "prepare_phases", config)
 
 
 # Studies: a paper's measurement another experiment runs by name (see the module docstring).
@@ -153,12 +161,12 @@ def register_study(name: str, target: str) -> None:
 
 def studies() -> list[str]:
     """The registered study names."""
-    return list({**_entry_points(STUDY_ENTRY_POINTS), **_STUDIES})
+    return list(_study_registry())
 
 
 def study(name: str) -> Study:
     """The study registered as `name`, its module imported now."""
-    registry = {**_entry_points(STUDY_ENTRY_POINTS), **_STUDIES}
+    registry = _study_registry()
     if name not in registry:
         raise ValueError(f"Unknown study {name!r}; known: {', '.join(registry) or 'none'} (the "
                          f"'{STUDY_ENTRY_POINTS}' entry points of the installed packages).")
@@ -174,5 +182,4 @@ def check_study(name: str, config: Any) -> None:
 
 def study_phases(name: str, config: Any) -> list:
     """The training phases study `name` runs under `config` ([] when it declares none)."""
-    declared = getattr(study(name), "phases", None)
-    return list(declared(config)) if callable(declared) else []
+    return _declared_phases(study(name), "phases", config)

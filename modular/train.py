@@ -90,8 +90,11 @@ class TrainState:
     opt_state: Any
 
     @classmethod
-    def create(cls, params: Any, model_state: Any, tx: optax.GradientTransformation) -> "TrainState":
-        return cls(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state, opt_state=tx.init(params))
+    def create(cls, params: Any, model_state: Any, tx: optax.GradientTransformation,
+               opt_state: Any = None) -> "TrainState":
+        """Step 0; `opt_state` is `tx.init(params)` unless given (e.g. `optim.initial_state`, the same values)."""
+        return cls(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
+                   opt_state=tx.init(params) if opt_state is None else opt_state)
 
     def as_dict(self) -> dict:
         return dict(step=self.step, params=self.params, model_state=self.model_state, opt_state=self.opt_state)
@@ -396,8 +399,7 @@ def train_subtrees(params: Any, model_state: Any, *, loss_fn: LossFn, optim_cfg:
             shown = stats_mask if stats_mask is not None else jax.tree.map(lambda _: True, model_state)
             print(optim.stats_table(model_state, shown, title=f"[{name}] model state (BatchNorm statistics)"),
                   flush=True)
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
-                       opt_state=optim.initial_state(cfg, params, num_steps))   # equal to tx.init(params)
+    state = TrainState.create(params, model_state, tx, opt_state=optim.initial_state(cfg, params, num_steps))
     result = fit(state=state, loss_fn=loss_fn, tx=tx, batch_fn=batch_fn,
                  num_steps=num_steps, seed=seed, trainable=mask, workdir=workdir, checkpoint_every=checkpoint_every,
                  log_every=log_every, eval_fn=eval_fn, eval_every=eval_every, name=name, verbose=verbose,
