@@ -22,6 +22,9 @@ setup(
         "importlib_resources",                 # tensorflow-datasets imports it but does not declare it
         "absl-py",
         "numpy",
+        # ml_dtypes 0.7.0 (JAX's bfloat16/float8 types) takes 1.3 s to import (numpy's PyUFunc_AddLoop, once per
+        # loop it registers); 0.6.0 takes 0.01 s. Every process pays it: each run, each CLI test's subprocess.
+        "ml_dtypes>=0.5,<0.7",
         "scikit-learn>=1.3",
         "mlxtend>=0.23",
         "matplotlib>=3.7",
