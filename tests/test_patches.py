@@ -95,6 +95,24 @@ def test_lr_sweep_in_one_program_equals_separate_runs(tiny):
     assert not np.allclose(jax.tree.leaves(slow["params"]["head"])[-1], jax.tree.leaves(fast["params"]["head"])[-1])
 
 
+@pytest.mark.unit
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("fields", [dict(), dict(name="momentum", schedule="cosine", lr_mults=[(".*bias", 0.5)])])
+def test_sweep_lane_state_is_the_eager_init(fields, dtype):
+    """A lane's optimizer state, made by compiled programs with the rate as an argument, is the one the
+    lane's optimizer's own `init` makes: same tree, dtypes and values (the rate rounded once, to the params'
+    dtype)."""
+    params = {"bn": {"scale": np.ones(4, dtype), "bias": np.zeros(4, dtype)},
+              "head": {"kernel": np.full((4, 3), 0.5, dtype)}}
+    cfg = optim.override(OPTIM, **fields)
+    for lr, num_steps in ((0.1, 7), (3e-3, 40)):   # the second reuses the first's programs
+        ours = patches.sweep.initial_lane_state(cfg, params, num_steps, lr)
+        theirs = patches.sweep.rate_in_state(cfg, params, num_steps, lr).init(params)
+        assert jax.tree.structure(ours) == jax.tree.structure(theirs)
+        for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
+            assert np.asarray(a).dtype == np.asarray(b).dtype and np.array_equal(a, b)
+
+
 def test_patch_on_wrong_backbone_fails_with_one_sentence(tiny, tmp_path):
     ds, source = tiny
     path = str(tmp_path / "p.patch")

@@ -20,6 +20,7 @@ import time
 from typing import Mapping, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -34,6 +35,23 @@ def rate_in_state(cfg, params, num_steps: int, lr: float) -> optax.GradientTrans
     """The mode's optimizer at base rate 1, then a scale by `lr` that is kept in (and read from) its state."""
     unit = optim.build(optim.override(cfg, lr=1.0), params, num_steps)
     return optax.chain(unit, optax.inject_hyperparams(optax.scale)(step_size=float(lr)))
+
+
+_SCALE_INIT = compiled.ProgramCache(maxsize=32)
+
+
+def initial_lane_state(cfg, params, num_steps: int, lr: float):
+    """`rate_in_state(cfg, params, num_steps, lr).init(params)`, the same tree, dtypes and values, made by
+    compiled programs whose arguments are the rate and the step count (`optim.initial_state` for the mode's
+    optimizer, one more for the scale). Run eagerly, `init` compiled two small XLA programs per distinct
+    parameter shape, for every rate of every sweep: most of a patches run's compilations on the CPU."""
+    unit = optim.initial_state(optim.override(cfg, lr=1.0), params, num_steps)
+    # inject_hyperparams keeps the rate in the params' highest float dtype: convert once, on the host, as the
+    # eager init does, so that the program only copies it.
+    dtype = jax.eval_shape(lambda p: jnp.zeros((), optax.tree.dtype(p, "highest")), params).dtype
+    program = _SCALE_INIT.get(compiled.tree_signature(params), lambda: jax.jit(
+        lambda p, rate: optax.inject_hyperparams(optax.scale)(step_size=rate).init(p)))
+    return unit, program(params, np.asarray(float(lr), dtype))
 
 
 def lane_step(loss_fn, tx, stats_train: bool):
@@ -75,8 +93,8 @@ def train_rates(loss_fn, program_key, cfg, trainable, frozen, model_state, lrs: 
                 verbose: bool = True) -> list:
     """Train `trainable` (with `frozen` and `model_state` beside it) at every rate of `lrs` on the same
     batches, through one compiled step; returns each rate's final (trainable, optimizer state[, model state])."""
-    txs = [rate_in_state(cfg, trainable, num_steps, lr) for lr in lrs]
-    lanes = [(trainable, tx.init(trainable)) + ((model_state,) if stats_train else ()) for tx in txs]
+    lanes = [(trainable, initial_lane_state(cfg, trainable, num_steps, lr)) + ((model_state,) if stats_train else ())
+             for lr in lrs]
     shared = (frozen, model_state)
     base_key = jax.random.key(seed)
     compiled = _compiled(program_key, loss_fn, cfg, trainable, num_steps, sequential, stats_train)
