@@ -9,10 +9,11 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# The suite's XLA flags (conftest.py says why): LLVM's optimisations and the MLIR fusion emitters off, for
-# compile time.
+# The suite's XLA flags (conftest.py says why): LLVM's optimisations and the MLIR fusion emitters off, and
+# each program's machine code generated in one piece instead of split across threads, for compile time.
 TEST_XLA_FLAGS = "" if os.environ.get("MODULAR_TEST_XLA_DEFAULTS") == "1" else (
-    "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false")
+    "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false "
+    "--xla_cpu_parallel_codegen_split_count=1")
 
 
 def env(**extra):
