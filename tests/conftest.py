@@ -60,8 +60,22 @@ E2E_FILES = {"test_cli.py", "test_workdir.py", "test_workdir_resume.py", "test_t
              "test_head2toe.py", "test_projection.py", "test_dtype.py"}
 
 
+# The files that take longest, longest first (CPU seconds on 2 cores, 2026-12-07: compat study 157, patches smoke
+# 141, ... benchmark accelerator 23; every other file under 16). pytest-xdist gives a worker the next file each time
+# it finishes one (pytest.ini: --dist loadscope, and --no-loadscope-reorder, which would otherwise put the files with
+# the most tests first), so starting with the longest lets the two workers finish together: in the default order the
+# long single-test files came last and one worker ran them alone for the last 157 s of the suite's 14 min 26 s.
+LONGEST_FIRST = ("test_compat_study.py", "test_patches_smoke.py", "test_cli.py", "test_patches_rate_choice.py",
+                 "test_workdir.py", "test_templates_smoke.py", "test_workdir_resume.py", "test_head2toe.py",
+                 "test_templates.py", "test_lowering.py", "test_host_memory.py", "test_patches.py", "test_docs.py",
+                 "test_adapt.py", "test_tour.py", "test_patches_multitask.py", "test_compat.py", "test_models.py",
+                 "test_streaming.py", "test_compile_share.py", "test_benchmark_accelerator.py")
+
+
 def pytest_collection_modifyitems(config, items):
     import pytest
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(os.path.basename(str(item.fspath)), len(rank)))   # stable: file order kept
     for item in items:
         if any(item.get_closest_marker(tier) for tier in TIERS):
             continue
