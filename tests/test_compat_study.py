@@ -198,9 +198,9 @@ def test_paper_optimiser_step_decay_and_l2():
             optim.schedule(common_config.optim_config(schedule="step", **bad), 100)
     # Every method's optimiser knows the schedule: modular.optim.build decays the same way.
     tx = optim.build(common_config.optim_config(name="sgd", lr=1.0, schedule="step", decay_at=(0.5,)), {"w": 0.0}, 4)
-    state, moves = tx.init({"w": np.zeros(())}), []
+    state, moves = tx.init({"w": np.zeros((), np.float32)}), []   # float32, as JAX keeps it (no float64 warning)
     for _ in range(4):
-        upd, state = tx.update({"w": np.ones(())}, state)
+        upd, state = tx.update({"w": np.ones((), np.float32)}, state)
         moves.append(float(-upd["w"]))
     np.testing.assert_allclose(moves, [1.0, 1.0, 0.1, 0.1], rtol=1e-6)
     tx = C.training.build_optimizer(common_config.optim_config(name="adam", lr=1.0, weight_decay=0.5,

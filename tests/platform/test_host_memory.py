@@ -49,7 +49,11 @@ def test_temporaries_are_reused_instead_of_faulted_in():
 
 
 def test_opt_out_leaves_the_process_alone():
-    assert run("on", MODULAR_HOST_MEMORY="default")["applied"] == []
+    program = ("import jax\nfrom modular.platform import host_memory\n"
+               "print(host_memory.reuse_freed_memory(), jax.config.read('jax_cpu_enable_async_dispatch'))")
+    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True,
+                         env={**os.environ, "JAX_PLATFORMS": "cpu", "MODULAR_HOST_MEMORY": "default"})
+    assert out.stdout.strip().splitlines()[-1] == "[] True"   # nothing applied, dispatch as JAX's default
 
 
 def test_late_call_still_sets_the_allocator_and_says_dispatch_is_fixed():
