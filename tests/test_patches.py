@@ -105,8 +105,11 @@ def test_sweep_lane_state_is_the_eager_init(fields, dtype):
     params = {"bn": {"scale": np.ones(4, dtype), "bias": np.zeros(4, dtype)},
               "head": {"kernel": np.full((4, 3), 0.5, dtype)}}
     cfg = optim.override(OPTIM, **fields)
-    for lr, num_steps in ((0.1, 7), (3e-3, 40)):   # the second reuses the first's programs
+    for lr, num_steps in ((0.1, 7), (3e-3, 40)):
+        programs = len(patches.sweep._SCALE_INIT)
         ours = patches.sweep.initial_lane_state(cfg, params, num_steps, lr)
+        if num_steps == 40:   # another rate and length reuse the first's programs
+            assert len(patches.sweep._SCALE_INIT) == programs
         theirs = patches.sweep.rate_in_state(cfg, params, num_steps, lr).init(params)
         assert jax.tree.structure(ours) == jax.tree.structure(theirs)
         for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):

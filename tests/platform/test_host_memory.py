@@ -30,10 +30,14 @@ print(json.dumps({"applied": applied, "faults": (resource.getrusage(resource.RUS
 """
 
 
+def python(program: str, *args: str, **env) -> subprocess.CompletedProcess:
+    """`program` in a fresh CPU-only interpreter with `env` added; fails the test if it fails."""
+    return subprocess.run([sys.executable, "-c", program, *args], capture_output=True, text=True, check=True,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu", **env})
+
+
 def run(mode: str, **env) -> dict:
-    out = subprocess.run([sys.executable, "-c", PROGRAM, mode], capture_output=True, text=True, check=True,
-                         env={**os.environ, "JAX_PLATFORMS": "cpu", **env})
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return json.loads(python(PROGRAM, mode, **env).stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.e2e   # two interpreters, 20 calls each of a conv net's gradient: 17 s of CPU on a busy 2-core machine
@@ -51,15 +55,13 @@ def test_temporaries_are_reused_instead_of_faulted_in():
 def test_opt_out_leaves_the_process_alone():
     program = ("import jax\nfrom modular.platform import host_memory\n"
                "print(host_memory.reuse_freed_memory(), jax.config.read('jax_cpu_enable_async_dispatch'))")
-    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True,
-                         env={**os.environ, "JAX_PLATFORMS": "cpu", "MODULAR_HOST_MEMORY": "default"})
+    out = python(program, MODULAR_HOST_MEMORY="default")
     assert out.stdout.strip().splitlines()[-1] == "[] True"   # nothing applied, dispatch as JAX's default
 
 
 def test_late_call_still_sets_the_allocator_and_says_dispatch_is_fixed():
     program = ("import jax; jax.devices()\nfrom modular.platform import host_memory\n"
                "print(host_memory.reuse_freed_memory())")
-    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True,
-                         env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    out = python(program)
     assert "CPU programs run on the calling thread" not in out.stdout
     assert "backend already started" in out.stderr
