@@ -24,12 +24,18 @@ def _wait_for_our_imports(pid: int, timeout: float = 60.0) -> None:
         time.sleep(0.01)
 
 
+# Steps enough that no delay outlives the run: on a fast machine with a warm compilation cache the smoke
+# config's 60 steps end within 8 s, and a Ctrl-C after exit would test nothing (it failed as exit 0).
+LONG = ["--config.num_steps=1000000", "--config.checkpoint_every=1000000", "--config.log_every=1000000"]
+
+
 @pytest.mark.parametrize("delay", [0.2, 1.0, 3.0, 8.0])
 def test_ctrl_c_while_starting_is_one_line_and_130(tmp_path, delay):
-    p = subprocess.Popen(cli(str(tmp_path / "w")), cwd=ROOT, env=env(), stdout=subprocess.PIPE,
+    p = subprocess.Popen(cli(str(tmp_path / "w"), *LONG), cwd=ROOT, env=env(), stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
     _wait_for_our_imports(p.pid)
     time.sleep(delay)
+    assert p.poll() is None, f"the run ended (exit {p.returncode}) before the Ctrl-C {delay} s into it"
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=300)
     assert p.returncode == 130, (p.returncode, out[-2000:], err[-2000:])
