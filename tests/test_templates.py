@@ -114,6 +114,25 @@ def test_loss_factories_are_memoised_so_compiled_steps_are_reused():
     assert M.logits_fn(cfg, "task0") is M.logits_fn(tiny(), "task0")
 
 
+def test_every_task_is_evaluated_by_one_traced_program(monkeypatch):
+    cfg = tiny(width=6)   # a config no other test evaluates: nothing is in the trace cache yet
+    params, stats = isometric.init(cfg, jax.random.key(0), 1, [3, 3, 3])
+    stats = jax.tree.map(lambda v: v + 0.1, stats)   # non-trivial moving statistics, different from init
+    params = dict(params, tasks={t: jax.tree.map(lambda v, i=i: v + 0.01 * i, p)
+                                 for i, (t, p) in enumerate(params["tasks"].items())})
+    ds = tiny_dataset(n=8)
+    traces, apply = [], isometric.apply
+    monkeypatch.setattr(isometric, "apply", lambda *a, **kw: traces.append(kw["task"]) or apply(*a, **kw))
+    for task in ("task0", "task1", "task2"):
+        expected = apply(cfg, params, stats, jnp.asarray(ds.test_images), task=task)[0]
+        view = M.task_view(dict(params=params, batch_stats=stats), task)
+        logits = train.predict(M.logits_fn(cfg, M.VIEWED_TASK), view, ds.test_images)
+        np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
+        assert M.evaluate(cfg, params, stats, ds, task) == pytest.approx(
+            float(np.mean(np.argmax(expected, -1) == ds.test_labels)))
+    assert traces == [M.VIEWED_TASK], traces   # traced once, reused by the other tasks
+
+
 def test_multitask_rules_and_batches():
     params, _ = isometric.init(tiny(), jax.random.key(0), 1, [3, 3])
     ocfg = common.optim_config(lr_mults=T.multitask_rules(3.0, fixed_signature=True), default_mult=1.0)

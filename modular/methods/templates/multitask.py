@@ -129,10 +129,21 @@ def _logits_fn(cfg, task: str, signature: tuple | None):
                                                     batch["image"], task=task, signature=signature)[0]
 
 
+# The name under which `task_view` puts the one task it keeps.
+VIEWED_TASK = "viewed_task"
+
+
+def task_view(variables: Mapping, task: str) -> dict:
+    """`variables` ({'params', 'batch_stats'}) with only `task`'s private subtrees, renamed `VIEWED_TASK`, beside
+    the shared ones: evaluating it with `logits_fn(cfg, VIEWED_TASK)` gives `task`'s logits through one program
+    for every task of the same shapes (a function per task name traced, and cached, the same HLO once per task)."""
+    return {kind: {**tree, "tasks": {VIEWED_TASK: tree["tasks"][task]}} for kind, tree in variables.items()}
+
+
 def evaluate(cfg, params, batch_stats, ds: data.Dataset, task: str, signature: Sequence[int] | None = None) -> float:
     """Test accuracy of `task` with its moving BN statistics."""
-    return train.accuracy(logits_fn(cfg, task, signature), dict(params=params, batch_stats=batch_stats),
-                          ds.test_images, ds.test_labels)
+    return train.accuracy(logits_fn(cfg, VIEWED_TASK, signature),
+                          task_view(dict(params=params, batch_stats=batch_stats), task), ds.test_images, ds.test_labels)
 
 
 def summary(params, signatures: Mapping[str, Sequence[int] | None]) -> dict:

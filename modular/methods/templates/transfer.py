@@ -33,8 +33,8 @@ import ml_collections
 import numpy as np
 
 from modular import data, params as P, protocol, rng, train
-from modular.methods.templates.multitask import (Outcome, Recipe, evaluate, logits_fn, multitask_loss,
-                                                 param_counts, summary, train_multitask, train_tasks)
+from modular.methods.templates.multitask import (VIEWED_TASK, Outcome, Recipe, evaluate, logits_fn, multitask_loss,
+                                                 param_counts, summary, task_view, train_multitask, train_tasks)
 from modular.models import isometric
 
 LOG_EPS = 1e-12
@@ -93,13 +93,14 @@ def source_scores(cfg, params: Mapping, batch_stats: Mapping, images: np.ndarray
     otherwise by a nearest-class-mean probe on its pooled features.
     """
     scores, kinds = [], []
-    variables = dict(params=params, batch_stats=batch_stats)
     for s in sources:
+        variables = task_view(dict(params=params, batch_stats=batch_stats), s)   # one program for every source
         if params["tasks"][s]["head"]["kernel"].shape[-1] == num_classes:
-            scores.append(train.accuracy(logits_fn(cfg, s), variables, images, labels))
+            scores.append(train.accuracy(logits_fn(cfg, VIEWED_TASK), variables, images, labels))
             kinds.append("head")
         else:
-            features = train.predict(_features_fn(ml_collections.FrozenConfigDict(cfg), s), variables, images)
+            features = train.predict(_features_fn(ml_collections.FrozenConfigDict(cfg), VIEWED_TASK), variables,
+                                     images)
             scores.append(centroid_probe(np.asarray(features), np.asarray(labels), seed))
             kinds.append("probe")
     return dict(scores=np.asarray(scores), kind=kinds)
