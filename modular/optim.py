@@ -249,14 +249,21 @@ def initial_state(cfg: ml_collections.ConfigDict, params: Mapping, num_steps: in
             return jax.tree.map(lambda x: x._replace(lr=lr, num_steps=n) if isinstance(x, ScheduleState) else x,
                                 state, is_leaf=lambda x: isinstance(x, ScheduleState))
         return jax.jit(init)
-    program = _INIT_PROGRAMS.get((program_key(cfg), compiled.tree_signature(params)), make)
+    program = _INIT_PROGRAMS.get((program_key(cfg, params), compiled.tree_signature(params)), make)
     return program(params, np.float32(float(cfg.lr)), np.int32(int(num_steps)))
 
 
-def program_key(cfg: ml_collections.ConfigDict) -> str:
+def program_key(cfg: ml_collections.ConfigDict, params: Mapping | None = None) -> str:
     """What of an optimizer config changes `build`'s update program: everything but the base rate (which,
-    with the step count, lives in the state)."""
-    return json.dumps({k: v for k, v in cfg.to_dict().items() if k != "lr"}, sort_keys=True, default=str)
+    with the step count, lives in the state). Given `params`, the learning-rate rules count by what they
+    resolve to on it (each leaf's multiplier, `lr_labels`), not by how they are spelled: `[('.*', 1.0)]` and no
+    rules at all build the same program."""
+    fields = {k: v for k, v in cfg.to_dict().items() if k != "lr"}
+    if params is not None:
+        for k in ("lr_mults", "default_mult"):
+            fields.pop(k, None)
+        fields["lr_labels"] = jax.tree.leaves(lr_labels(params, cfg))
+    return json.dumps(fields, sort_keys=True, default=str)
 
 
 def state_size(opt_state: Any) -> int:

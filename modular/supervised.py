@@ -68,10 +68,15 @@ def _correct_and_total(logits_fn, variables, batch):
     return jnp.sum(hit * batch["mask"]), jnp.sum(batch["mask"])
 
 
-@functools.lru_cache(maxsize=64)
 def classification_loss(model, bn_mode: str = "train"):
     """loss_fn for train.fit: softmax cross-entropy of the model's logits. BN in "train" mode updates its
-    statistics; in "eval" mode (a linear probe) they stay as they are."""
+    statistics; in "eval" mode (a linear probe) they stay as they are. One object per (model, bn_mode), however
+    the mode is passed, so every caller's compiled step is reused."""
+    return _classification_loss(model, bn_mode)
+
+
+@functools.lru_cache(maxsize=64)
+def _classification_loss(model, bn_mode: str):
     def loss_fn(params, model_state, batch, rng):
         logits, _, new_state = models.apply(model, {"params": params, **model_state}, batch["image"], mode=bn_mode)
         loss = losses.cross_entropy(logits, batch["label"])

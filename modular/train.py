@@ -351,16 +351,17 @@ def _compiled_step(loss_fn: LossFn, cfg: ml_collections.ConfigDict, params: Any,
                    model_state: Any = None, update_frozen_stats: bool = True):
     """(tx, trainable mask, statistics mask, jitted step) for `cfg` on `params`' structure. The step is reused
     by any later call with the same loss function object, optimizer program (`optim.program_key`: everything
-    but the learning rate) and trees; the learning rate and the step count live in the optimizer state that
-    `tx.init` makes, so a grid over them compiles once. Loss factories memoise their results so equal
-    arguments give one object."""
+    but the learning rate, the rules by the multipliers they give each parameter), statistics mask and trees;
+    the learning rate and the step count live in the optimizer state that `tx.init` makes, so a grid over them
+    compiles once. Loss factories memoise their results so equal arguments give one object."""
     tx = optim.build(cfg, params, num_steps)   # this call's rate and length, for its state
-    key = (loss_fn, optim.program_key(cfg), compiled.tree_signature(params), jax.tree.structure(model_state),
-           bool(update_frozen_stats))
+    stats = None if update_frozen_stats else optim.stats_update_mask(params, model_state, cfg)
+    kept = None if stats is None or all(jax.tree.leaves(stats)) else tuple(jax.tree.leaves(stats))  # None: all update
+    key = (loss_fn, optim.program_key(cfg, params), compiled.tree_signature(params), jax.tree.structure(model_state),
+           kept)
 
     def build():
         mask = optim.trainable_mask(params, cfg)
-        stats = None if update_frozen_stats else optim.stats_update_mask(params, model_state, cfg)
         return mask, stats, xla_cpu.jit(make_train_step(loss_fn, tx, mask, stats), donate_argnums=(0,))
 
     return (tx,) + _COMPILED_STEPS.get(key, build)

@@ -128,3 +128,15 @@ def test_patch_on_wrong_backbone_fails_with_one_sentence(tiny, tmp_path):
         patches.import_patch(path, source.variables, "last_layer_bn_stats")
     with pytest.raises(P.SubtreeMismatchError, match="no place"):
         patches.apply_patch(source.variables, {"params": {"head": {"extra": np.zeros(3, np.float32)}}})
+
+
+def test_full_fine_tuning_reuses_the_loss_object_that_pretrained_the_model():
+    """One loss object per (model, BN mode) however it is asked for, so a patch mode's compiled step is the
+    pretraining step whenever the two train the same parameters (full fine-tuning)."""
+    from modular import supervised
+    from modular.methods.patches.transfer import patch_loss
+    model = models.build(CFG, 10)
+    assert patch_loss(model, "full") is supervised.classification_loss(model)
+    assert patch_loss(model, "sb_last") is supervised.classification_loss(model, "train")
+    assert patch_loss(model, "last_layer") is supervised.classification_loss(model, bn_mode="eval")
+    assert patch_loss(model, "last_layer") is not patch_loss(model, "full")

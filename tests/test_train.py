@@ -128,6 +128,26 @@ def test_train_subtrees_freezes_by_rules_and_reuses_its_compiled_step():
     assert len(train._COMPILED_STEPS) == steps + 1                      # other rules: another program
 
 
+def test_rules_that_give_the_same_multipliers_share_one_compiled_step():
+    """A program depends on each parameter's multiplier, not on how the rules spell it: training everything
+    with no rules (pretraining) and with a catch-all rule (full fine-tuning) reuse one step and one optimizer
+    state program, and so do every statistic updating and no statistics mask at all."""
+    params = {"w": np.zeros((3, 1), np.float32), "b": np.zeros((1,), np.float32)}
+    cfg = common.optim_config(name="adam", lr=0.05, schedule="constant")
+    kw = dict(loss_fn=loss_fn, optim_cfg=cfg, batch_fn=batch_fn, num_steps=3, verbose=False)
+    train._COMPILED_STEPS.clear()
+    optim._INIT_PROGRAMS.clear()
+    plain = train.train_subtrees(params, {}, **kw)
+    spelled = train.train_subtrees(params, {}, rules=[(".*", 1.0), ("b", 0.0)], default_mult=0.0,
+                                   update_frozen_stats=True, **kw)
+    assert len(train._COMPILED_STEPS) == 1 and len(optim._INIT_PROGRAMS) == 1
+    jax.tree.map(np.testing.assert_array_equal, spelled.params, plain.params)
+    train.train_subtrees(params, {}, rules=[("w", 1.0)], default_mult=0.0, **kw)   # b frozen: another program
+    assert len(train._COMPILED_STEPS) == 2 and len(optim._INIT_PROGRAMS) == 2
+    assert optim.program_key(cfg, params) == optim.program_key(optim.override(cfg, lr_mults=[(".*", 1.0)]), params)
+    assert optim.program_key(cfg, params) != optim.program_key(optim.override(cfg, default_mult=2.0), params)
+
+
 def test_train_subtrees_compiles_once_for_a_grid_of_rates_and_lengths():
     """Learning rate and step count are runtime values: a grid over them reuses one compiled step, and each
     point still trains at its own rate (a larger rate moves further in the same steps)."""

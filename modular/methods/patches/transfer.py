@@ -5,7 +5,7 @@ import functools
 import time
 from typing import Mapping
 
-from modular import bank, data, losses, models, params as P, rng, supervised, train
+from modular import bank, data, models, params as P, rng, supervised, train
 from modular.methods.patches.modes import (check_applicable, export_patch, get_mode, import_patch, lr_rules,
                                            stored_count)
 
@@ -29,16 +29,10 @@ def accuracy(model, variables: Mapping, images, labels) -> float:
     return train.accuracy(eval_logits(model), variables, images, labels)
 
 
-@functools.lru_cache(maxsize=32)
 def patch_loss(model, mode: str):
-    """Cross-entropy; BN in train mode (task statistics re-estimated) unless the mode keeps the source's."""
-    bn_mode = "train" if get_mode(mode).task_bn_stats else "eval"
-
-    def loss_fn(params, model_state, batch, key):
-        logits, _, new_state = models.apply(model, {"params": params, **model_state}, batch["image"], mode=bn_mode)
-        loss = losses.cross_entropy(logits, batch["label"])
-        return loss, (new_state, {"accuracy": losses.accuracy(logits, batch["label"])})
-    return loss_fn
+    """Cross-entropy; BN in train mode (task statistics re-estimated) unless the mode keeps the source's. The
+    classifier's own loss object, so full fine-tuning reuses the program that pretrained the model."""
+    return supervised.classification_loss(model, "train" if get_mode(mode).task_bn_stats else "eval")
 
 
 def transfer(source: supervised.Classifier, ds: data.Dataset, mode: str, *, model_cfg, optim_cfg,
