@@ -66,6 +66,24 @@ def test_alternating_plan_and_a_step_moves_only_its_own_network():
     assert not _leaves_equal(before["params"]["tasks"]["b"], after["params"]["tasks"]["b"])
 
 
+@pytest.mark.parametrize("name, wd", [("adam", 0.0), ("adam", 1e-4), ("momentum", 0.0)])
+def test_one_optimizer_state_program_for_every_schedule_and_length(name, wd):
+    """Groups that differ in schedule, DCC or step count make their members' optimizer state with one
+    program, and it gives the state each group's own optimisers would."""
+    cfg = common_config.optim_config(name=name, lr=1e-2, weight_decay=wd, schedule="step")
+    variants = [T.Variant(dcc=True, rp=True, iiw=False), T.Variant(dcc=True, rp=True, iiw=True, schedule="incremental")]
+    mods = T.modules_for(TINY, variants[0], 10, 10, 10)
+    params, _ = T.init_member(mods, variants[0], 0, (8, 8, 1))
+    program = T.init_opt_program(cfg, variants[0])
+    assert T.init_opt_program(cfg, variants[1]) is program
+    for v in variants:
+        for num_steps in (3, 50):
+            own = T.init_opt_state(T.optimisers(cfg, v, num_steps), v, params)
+            assert jax.tree.structure(own) == jax.tree.structure(program(params))
+            assert _leaves_equal(own, program(params))
+    assert T.init_opt_program(cfg, T.Variant(dcc=False, rp=True, iiw=False)) is not program   # other heads
+
+
 def test_pretrained_variant_starts_both_extractors_from_the_given_weights():
     v = T.Variant(dcc=False, rp=False, iiw=True, pretrained=True, label="pretrained IIW")
     mods = T.modules_for(TINY, v, 10, 10, 10)

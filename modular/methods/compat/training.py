@@ -204,16 +204,41 @@ def used_heads(v: Variant, task: str) -> list[str]:
 
 def optimisers(optim_cfg: ml_collections.ConfigDict, v: Variant, num_steps: int) -> dict:
     """One optimiser per part; each schedule counts that part's own updates."""
-    steps = plan(v.schedule, num_steps)
+    return _optimisers(optim_cfg, v.schedule, num_steps)
+
+
+def _optimisers(optim_cfg: ml_collections.ConfigDict, schedule: str, num_steps: int) -> dict:
+    steps = plan(schedule, num_steps)
     shared_updates = sum(1 for _, train_shared in steps if train_shared)
     tx_net = build_optimizer(optim_cfg, num_steps)
     return {"a": tx_net, "b": tx_net, "shared": build_optimizer(optim_cfg, max(1, shared_updates))}
 
 
 def init_opt_state(txs: dict, v: Variant, params: dict) -> dict:
-    heads = sorted({h for t in "ab" for h in used_heads(v, t)})
+    return _init_parts(txs, _trained_heads(v), params)
+
+
+def _trained_heads(v: Variant) -> tuple[str, ...]:
+    return tuple(sorted({h for t in "ab" for h in used_heads(v, t)}))
+
+
+def _init_parts(txs: dict, heads: tuple[str, ...], params: dict) -> dict:
     return {"a": txs["a"].init(params["tasks"]["a"]), "b": txs["b"].init(params["tasks"]["b"]),
             "shared": txs["shared"].init({h: params["shared"][h] for h in heads})}
+
+
+def init_opt_program(optim_cfg: ml_collections.ConfigDict, v: Variant):
+    """jitted params -> every part's optimizer state, one compiled program per member tree. The initial state
+    does not depend on the schedule or its length (the optimisers keep a step count, not the rate), so the
+    program is keyed on the optimizer config and the shared heads the variant trains alone: groups that differ
+    in schedule, DCC or step count share it instead of tracing the same program again."""
+    return _init_opt_program(json.dumps(optim_cfg.to_dict(), sort_keys=True, default=str), _trained_heads(v))
+
+
+@functools.lru_cache(maxsize=64)
+def _init_opt_program(optim_json: str, heads: tuple[str, ...]):
+    txs = _optimisers(ml_collections.ConfigDict(json.loads(optim_json)), "joint", 1)
+    return jax.jit(functools.partial(_init_parts, txs, heads))
 
 
 def per_member_loop() -> bool:
@@ -377,9 +402,8 @@ def train_group(variants: Sequence[Variant], split: dict, seeds: Sequence[int], 
     image_shape = split[seeds[0]]["a"][0].image_shape
     roster = [(v, s) for v in variants for s in seeds]
     inits = [init_member(mods, v, s, image_shape, (pretrained or {}).get(s)) for v, s in roster]
-    txs = optimisers(optim_cfg, program, num_steps)
     # One compiled program makes every member's optimizer state (eagerly, each parameter shape compiled its own).
-    init_opt = jax.jit(functools.partial(init_opt_state, txs, program))
+    init_opt = init_opt_program(optim_cfg, program)
     state = pack([{"params": p, "stats": s, "opt": init_opt(p)} for p, s in inits])
     fit = [_sets(split[s], v, 0) for v, s in roster]
     val = [_sets(split[s], v, 1) for v, s in roster]
