@@ -22,7 +22,7 @@ class Classifier:
     fit: train.FitResult | None
 
     def logits_fn(self, mode: str = "eval"):
-        return lambda v, b: models.apply(self.model, v, b["image"], mode=mode)[0]
+        return model_logits(self.model, mode)
 
     def accuracy(self, images: np.ndarray, labels: np.ndarray, mode: str = "eval") -> float:
         return train.accuracy(self.logits_fn(mode), self.variables, images, labels)
@@ -35,7 +35,7 @@ class Classifier:
             raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
         if isinstance(ds, data.StreamingDataset):
             batches = ds.eval_batches(split, batch_size or 64 * jax.device_count(), max_examples=max_examples)
-            return streamed_accuracy(_eval_logits(self.model), self.variables, batches)
+            return streamed_accuracy(model_logits(self.model), self.variables, batches)
         images, labels = (ds.train_images, ds.train_labels) if split == "train" else (ds.test_images, ds.test_labels)
         return self.accuracy(images[:max_examples], labels[:max_examples])
 
@@ -52,10 +52,15 @@ def streamed_accuracy(logits_fn, variables: dict, batches) -> float:
     return correct / max(total, 1.0)
 
 
-@functools.lru_cache(maxsize=16)
-def _eval_logits(model):
-    """One logits function per model, so repeated streamed evaluations reuse one compiled program."""
-    return lambda v, b: models.apply(model, v, b["image"], mode="eval")[0]
+def model_logits(model, mode: str = "eval"):
+    """(variables, batch) -> logits of `model` (BN in `mode`): one object per (model, mode), so every evaluation of
+    a model of that architecture, whichever method trained it, reuses one traced and compiled program."""
+    return _model_logits(model, mode)
+
+
+@functools.lru_cache(maxsize=64)
+def _model_logits(model, mode: str):
+    return lambda v, b: models.apply(model, v, b["image"], mode=mode)[0]
 
 
 @functools.lru_cache(maxsize=16)

@@ -130,12 +130,16 @@ def test_patch_on_wrong_backbone_fails_with_one_sentence(tiny, tmp_path):
         patches.apply_patch(source.variables, {"params": {"head": {"extra": np.zeros(3, np.float32)}}})
 
 
-def test_full_fine_tuning_reuses_the_loss_object_that_pretrained_the_model():
+def test_patches_reuse_the_loss_and_evaluation_objects_of_the_pretrained_classifier():
     """One loss object per (model, BN mode) however it is asked for, so a patch mode's compiled step is the
-    pretraining step whenever the two train the same parameters (full fine-tuning)."""
+    pretraining step whenever the two train the same parameters (full fine-tuning); one evaluation function
+    per (model, mode), so a patched model of the source's shape is evaluated by the source's program."""
     from modular import supervised
-    from modular.methods.patches.transfer import patch_loss
+    from modular.methods.patches.transfer import eval_logits, patch_loss
     model = models.build(CFG, 10)
+    source = supervised.Classifier(model=models.build(CFG, 10), variables={}, fit=None)
+    assert eval_logits(model) is source.logits_fn() is supervised.model_logits(model, "eval")
+    assert source.logits_fn("train") is not source.logits_fn()
     assert patch_loss(model, "full") is supervised.classification_loss(model)
     assert patch_loss(model, "sb_last") is supervised.classification_loss(model, "train")
     assert patch_loss(model, "last_layer") is supervised.classification_loss(model, bn_mode="eval")

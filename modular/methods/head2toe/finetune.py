@@ -39,14 +39,10 @@ def train_model(ds: data.Dataset, *, model_cfg, optim_cfg, num_steps: int, batch
                                    batch_fn=_batches(ds, batch_size, seed), num_steps=num_steps, seed=seed,
                                    name=name, verbose=False, log_every=max(num_steps, 1))
     variables = {"params": trained.params, **trained.model_state}
-    return train.accuracy(_eval_logits(model), variables, ds.test_images, ds.test_labels), trained.fit.seconds, \
-        P.count(params)
+    accuracy = train.accuracy(supervised.model_logits(model), variables, ds.test_images, ds.test_labels)
+    return accuracy, trained.fit.seconds, P.count(params)
 
 
-@functools.lru_cache(maxsize=16)
-def _eval_logits(model):
-    """One evaluation function per model, so that every evaluation after the first reuses its compilation."""
-    return lambda v, b: models.apply(model, v, b["image"], mode="eval")[0]
 
 
 def masked_logits(features: jax.Array, head: dict, feature_mask: jax.Array, slices: tuple) -> jax.Array:

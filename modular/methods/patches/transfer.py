@@ -1,7 +1,6 @@
 """Transfer learning with a patch: the source backbone, a fresh last layer, and only the mode's patch trains."""
 from __future__ import annotations
 
-import functools
 import time
 from typing import Mapping
 
@@ -18,10 +17,10 @@ def target_start(source: supervised.Classifier, model_cfg, num_classes: int, ima
     return model, P.load_matching(fresh, source.variables, dont_load=[r"[^/]+/head/.*"], require_all=True)
 
 
-@functools.lru_cache(maxsize=32)
 def eval_logits(model):
-    """`fn(variables, batch) -> logits`, BN in eval mode; one object per model, so its compilation is reused."""
-    return lambda v, b: models.apply(model, v, b["image"], mode="eval")[0]
+    """`fn(variables, batch) -> logits`, BN in eval mode; one object per model (`supervised.model_logits`), so
+    its compilation is reused, the source classifier's evaluation included."""
+    return supervised.model_logits(model, "eval")
 
 
 def accuracy(model, variables: Mapping, images, labels) -> float:
