@@ -84,6 +84,14 @@ def test_one_optimizer_state_program_for_every_schedule_and_length(name, wd):
     assert T.init_opt_program(cfg, T.Variant(dcc=False, rp=True, iiw=False)) is not program   # other heads
 
 
+def test_every_seeds_rotation_pretraining_reuses_one_loss_object():
+    """One loss object per modules: each seed's pretraining of the shared initial extractor reuses the first
+    seed's compiled step (a new closure per seed traced and compiled it again)."""
+    from modular.methods.compat.model import build_modules, make_rotation_loss
+    assert make_rotation_loss(build_modules(TINY, 10, 10, 10)) is make_rotation_loss(build_modules(TINY, 10, 10, 10))
+    assert make_rotation_loss(build_modules(TINY, 10, 10, 10)) is not make_rotation_loss(build_modules(TINY, 5, 5, 5))
+
+
 def test_pretrained_variant_starts_both_extractors_from_the_given_weights():
     v = T.Variant(dcc=False, rp=False, iiw=True, pretrained=True, label="pretrained IIW")
     mods = T.modules_for(TINY, v, 10, 10, 10)

@@ -238,9 +238,11 @@ def make_rp_adaptation_loss(mods: CompatModules, task: str):
     return loss_fn
 
 
+@functools.lru_cache(maxsize=16)
 def make_rotation_loss(mods):
     """loss_fn(params, stats, batch, rng): the rotation cross-entropy of network a's extractor through the RP
-    head on all four rotations of every image in `batch['a']['image']`; the labels are not read."""
+    head on all four rotations of every image in `batch['a']['image']`; the labels are not read. One object
+    per modules, so every seed's pretraining reuses one compiled step."""
     def loss_fn(params, stats, batch, rng_):
         del rng_
         views, rot = data.rotation_views(batch["a"]["image"])
