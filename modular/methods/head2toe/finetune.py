@@ -43,8 +43,6 @@ def train_model(ds: data.Dataset, *, model_cfg, optim_cfg, num_steps: int, batch
     return accuracy, trained.fit.seconds, P.count(params)
 
 
-
-
 def masked_logits(features: jax.Array, head: dict, feature_mask: jax.Array, slices: tuple) -> jax.Array:
     """The Head2Toe head on the kept columns only, each layer's kept subset re-normalised as in the refit
     (masked columns get no gradient, their rows stay as they are)."""

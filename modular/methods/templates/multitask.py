@@ -142,8 +142,8 @@ def task_view(variables: Mapping, task: str) -> dict:
 
 def evaluate(cfg, params, batch_stats, ds: data.Dataset, task: str, signature: Sequence[int] | None = None) -> float:
     """Test accuracy of `task` with its moving BN statistics."""
-    return train.accuracy(logits_fn(cfg, VIEWED_TASK, signature),
-                          task_view(dict(params=params, batch_stats=batch_stats), task), ds.test_images, ds.test_labels)
+    view = task_view(dict(params=params, batch_stats=batch_stats), task)
+    return train.accuracy(logits_fn(cfg, VIEWED_TASK, signature), view, ds.test_images, ds.test_labels)
 
 
 def summary(params, signatures: Mapping[str, Sequence[int] | None]) -> dict:
