@@ -114,6 +114,14 @@ def test_sweep_lane_state_is_the_eager_init(fields, dtype):
         assert jax.tree.structure(ours) == jax.tree.structure(theirs)
         for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
             assert np.asarray(a).dtype == np.asarray(b).dtype and np.array_equal(a, b)
+    # another patch (another tree of the same dtype) reuses the scale-state program
+    programs = len(patches.sweep._SCALE_INIT)
+    other = {"bn": params["bn"]}
+    ours = patches.sweep.initial_lane_state(cfg, other, 5, 0.2)
+    assert len(patches.sweep._SCALE_INIT) == programs
+    theirs = patches.sweep.rate_in_state(cfg, other, 5, 0.2).init(other)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
+        assert np.asarray(a).dtype == np.asarray(b).dtype and np.array_equal(a, b)
 
 
 def test_patch_on_wrong_backbone_fails_with_one_sentence(tiny, tmp_path):

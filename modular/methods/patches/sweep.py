@@ -49,9 +49,11 @@ def initial_lane_state(cfg, params, num_steps: int, lr: float):
     # inject_hyperparams keeps the rate in the params' highest float dtype: convert once, on the host, as the
     # eager init does, so that the program only copies it.
     dtype = jax.eval_shape(lambda p: jnp.zeros((), optax.tree.dtype(p, "highest")), params).dtype
-    program = _SCALE_INIT.get(compiled.tree_signature(params), lambda: jax.jit(
-        lambda p, rate: optax.inject_hyperparams(optax.scale)(step_size=rate).init(p)))
-    return unit, program(params, np.asarray(float(lr), dtype))
+    # `scale`'s own state is empty, so the state depends on the params only through that dtype: one program per
+    # dtype, called on the rate alone (keyed on the params' tree, every patch mode compiled it again).
+    program = _SCALE_INIT.get(np.dtype(dtype).name, lambda: jax.jit(
+        lambda rate: optax.inject_hyperparams(optax.scale)(step_size=rate).init(rate)))
+    return unit, program(np.asarray(float(lr), dtype))
 
 
 def lane_step(loss_fn, tx, stats_train: bool):
