@@ -11,8 +11,10 @@ identical (same HLO, same options) to one compiled earlier in the same run, i.e.
 `--cache=off` runs without the persistent cache; run twice with `--cache=DIR` to measure a second run that
 reuses the first one's programs. The compile log names each program and its argument shapes only, so the
 (name, argument shapes) pairs seen more than once are listed too, as candidates: an eager op such as
-`broadcast_in_dim` or `_normal` has one argument shape for every output shape it makes. The workdir defaults
-to a fresh temporary folder, so nothing resumes.
+`broadcast_in_dim` or `_normal` has one argument shape for every output shape it makes. Each identical
+program compiled again is listed with where the project's code asked for it (the innermost two of its own
+frames, cache plumbing skipped), which is where to look for the second key. The workdir defaults to a fresh
+temporary folder, so nothing resumes.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import os
 import re
 import tempfile
 import time
+import traceback
 
 from absl import app, flags
 from absl import logging as absl_logging
@@ -39,6 +42,22 @@ LOWER = "/jax/core/compile/jaxpr_to_mlir_module_duration"
 CACHE_HIT = "/jax/compilation_cache/cache_hits"
 _HIT = re.compile(r"Persistent compilation cache hit for '([^']+)'")
 _LOWERED = re.compile(r"Compiling (\S+) with global shapes and types (.*?)\. Argument mapping", re.S)
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_PLUMBING = ("modular/compiled.py", "modular/platform/", "benchmarks/")
+
+
+def call_site(depth: int = 2) -> str:
+    """The innermost `depth` frames of this project's code on the current stack (not the program caches),
+    as 'path:line function < ...', innermost first."""
+    frames = []
+    for frame in reversed(traceback.extract_stack()):
+        path = os.path.relpath(frame.filename, _ROOT)
+        if path.startswith("..") or path.startswith(_PLUMBING):
+            continue
+        frames.append(f"{path}:{frame.lineno} {frame.name}")
+        if len(frames) == depth:
+            break
+    return " < ".join(frames) or "?"
 
 
 class CompileLog(logging.Handler):
@@ -51,6 +70,7 @@ class CompileLog(logging.Handler):
         self.counts = collections.Counter()
         self.compiled_by_name = collections.Counter()
         self.hits_by_name = collections.Counter()
+        self.hits_by_site = collections.Counter()
 
     def emit(self, record):
         message = record.getMessage()
@@ -60,6 +80,7 @@ class CompileLog(logging.Handler):
         hit = _HIT.search(message)
         if hit:
             self.hits_by_name[hit.group(1)] += 1
+            self.hits_by_site[(hit.group(1), call_site())] += 1
 
     def on_duration(self, event, duration, **kwargs):
         self.seconds[event] += duration
@@ -113,6 +134,8 @@ def measure(config, workdir: str, cache: str) -> dict:
                 cache=cache, cache_empty_at_start=empty_at_start,
                 identical_compiled_twice=log.counts[CACHE_HIT] if empty_at_start else None,
                 identical_by_name=log.hits_by_name.most_common() if empty_at_start else None,
+                identical_by_site=([[name, site, n] for (name, site), n in log.hits_by_site.most_common()]
+                                   if empty_at_start else None),
                 compiled_again=log.repeated(), most_compiled=log.compiled_by_name.most_common(10))
 
 
@@ -128,6 +151,7 @@ def report(m: dict) -> str:
         + (f"{m['identical_compiled_twice']} (hits on a cache that started empty): "
            + (", ".join(f"{name} x{n}" for name, n in m["identical_by_name"][:10]) or "none")
            if m["identical_compiled_twice"] is not None else "unknown (needs --cache=fresh or an empty folder)"),
+        *(f"    {name} x{n}: {site}" for name, site, n in (m["identical_by_site"] or [])[:20]),
         f"  same name and argument shapes more than once (candidates; static arguments are not logged): {again}",
     ])
 
