@@ -32,9 +32,6 @@ from absl import logging as absl_logging
 
 from experiments import run as run_cli
 
-_CACHE = flags.DEFINE_string("cache", "fresh", "'fresh' (a cold run on a new, empty persistent cache: its hits are "
-                             "programs compiled twice), 'off', or a folder for JAX's persistent compilation cache.")
-_OUT = flags.DEFINE_string("out", "", "Also write the measurements as JSON to this file.")
 
 BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
 TRACE = "/jax/core/compile/jaxpr_trace_duration"
@@ -168,6 +165,10 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+    # Defined here, not on import, so that the measuring pieces import beside other benchmarks' flags (--out).
+    _CACHE = flags.DEFINE_string("cache", "fresh", "'fresh' (a cold run on a new, empty persistent cache: its hits "
+                                 "are programs compiled twice), 'off', or a folder for JAX's persistent cache.")
+    _OUT = flags.DEFINE_string("out", "", "Also write the measurements as JSON to this file.")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     flags.FLAGS.set_default("workdir", "")
     flags.FLAGS["workdir"].required = False
