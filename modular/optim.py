@@ -225,7 +225,11 @@ def build(cfg: ml_collections.ConfigDict, params: Mapping, num_steps: int) -> op
     """The optimizer for `params`: one base optimizer per distinct multiplier (at that multiplier as its
     rate), frozen subtrees stateless, then the schedule at base rate `cfg.lr` over `num_steps`, both of which
     live in the optimizer state (`ScheduleState`): two optimizers that differ only in them share a program."""
-    labels = lr_labels(params, cfg)
+    return _build_labelled(cfg, lr_labels(params, cfg), num_steps)
+
+
+def _build_labelled(cfg: ml_collections.ConfigDict, labels: Mapping, num_steps: int) -> optax.GradientTransformation:
+    """`build` for a tree of labels (`lr_labels`) already resolved from the rules."""
     transforms: dict[str, optax.GradientTransformation] = {}
     for label in set(jax.tree.leaves(labels)):
         transforms[label] = optax.set_to_zero() if label == FROZEN else _base(cfg, float(label[1:]))
@@ -236,21 +240,44 @@ def build(cfg: ml_collections.ConfigDict, params: Mapping, num_steps: int) -> op
 
 
 _INIT_PROGRAMS = compiled.ProgramCache(maxsize=32)
+_STATE_LAYOUTS = compiled.ProgramCache(maxsize=64)
+
+
+def _state_fn(cfg: ml_collections.ConfigDict, labels: Mapping):
+    """`(params, lr, num_steps) -> build(...).init(params)` with the rate and length as traced arguments."""
+    def init(p, lr, n):
+        return jax.tree.map(lambda x: x._replace(lr=lr, num_steps=n) if isinstance(x, ScheduleState) else x,
+                            _build_labelled(cfg, labels, 1).init(p), is_leaf=lambda x: isinstance(x, ScheduleState))
+    return init
 
 
 def initial_state(cfg: ml_collections.ConfigDict, params: Mapping, num_steps: int) -> Any:
     """`build(cfg, params, num_steps).init(params)`, computed by one compiled program per optimizer program
-    (`program_key`) and parameter tree, with the base rate and the step count as its arguments. Run eagerly,
-    `init` compiles one small XLA program for every distinct parameter shape (the optimizer's zeros); the same
-    values come out either way."""
-    def make():
-        def init(p, lr, n):
-            state = build(cfg, p, 1).init(p)
-            return jax.tree.map(lambda x: x._replace(lr=lr, num_steps=n) if isinstance(x, ScheduleState) else x,
-                                state, is_leaf=lambda x: isinstance(x, ScheduleState))
-        return jax.jit(init)
-    program = _INIT_PROGRAMS.get((program_key(cfg, params), compiled.tree_signature(params)), make)
-    return program(params, np.float32(float(cfg.lr)), np.int32(int(num_steps)))
+    and trained leaves, with the base rate and the step count as its arguments. Run eagerly, `init` compiles
+    one small XLA program for every distinct parameter shape (the optimizer's zeros); the same values come out
+    either way. Frozen leaves hold no state, so the program takes the trained leaves alone and the state is
+    laid out in `params`' tree on the host: a sweep over a patch and the retrain of the whole model with the
+    rest frozen share one program (traced per whole tree, they lowered to the same HLO and compiled twice)."""
+    labels = lr_labels(params, cfg)
+    flat_labels, flat_params = P.flatten(labels), P.flatten(params)
+    trained = P.unflatten({p: x for p, x in flat_params.items() if flat_labels[p] != FROZEN})
+    trained_labels = P.unflatten({p: lab for p, lab in flat_labels.items() if lab != FROZEN})
+    args = (np.float32(float(cfg.lr)), np.int32(int(num_steps)))
+    program = _INIT_PROGRAMS.get((_labelled_key(cfg, trained_labels), compiled.tree_signature(trained)),
+                                 lambda: jax.jit(lambda p, lr, n: jax.tree.leaves(
+                                     _state_fn(cfg, trained_labels)(p, lr, n))))
+
+    def layout():   # the whole tree's state structure, and whether the trained leaves' state fills it in order
+        whole = jax.eval_shape(_state_fn(cfg, labels), params, *args)
+        leaves = jax.eval_shape(program, trained, *args)
+        fits = [(x.shape, x.dtype) for x in jax.tree.leaves(whole)] == [(x.shape, x.dtype) for x in leaves]
+        return jax.tree.structure(whole), fits
+    structure, fits = _STATE_LAYOUTS.get((_labelled_key(cfg, labels), compiled.tree_signature(params)), layout)
+    if not fits:   # an optimizer whose state a frozen leaf shapes: compute it on the whole tree
+        whole = _INIT_PROGRAMS.get(("whole tree", _labelled_key(cfg, labels), compiled.tree_signature(params)),
+                                   lambda: jax.jit(_state_fn(cfg, labels)))
+        return whole(params, *args)
+    return jax.tree.unflatten(structure, program(trained, *args))
 
 
 def program_key(cfg: ml_collections.ConfigDict, params: Mapping | None = None) -> str:
@@ -258,11 +285,14 @@ def program_key(cfg: ml_collections.ConfigDict, params: Mapping | None = None) -
     with the step count, lives in the state). Given `params`, the learning-rate rules count by what they
     resolve to on it (each leaf's multiplier, `lr_labels`), not by how they are spelled: `[('.*', 1.0)]` and no
     rules at all build the same program."""
-    fields = {k: v for k, v in cfg.to_dict().items() if k != "lr"}
-    if params is not None:
-        for k in ("lr_mults", "default_mult"):
-            fields.pop(k, None)
-        fields["lr_labels"] = jax.tree.leaves(lr_labels(params, cfg))
+    if params is None:
+        return json.dumps({k: v for k, v in cfg.to_dict().items() if k != "lr"}, sort_keys=True, default=str)
+    return _labelled_key(cfg, lr_labels(params, cfg))
+
+
+def _labelled_key(cfg: ml_collections.ConfigDict, labels: Mapping) -> str:
+    fields = {k: v for k, v in cfg.to_dict().items() if k not in ("lr", "lr_mults", "default_mult")}
+    fields["lr_labels"] = jax.tree.leaves(labels)
     return json.dumps(fields, sort_keys=True, default=str)
 
 

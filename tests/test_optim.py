@@ -120,6 +120,38 @@ def test_rate_and_length_live_in_the_state_not_the_program(name):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), u_ours, u_ref)
 
 
+def assert_same_state(ours, theirs):
+    assert jax.tree.structure(ours) == jax.tree.structure(theirs)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
+        assert np.asarray(a).dtype == np.asarray(b).dtype and np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("fields", [dict(), dict(name="adamw", weight_decay=1e-4, grad_clip_norm=1.0),
+                                    dict(name="momentum", schedule="step", warmup_steps=3)])
+def test_a_frozen_tree_and_its_trained_subtree_share_one_state_program(fields):
+    """The state of a tree with frozen subtrees is `build(...).init`'s, and it comes from the program that
+    makes the state of the trained subtree alone (a sweep over a patch, then the retrain of the whole model)."""
+    params = tree()
+    frozen = optim.override(common.optim_config(lr_mults=[("head/.*", 2.0), (".*", 0.0)]), lr=0.01, **fields)
+    head = {"head": params["head"]}
+    alone = optim.override(frozen, lr_mults=[], default_mult=2.0, lr=0.3)
+    assert_same_state(optim.initial_state(alone, head, 11), optim.build(alone, head, 11).init(head))
+    programs = len(optim._INIT_PROGRAMS)
+    assert_same_state(optim.initial_state(frozen, params, 5), optim.build(frozen, params, 5).init(params))
+    assert len(optim._INIT_PROGRAMS) == programs
+    nothing = optim.override(frozen, lr_mults=[], default_mult=0.0)   # every leaf frozen: a count, no moments
+    assert_same_state(optim.initial_state(nothing, params, 5), optim.build(nothing, params, 5).init(params))
+
+
+def test_a_state_the_trained_leaves_do_not_fill_is_made_on_the_whole_tree(monkeypatch):
+    """Should an optimizer's state ever not be the trained leaves' state in order, the whole tree's program
+    makes it (the layout check's other branch)."""
+    params, cfg = tree(), common.optim_config(lr_mults=[("head/.*", 1.0), (".*", 0.0)])
+    real = optim._STATE_LAYOUTS.get
+    monkeypatch.setattr(optim._STATE_LAYOUTS, "get", lambda key, build: (real(key, build)[0], False))
+    assert_same_state(optim.initial_state(cfg, params, 5), optim.build(cfg, params, 5).init(params))
+
+
 @pytest.mark.parametrize("fields", [dict(), dict(name="adamw", weight_decay=1e-4, grad_clip_norm=1.0),
                                     dict(name="momentum", schedule="step", warmup_steps=3)])
 def test_initial_state_equals_init_and_compiles_once_per_program(fields):
