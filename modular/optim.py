@@ -257,11 +257,14 @@ def initial_state(cfg: ml_collections.ConfigDict, params: Mapping, num_steps: in
     one small XLA program for every distinct parameter shape (the optimizer's zeros); the same values come out
     either way. Frozen leaves hold no state, so the program takes the trained leaves alone and the state is
     laid out in `params`' tree on the host: a sweep over a patch and the retrain of the whole model with the
-    rest frozen share one program (traced per whole tree, they lowered to the same HLO and compiled twice)."""
+    rest frozen share one program (traced per whole tree, they lowered to the same HLO and compiled twice).
+    Only the values are shared: every configured optimizer's state starts as zeros, a count and the rate."""
     labels = lr_labels(params, cfg)
-    flat_labels, flat_params = P.flatten(labels), P.flatten(params)
-    trained = P.unflatten({p: x for p, x in flat_params.items() if flat_labels[p] != FROZEN})
-    trained_labels = P.unflatten({p: lab for p, lab in flat_labels.items() if lab != FROZEN})
+    # The trained leaves in the tree's own order, under their index rather than their path: the same leaves
+    # under other names (a multi-task tree's 'shared' prefix) share the program too.
+    kept = [(x, lab) for x, lab in zip(jax.tree.leaves(params), jax.tree.leaves(labels)) if lab != FROZEN]
+    trained = {f"{i:06d}": x for i, (x, _) in enumerate(kept)}
+    trained_labels = {f"{i:06d}": lab for i, (_, lab) in enumerate(kept)}
     args = (np.float32(float(cfg.lr)), np.int32(int(num_steps)))
     program = _INIT_PROGRAMS.get((_labelled_key(cfg, trained_labels), compiled.tree_signature(trained)),
                                  lambda: jax.jit(lambda p, lr, n: jax.tree.leaves(

@@ -130,7 +130,8 @@ def assert_same_state(ours, theirs):
                                     dict(name="momentum", schedule="step", warmup_steps=3)])
 def test_a_frozen_tree_and_its_trained_subtree_share_one_state_program(fields):
     """The state of a tree with frozen subtrees is `build(...).init`'s, and it comes from the program that
-    makes the state of the trained subtree alone (a sweep over a patch, then the retrain of the whole model)."""
+    makes the state of the trained subtree alone (a sweep over a patch, then the retrain of the whole model),
+    as does the state of the same leaves under other names."""
     params = tree()
     frozen = optim.override(common.optim_config(lr_mults=[("head/.*", 2.0), (".*", 0.0)]), lr=0.01, **fields)
     head = {"head": params["head"]}
@@ -138,6 +139,8 @@ def test_a_frozen_tree_and_its_trained_subtree_share_one_state_program(fields):
     assert_same_state(optim.initial_state(alone, head, 11), optim.build(alone, head, 11).init(head))
     programs = len(optim._INIT_PROGRAMS)
     assert_same_state(optim.initial_state(frozen, params, 5), optim.build(frozen, params, 5).init(params))
+    renamed = {"shared": {"task0": params["head"]}}   # the same leaves under other names
+    assert_same_state(optim.initial_state(alone, renamed, 3), optim.build(alone, renamed, 3).init(renamed))
     assert len(optim._INIT_PROGRAMS) == programs
     nothing = optim.override(frozen, lr_mults=[], default_mult=0.0)   # every leaf frozen: a count, no moments
     assert_same_state(optim.initial_state(nothing, params, 5), optim.build(nothing, params, 5).init(params))
