@@ -88,6 +88,21 @@ def test_multires_shares_the_head_and_costs_grow_with_resolution(tiny):
         multires.check_aligned([sets[0], data.load("digits", image_size=8, max_train=64, seed=1)])
 
 
+def test_forward_flops_compile_once_per_shape(tiny, monkeypatch):
+    """FLOPs depend on shapes alone: another seed's variables reuse the first count; another image shape is
+    measured (each measurement compiles the forward pass)."""
+    _, source = tiny
+    measured = []
+    real = multires._measure_flops
+    monkeypatch.setattr(multires, "_measure_flops", lambda *a: measured.append(a[2]) or real(*a))
+    multires._FLOPS.clear()
+    other_seed = jax.tree.map(lambda x: x * 0.5, source.variables)
+    first = multires.forward_flops(source.model, source.variables, (8, 8, 1))
+    assert multires.forward_flops(source.model, other_seed, (8, 8, 1)) == first
+    assert multires.forward_flops(source.model, other_seed, (12, 12, 1)) > first
+    assert measured == [(8, 8, 1), (12, 12, 1)]
+
+
 def test_cascade_threshold_is_the_cheapest_without_validation_loss():
     curve = [dict(threshold=0.5, accuracy=0.80, relative_cost=0.4), dict(threshold=0.9, accuracy=0.91, relative_cost=0.6),
              dict(threshold=0.99, accuracy=0.93, relative_cost=0.9), dict(threshold=1.0, accuracy=0.90, relative_cost=1.3)]

@@ -18,7 +18,7 @@ from typing import Mapping, Sequence
 import jax
 import numpy as np
 
-from modular import data, models, params as P, protocol, train
+from modular import compiled, data, models, params as P, protocol, train
 from modular.methods.patches import sweep as sweeps
 from modular.methods.patches.multitask import per_task_count, task_variables
 from modular.methods.patches.transfer import accuracy, eval_logits, target_start
@@ -33,8 +33,22 @@ def check_aligned(datasets: Sequence[data.Dataset]) -> None:
                              f"load them with one seed and split.")
 
 
+_FLOPS = compiled.ProgramCache(maxsize=64)
+
+
 def forward_flops(model, variables: Mapping, image_shape: tuple) -> float:
-    """FLOPs per example of the eval-mode forward pass, from XLA's cost analysis of the compiled call."""
+    """FLOPs per example of the eval-mode forward pass, from XLA's cost analysis of the compiled call. They
+    depend on shapes alone, so each (model, variable shapes, image shape) is compiled once: another seed's
+    variables reuse the count (a new `jax.jit` per call compiled every seed's forward passes again)."""
+    try:
+        key = (model, compiled.tree_signature(variables), tuple(image_shape))
+        hash(key)
+    except TypeError:   # a module with an unhashable field: measured every time
+        return _measure_flops(model, variables, image_shape)
+    return _FLOPS.get(key, lambda: _measure_flops(model, variables, image_shape))
+
+
+def _measure_flops(model, variables: Mapping, image_shape: tuple) -> float:
     fn = jax.jit(lambda v, x: models.apply(model, v, x, mode="eval")[0])
     cost = fn.lower(variables, np.zeros((1,) + tuple(image_shape), np.float32)).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
