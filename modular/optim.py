@@ -275,10 +275,10 @@ def initial_state(cfg: ml_collections.ConfigDict, params: Mapping, num_steps: in
         leaves = jax.eval_shape(program, trained, *args)
         fits = [(x.shape, x.dtype) for x in jax.tree.leaves(whole)] == [(x.shape, x.dtype) for x in leaves]
         return jax.tree.structure(whole), fits
-    structure, fits = _STATE_LAYOUTS.get((_labelled_key(cfg, labels), compiled.tree_signature(params)), layout)
+    whole_key = (_labelled_key(cfg, labels), compiled.tree_signature(params))
+    structure, fits = _STATE_LAYOUTS.get(whole_key, layout)
     if not fits:   # an optimizer whose state a frozen leaf shapes: compute it on the whole tree
-        whole = _INIT_PROGRAMS.get(("whole tree", _labelled_key(cfg, labels), compiled.tree_signature(params)),
-                                   lambda: jax.jit(_state_fn(cfg, labels)))
+        whole = _INIT_PROGRAMS.get(("whole tree",) + whole_key, lambda: jax.jit(_state_fn(cfg, labels)))
         return whole(params, *args)
     return jax.tree.unflatten(structure, program(trained, *args))
 
